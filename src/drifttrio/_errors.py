@@ -1,0 +1,63 @@
+"""drifttrio's exceptions.
+
+The tree::
+
+    DriftError                  root of everything drifttrio raises on purpose
+    ├── ConfigError             a configuration value is invalid (local mistake)
+    ├── ProtocolError           the peer sent something we cannot accept (remote);
+    │                           carries the HTTP status and close-code hint to answer with
+    ├── RoomNotFound            the room id is unknown
+    └── StorageError            the storage backend failed; nothing was committed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CloseCode",
+    "ConfigError",
+    "DriftError",
+    "ProtocolError",
+    "RoomNotFound",
+    "StorageError",
+]
+
+
+class CloseCode:
+    """WebSocket close codes drifttrio sends (documented in docs/protocol.md)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # the server is shutting down
+    MESSAGE_TOO_BIG = 1009  # a frame above max_message_bytes
+    INTERNAL_ERROR = 1011
+    TOO_MANY_ERRORS = 4000  # max_consecutive_errors undecodable/invalid messages in a row
+    SLOW_CLIENT = 4008  # the connection's outbox filled up (slow-client policy "disconnect")
+
+
+class DriftError(Exception):
+    """Root of every exception drifttrio raises on purpose."""
+
+
+class ConfigError(DriftError):
+    """A configuration value is invalid."""
+
+
+class ProtocolError(DriftError):
+    """The peer sent something that cannot be accepted.
+
+    ``status`` is the HTTP status to answer with; ``close_code`` is set when the
+    connection should be closed rather than answered with an ``error`` message.
+    """
+
+    def __init__(self, message: str, *, status: int = 400, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.close_code = close_code
+
+
+class RoomNotFound(DriftError):
+    """The room id is unknown (or expired)."""
+
+
+class StorageError(DriftError):
+    """The storage backend failed; the operation was not committed."""

@@ -1,0 +1,80 @@
+"""The ``drifttrio`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from . import __version__
+from ._errors import ConfigError
+from .runtime.config import Config
+from .server import serve
+
+__all__ = ["main"]
+
+log = logging.getLogger("drifttrio")
+
+
+async def _wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            return
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drifttrio", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"drifttrio {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the server")
+    run.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    run.add_argument("--port", type=int, default=8080, help="port to listen on (8080; 0: any)")
+    run.add_argument(
+        "--store",
+        default=None,
+        help="memory | sqlite:///PATH | redis://HOST:PORT/DB (default: $DRIFTTRIO_STORE or memory)",
+    )
+    run.add_argument("--slow-client-policy", choices=["disconnect", "drop"], default=None)
+    run.add_argument("--no-broadcast-compact", action="store_true", default=None,
+                     help="do not broadcast compact (strict upstream parity)")
+    run.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = Config.from_env(
+            store=args.store,
+            slow_client_policy=args.slow_client_policy,
+            broadcast_compact=False if args.no_broadcast_compact else None,
+        )
+        trio.run(
+            partial(
+                serve, config, host=args.host, port=args.port, shutdown_trigger=_wait_for_signal
+            )
+        )
+    except ConfigError as exc:
+        print(f"drifttrio: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"drifttrio: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Wire formats: JSON (text frames) and CBOR (binary frames).
+
+One cattrs converter per wire format, built by :func:`make_converter`, with the
+message unions tagged on ``"type"``. Decoding is strict (no coercion of ``5`` to
+``"5"``) and every value is checked against :class:`DecodeLimits` before it can
+reach a room, so nothing accepted here can break encoding for other members.
+
+Byte strings: CBOR byte strings are kept as ``bytes``. In JSON output they are
+written as an array of integers 0–255 (what upstream's server does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Final, Literal
+
+import attrs
+import cattrs
+import cbor2
+import orjson
+from cattrs.strategies import configure_tagged_union
+
+from .._errors import ProtocolError
+from .messages import Action, ClientMessage, ServerMessage, Value
+
+__all__ = [
+    "CBOR",
+    "JSON",
+    "Codec",
+    "DecodeLimits",
+    "check_value",
+    "decode_client_message",
+    "decode_json_client_message",
+    "make_converter",
+]
+
+_MAX_SAFE_INT: Final = 2**53
+
+
+@attrs.frozen
+class DecodeLimits:
+    """Limits applied to every decoded client message."""
+
+    max_depth: int = 64
+    max_key_bytes: int = 1024
+
+
+def _tag(cls: type[Any]) -> str:
+    return str(cls.TAG)
+
+
+def _strict_str(value: object, _: object) -> str:
+    if type(value) is not str:
+        raise TypeError(f"expected a string, got {_json_type(value)}")
+    return value
+
+
+def _strict_int(value: object, _: object) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected an integer, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def make_converter() -> cattrs.Converter:
+    """A converter for the protocol's message classes, tagged on ``type``."""
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(Value, lambda v, _: v)
+    conv.register_unstructure_hook(Value, lambda v: v)
+    configure_tagged_union(Action, conv, tag_generator=_tag, tag_name="type")
+    configure_tagged_union(ClientMessage, conv, tag_generator=_tag, tag_name="type")
+    configure_tagged_union(ServerMessage, conv, tag_generator=_tag, tag_name="type")
+    return conv
+
+
+def _bytes_as_ints(value: object) -> object:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return list(bytes(value))
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+@attrs.frozen
+class Codec:
+    """One wire format: how server messages are encoded for a connection."""
+
+    name: Literal["json", "cbor"]
+    binary: bool
+    converter: cattrs.Converter = attrs.field(repr=False)
+    _dump: Callable[[object], str | bytes] = attrs.field(repr=False, alias="dump")
+
+    def encode(self, message: ServerMessage) -> str | bytes:
+        return self._dump(self.converter.unstructure(message, ServerMessage))
+
+    def unstructure(self, message: ServerMessage) -> dict[str, Any]:
+        data: dict[str, Any] = self.converter.unstructure(message, ServerMessage)
+        return data
+
+
+def _dump_json(data: object) -> str:
+    return orjson.dumps(data, default=_bytes_as_ints).decode()
+
+
+def _dump_cbor(data: object) -> bytes:
+    return cbor2.dumps(data)
+
+
+JSON: Final = Codec("json", False, make_converter(), dump=_dump_json)
+CBOR: Final = Codec("cbor", True, make_converter(), dump=_dump_cbor)
+
+
+def _reject_tag(_decoder: object, tag: cbor2.CBORTag) -> object:
+    raise ProtocolError(f"CBOR tag {tag.tag} is not supported")
+
+
+def check_value(value: object, limits: DecodeLimits = DecodeLimits()) -> None:
+    """Raise :class:`ProtocolError` unless ``value`` is plain data within ``limits``."""
+    _check_value(value, 1, limits)
+
+
+def _check_value(value: object, depth: int, limits: DecodeLimits) -> None:
+    """Reject anything that is not plain data both codecs can carry."""
+    if depth > limits.max_depth:
+        raise ProtocolError(f"value nested deeper than {limits.max_depth} levels")
+    t = type(value)
+    if t is str or t is bool or value is None or t is bytes:
+        return
+    if t is int:
+        if not -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:  # type: ignore[operator]
+            raise ProtocolError("integer outside ±2^53 cannot be represented exactly")
+        return
+    if t is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise ProtocolError("NaN and Infinity are not allowed")
+        return
+    if t is list:
+        for item in value:  # type: ignore[attr-defined]
+            _check_value(item, depth + 1, limits)
+        return
+    if t is dict:
+        for k, item in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str:
+                raise ProtocolError("map keys must be strings")
+            _check_value(item, depth + 1, limits)
+        return
+    raise ProtocolError(f"unsupported value of type {t.__name__}")
+
+
+def _load_json(data: str | bytes) -> object:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"invalid JSON: {exc}") from None
+
+
+def _load_cbor(data: bytes) -> object:
+    try:
+        return cbor2.loads(data, tag_hook=_reject_tag)
+    except ProtocolError:
+        raise
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ProtocolError) else None
+        if cause is not None:
+            raise cause from None
+        raise ProtocolError(f"invalid CBOR: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("invalid CBOR: nested too deeply") from None
+
+
+_CONVERTER: Final = JSON.converter
+
+
+def decode_client_message(data: str | bytes, limits: DecodeLimits = DecodeLimits()) -> ClientMessage:
+    """Decode one client frame: ``str`` is JSON (a text frame), ``bytes`` is CBOR.
+
+    Raises :class:`ProtocolError` with a message fit to send back to the client.
+    """
+    raw = _load_json(data) if isinstance(data, str) else _load_cbor(data)
+    return structure_client_message(raw, limits)
+
+
+def decode_json_client_message(
+    data: bytes, limits: DecodeLimits = DecodeLimits()
+) -> ClientMessage:
+    """Decode a client message sent as a JSON body (HTTP ``/send``)."""
+    return structure_client_message(_load_json(data), limits)
+
+
+def structure_client_message(raw: object, limits: DecodeLimits) -> ClientMessage:
+    if type(raw) is not dict:
+        raise ProtocolError(f"a message must be an object, got {_json_type(raw)}")
+    kind = raw.get("type")
+    if kind not in ("push", "get", "ping"):
+        raise ProtocolError(f"unknown message type {kind!r} (expected push, get or ping)")
+    if kind == "push":
+        if "value" not in raw:
+            raise ProtocolError("push: missing field 'value'")
+        _check_value(raw["value"], 1, limits)
+        action = raw.get("action")
+        if type(action) is dict and action.get("type") not in (
+            "relay",
+            "replace",
+            "append",
+            "compact",
+        ):
+            raise ProtocolError(
+                f"push: unknown action {action.get('type')!r} "
+                "(expected relay, replace, append or compact)"
+            )
+    try:
+        message: ClientMessage = _CONVERTER.structure(raw, ClientMessage)  # type: ignore[arg-type]
+    except cattrs.BaseValidationError as exc:
+        detail = "; ".join(cattrs.transform_error(exc, path=str(kind)))
+        raise ProtocolError(f"invalid {kind} message: {detail}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"invalid {kind} message: {exc}") from None
+    key = getattr(message, "key", None)
+    if key is not None and (
+        len(key) > limits.max_key_bytes
+        or (len(key) * 4 > limits.max_key_bytes and len(key.encode()) > limits.max_key_bytes)
+    ):
+        raise ProtocolError(f"key longer than {limits.max_key_bytes} bytes")
+    return message

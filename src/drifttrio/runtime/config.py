@@ -1,0 +1,104 @@
+"""One frozen configuration object, built from CLI flags or ``DRIFTTRIO_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
+
+import attrs
+
+from .._errors import ConfigError
+from ..protocol.codec import DecodeLimits
+
+__all__ = ["Config", "SlowClientPolicy"]
+
+SlowClientPolicy = Literal["disconnect", "drop"]
+
+
+def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{attr.name} must be positive, got {value!r}")
+
+
+def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{attr.name} must not be negative, got {value!r}")
+
+
+def _policy(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
+    if value not in get_args(SlowClientPolicy):
+        raise ConfigError(f"slow_client_policy must be 'disconnect' or 'drop', got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything that can be tuned. Every field has a ``DRIFTTRIO_<NAME>`` variable."""
+
+    #: Storage URL: ``memory`` (``sqlite:///PATH`` and ``redis://`` come later).
+    store: str = "memory"
+    #: Commands waiting in a room's inbox before senders are made to wait.
+    room_inbox_size: int = attrs.field(default=1024, validator=_positive)
+    #: Most commands a room applies per storage commit.
+    room_batch_size: int = attrs.field(default=256, validator=_positive)
+    #: Seconds a room with no members stays in memory before its task ends.
+    room_idle_seconds: float = attrs.field(default=60.0, validator=_non_negative)
+    #: Frames queued for one connection before the slow-client policy applies.
+    outbox_messages: int = attrs.field(default=1024, validator=_positive)
+    #: Bytes queued for one connection before the slow-client policy applies.
+    outbox_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    #: ``disconnect`` (close 4008) or ``drop`` (skip frames, tell the client with ``error``).
+    slow_client_policy: str = attrs.field(default="disconnect", validator=_policy)
+    #: Seconds to wait for a close frame to be written before giving up on a socket.
+    write_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Broadcast ``compact`` as a push with its seq (``False``: strict upstream parity).
+    broadcast_compact: bool = True
+    #: Largest WebSocket message or HTTP body accepted, in bytes.
+    max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
+    #: Deepest nesting accepted in a value.
+    max_value_depth: int = attrs.field(default=64, validator=_positive)
+    #: Longest key accepted, in UTF-8 bytes.
+    max_key_bytes: int = attrs.field(default=1024, validator=_positive)
+    #: Invalid messages in a row before the connection is closed with 4000 (0: never).
+    max_consecutive_errors: int = attrs.field(default=100, validator=_non_negative)
+    #: Trust ``X-Forwarded-Proto`` (set it when behind a TLS-terminating proxy).
+    trust_forwarded_proto: bool = False
+    #: CORS allowed origin (``*`` like upstream, or one origin; empty disables CORS).
+    cors_origin: str = "*"
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(max_depth=self.max_value_depth, max_key_bytes=self.max_key_bytes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Build a config from ``DRIFTTRIO_*`` variables; ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            name = f"DRIFTTRIO_{field.name.upper()}"
+            if name in env:
+                values[field.name] = _parse(name, env[name], field.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, bool):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
+    return raw

@@ -1,0 +1,162 @@
+"""A room member and its bounded outbox.
+
+The room task hands every member already-encoded frames with
+:meth:`Connection.deliver`, which never blocks: when the outbox is full (by
+count or by bytes) the slow-client policy decides what happens.
+"""
+
+from __future__ import annotations
+
+from typing import Final, TypeAlias
+
+import trio
+
+from .._errors import CloseCode
+from ..protocol.codec import Codec
+from ..protocol.messages import Error, ServerMessage
+
+__all__ = ["Connection", "Frame", "Outbox"]
+
+#: What goes through an outbox: an encoded frame, or a message object for
+#: in-process members (which have no codec).
+Frame: TypeAlias = str | bytes | ServerMessage
+
+
+def _size(frame: Frame) -> int:
+    # Characters, not UTF-8 bytes, for text frames: close enough for a bound.
+    return len(frame) if isinstance(frame, str | bytes) else 64
+
+
+class Outbox:
+    """A bounded queue of frames for one connection, bounded by count and by bytes."""
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self._send, self._receive = trio.open_memory_channel[Frame](max_messages)
+        self._max_bytes = max_bytes
+        self.queued_bytes = 0
+
+    def send_nowait(self, frame: Frame) -> None:
+        """Queue a frame; raise :class:`trio.WouldBlock` when full.
+
+        One frame larger than the byte bound still fits into an empty outbox.
+        """
+        size = _size(frame)
+        if self.queued_bytes and self.queued_bytes + size > self._max_bytes:
+            raise trio.WouldBlock
+        self._send.send_nowait(frame)
+        self.queued_bytes += size
+
+    async def receive_batch(self, max_frames: int = 1024) -> list[Frame]:
+        """Wait for at least one frame, then take whatever else is queued.
+
+        Raises :class:`trio.EndOfChannel` once closed and drained.
+        """
+        batch = [await self._receive.receive()]
+        while len(batch) < max_frames:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        self.queued_bytes -= sum(map(_size, batch))
+        return batch
+
+    def close(self) -> None:
+        self._send.close()
+
+    def __len__(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+
+class Connection:
+    """One member of a room: a WebSocket session or an in-process subscriber."""
+
+    def __init__(
+        self,
+        *,
+        codec: Codec | None,
+        outbox: Outbox,
+        policy: str = "disconnect",
+        debug: bool = False,
+        explicit: bool = False,
+    ) -> None:
+        self.codec = codec
+        #: Which frame of a broadcast this member takes (one encoding per codec).
+        self.codec_key: Final = codec.name if codec is not None else None
+        self.outbox = outbox
+        self.policy = policy
+        self.debug = debug
+        self.explicit = explicit
+        #: Keys this connection sent ``get`` for (delivery filter in explicit mode).
+        self.subscriptions: set[str] = set()
+        self.closed = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        #: Set when the room decided to close this connection.
+        self.kicked = trio.Event()
+        self.dropped = 0
+        self._missed: tuple[int, int] | None = None
+        self._missed_count = 0
+
+    def wants(self, key: str) -> bool:
+        """Whether a broadcast on ``key`` goes to this member."""
+        return not self.explicit or key in self.subscriptions
+
+    def encode(self, message: ServerMessage) -> Frame:
+        return message if self.codec is None else self.codec.encode(message)
+
+    def send_message(self, message: ServerMessage) -> None:
+        """Encode and deliver a direct reply (never blocks)."""
+        if not self.closed:
+            self.deliver(self.encode(message))
+
+    def deliver(self, frame: Frame, seq: int | None = None) -> None:
+        """Queue a frame without blocking; apply the slow-client policy if full."""
+        if self.closed:
+            return
+        if self._missed_count and not self._report_missed():
+            self._overflow(seq)
+            return
+        try:
+            self.outbox.send_nowait(frame)
+        except trio.WouldBlock:
+            self._overflow(seq)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = True
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close this connection from the room's side (never blocks)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self.close_reason = reason
+        self.outbox.close()
+        self.kicked.set()
+
+    def _overflow(self, seq: int | None) -> None:
+        if self.policy != "drop":
+            self.kick(CloseCode.SLOW_CLIENT, "slow client: outbox full")
+            return
+        self.dropped += 1
+        self._missed_count += 1
+        if seq is not None:
+            first, last = self._missed or (seq, seq)
+            self._missed = (min(first, seq), max(last, seq))
+
+    def _report_missed(self) -> bool:
+        if self._missed is not None:
+            first, last = self._missed
+            what = f"seq {first}..{last}" if first != last else f"seq {first}"
+            text = f"slow connection: {self._missed_count} message(s) dropped ({what})"
+        else:
+            text = f"slow connection: {self._missed_count} reply message(s) dropped"
+        try:
+            self.outbox.send_nowait(self.encode(Error(text)))
+        except trio.WouldBlock:
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = True
+            return False
+        self._missed = None
+        self._missed_count = 0
+        return True

@@ -1,0 +1,239 @@
+"""The hub: the registry of live rooms, and the in-process API.
+
+A :class:`Hub` runs in a nursery (``await nursery.start(hub.run)``); rooms are
+loaded from storage on first use and started as tasks in the hub's nursery, and
+end themselves when idle. Applications can use a hub directly, with no network::
+
+    async with open_hub() as hub:
+        room = await hub.create_room()
+        async with hub.subscribe(room) as events:
+            await hub.push(room, "k", {"hello": 1})
+            print(await anext(events))
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+
+import trio
+
+from .._errors import CloseCode, ProtocolError, RoomNotFound
+from ..core.room_state import RoomState
+from ..protocol.codec import Codec, check_value
+from ..protocol.messages import (
+    Action,
+    Append,
+    Error,
+    Init,
+    SeqValue,
+    ServerMessage,
+    StreamSize,
+    Value,
+)
+from ..storage import Storage, open_storage
+from .config import Config
+from .connection import Connection, Outbox
+from .room import Command, GetCommand, Join, Leave, PushCommand, Reply, Room
+
+__all__ = ["Hub", "Subscription", "open_hub", "valid_room_id"]
+
+_ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def valid_room_id(room_id: str) -> bool:
+    """Whether ``room_id`` has the shape of a room id (anything else is unknown)."""
+    return _ROOM_ID.fullmatch(room_id) is not None
+
+
+class Hub:
+    """Live rooms of one server, each a task in the hub's nursery."""
+
+    def __init__(self, config: Config | None = None, storage: Storage | None = None) -> None:
+        self.config = config or Config()
+        self.storage = storage if storage is not None else open_storage(self.config.store)
+        self.rooms: dict[str, Room] = {}
+        self._loading: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the room tasks until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self.storage.aclose()
+
+    def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutdown") -> None:
+        """Ask every member of every live room to close."""
+        for room in list(self.rooms.values()):
+            room.close_members(code, reason)
+
+    # -- rooms ---------------------------------------------------------------------
+
+    async def create_room(self) -> str:
+        """Create a room with a fresh 128-bit random id."""
+        room_id = secrets.token_urlsafe(16)
+        await self.storage.create_room(room_id)
+        return room_id
+
+    async def room_exists(self, room_id: str) -> bool:
+        if not valid_room_id(room_id):
+            return False
+        return room_id in self.rooms or await self.storage.room_exists(room_id)
+
+    async def room(self, room_id: str) -> Room:
+        """The live room, loading it from storage if needed. Raises :class:`RoomNotFound`."""
+        if not valid_room_id(room_id):
+            raise RoomNotFound(room_id)
+        while True:
+            room = self.rooms.get(room_id)
+            if room is not None and not room.closed:
+                return room
+            loading = self._loading.get(room_id)
+            if loading is not None:
+                await loading.wait()
+                continue
+            if self._nursery is None:
+                raise RuntimeError("the hub is not running: start Hub.run in a nursery first")
+            loading = self._loading[room_id] = trio.Event()
+            try:
+                snapshot = await self.storage.load_room(room_id)
+                if snapshot is None:
+                    raise RoomNotFound(room_id)
+                state = RoomState(
+                    snapshot.seq,
+                    snapshot.streams,
+                    broadcast_compact=self.config.broadcast_compact,
+                )
+                room = Room(room_id, state, self.storage, self.config, self._forget)
+                await self._nursery.start(room.run)
+                self.rooms[room_id] = room
+                return room
+            finally:
+                del self._loading[room_id]
+                loading.set()
+
+    def _forget(self, room: Room) -> None:
+        if self.rooms.get(room.room_id) is room:
+            del self.rooms[room.room_id]
+
+    async def submit(self, room_id: str, command: Command) -> Room:
+        """Send a command to a room's inbox (waiting if it is full)."""
+        while True:
+            room = await self.room(room_id)
+            try:
+                await room.inbox.send(command)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue  # evicted in between: load it again
+            return room
+
+    async def request(
+        self, room_id: str, make: Callable[[Reply], Command]
+    ) -> ServerMessage | None:
+        """Submit ``make(reply)`` from outside the room and wait for its direct reply."""
+        reply = Reply()
+        await self.submit(room_id, make(reply))
+        await reply.done.wait()
+        return reply.message
+
+    def new_connection(
+        self, *, codec: Codec | None = None, debug: bool = False, explicit: bool = False
+    ) -> Connection:
+        """A room member with an outbox sized by the config."""
+        return Connection(
+            codec=codec,
+            outbox=Outbox(self.config.outbox_messages, self.config.outbox_bytes),
+            policy=self.config.slow_client_policy,
+            debug=debug,
+            explicit=explicit,
+        )
+
+    # -- in-process API ------------------------------------------------------------
+
+    async def push(
+        self, room_id: str, key: str, value: Value | object, action: Action = Append()
+    ) -> int | None:
+        """Push a value; return the stream size if it holds more than one value.
+
+        Raises :class:`ProtocolError` if the room refuses it (e.g. a compact seq
+        from the future) and :class:`RoomNotFound` for an unknown room.
+        """
+        check_value(value, self.config.decode_limits)
+        reply = await self.request(room_id, lambda r: PushCommand(key, value, action, r))
+        if isinstance(reply, Error):
+            raise ProtocolError(reply.message)
+        return reply.size if isinstance(reply, StreamSize) else None
+
+    async def get(self, room_id: str, key: str, since: int = 0) -> list[SeqValue]:
+        """The retained values of ``key`` with seq greater than ``since``."""
+        reply = await self.request(room_id, lambda r: GetCommand(key, since, r))
+        assert isinstance(reply, Init)
+        return list(reply.data)
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        room_id: str,
+        keys: Iterable[str] | None = None,
+        *,
+        since: int | None = None,
+        debug: bool = False,
+    ) -> AsyncIterator[Subscription]:
+        """Join a room in-process; iterate the messages it sends.
+
+        With ``keys`` the subscription only receives those keys (and an ``init``
+        of each when ``since`` is given); otherwise it receives every broadcast.
+        """
+        conn = self.new_connection(debug=debug, explicit=keys is not None)
+        room = await self.submit(room_id, Join(conn))
+        try:
+            for key in keys or ():
+                await room.inbox.send(GetCommand(key, since, conn))
+            yield Subscription(conn)
+        finally:
+            conn.closed = True
+            with trio.move_on_after(self.config.write_timeout) as scope:
+                scope.shield = True
+                try:
+                    await room.inbox.send(Leave(conn))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+
+class Subscription:
+    """An async iterator over the messages a room sends to an in-process member."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.connection = conn
+        self._buffer: list[ServerMessage] = []
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> ServerMessage:
+        while not self._buffer:
+            try:
+                frames = await self.connection.outbox.receive_batch()
+            except trio.EndOfChannel:
+                raise StopAsyncIteration from None
+            self._buffer.extend(f for f in frames if not isinstance(f, str | bytes))
+        return self._buffer.pop(0)
+
+
+@asynccontextmanager
+async def open_hub(config: Config | None = None, storage: Storage | None = None) -> AsyncIterator[Hub]:
+    """Run a hub for the duration of the block (in-process use, no network)."""
+    hub = Hub(config, storage)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        try:
+            yield hub
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,304 @@
+"""The room task: the single ordering point of one room.
+
+Everything that reads or changes a room (push, get, ping, join, leave, debug
+attach) arrives through the room's bounded inbox and is handled here, in order.
+A batch of waiting commands is applied to the pure :class:`RoomState`, committed
+to storage in one call, and only then are its effects delivered: no member ever
+sees a seq that storage could take back. Delivery never awaits a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import attrs
+import trio
+
+from .._errors import CloseCode, ProtocolError
+from ..core.room_state import RoomState, StreamChange
+from ..protocol.messages import (
+    Action,
+    Error,
+    Init,
+    Pong,
+    PushEvent,
+    SeqValue,
+    ServerMessage,
+    StreamSize,
+    Value,
+)
+from ..storage.base import Storage
+from .config import Config
+from .connection import Connection, Frame
+
+__all__ = ["GetCommand", "Join", "Leave", "PingCommand", "PushCommand", "Reply", "Room"]
+
+log = logging.getLogger("drifttrio.room")
+
+
+class Reply:
+    """The direct answer to a command from outside the room (HTTP, in-process)."""
+
+    def __init__(self) -> None:
+        self.message: ServerMessage | None = None
+        self.done = trio.Event()
+
+    def send_message(self, message: ServerMessage) -> None:
+        self.message = message
+
+
+Origin: TypeAlias = Connection | Reply
+
+
+@attrs.frozen(eq=False)
+class Join:
+    conn: Connection
+
+
+@attrs.frozen(eq=False)
+class Leave:
+    conn: Connection
+
+
+@attrs.frozen(eq=False)
+class PushCommand:
+    key: str
+    value: Value
+    action: Action
+    origin: Origin
+
+
+@attrs.frozen(eq=False)
+class GetCommand:
+    key: str
+    since: int | None
+    origin: Origin
+
+
+@attrs.frozen(eq=False)
+class PingCommand:
+    nonce: int | None
+    origin: Origin
+
+
+Command: TypeAlias = Join | Leave | PushCommand | GetCommand | PingCommand
+
+# Effects, delivered in order once the batch is committed.
+_Direct = tuple[Origin, ServerMessage]  # a reply to one origin
+
+
+@attrs.frozen
+class _Broadcast:
+    key: str
+    entry: SeqValue
+    changed: bool  # debug members get an init of the key instead
+
+
+@attrs.frozen
+class _DebugInit:
+    message: Init
+
+
+@attrs.frozen
+class _Done:
+    origin: Reply
+
+
+_Effect: TypeAlias = _Direct | _Broadcast | _DebugInit | _Done
+
+
+class Room:
+    """One live room. Start :meth:`run` in a nursery; talk to it through :attr:`inbox`."""
+
+    def __init__(
+        self,
+        room_id: str,
+        state: RoomState,
+        storage: Storage,
+        config: Config,
+        on_exit: Callable[[Room], None] = lambda room: None,
+    ) -> None:
+        self.room_id = room_id
+        self.state = state
+        self.storage = storage
+        self.config = config
+        self._on_exit = on_exit
+        self.inbox, self._commands = trio.open_memory_channel[Command](config.room_inbox_size)
+        self.members: set[Connection] = set()
+        self._debug_members = 0
+        self._committed_seq = state.seq
+        self.closed = False
+
+    # -- the task --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                command = await self._next_command()
+                if command is None:
+                    return  # idle: evicted
+                await self._handle_batch(self._drain(command))
+        finally:
+            self.closed = True
+            self._commands.close()
+            self._on_exit(self)
+            for conn in self.members:
+                conn.kick(CloseCode.GOING_AWAY, "room closed")
+
+    async def _next_command(self) -> Command | None:
+        idle = self.config.room_idle_seconds
+        while True:
+            timeout = math.inf if self.members else idle
+            with trio.move_on_after(timeout):
+                return await self._commands.receive()
+            # Timed out with no members; a sender may have slipped a command in
+            # while we were being woken up, so only leave when truly empty.
+            if self._commands.statistics().current_buffer_used == 0:
+                return None
+
+    def _drain(self, first: Command) -> list[Command]:
+        batch = [first]
+        while len(batch) < self.config.room_batch_size:
+            try:
+                batch.append(self._commands.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return batch
+
+    async def _handle_batch(self, commands: list[Command]) -> None:
+        effects: list[_Effect] = []
+        changes: list[StreamChange] = []
+        pending: list[Command] = []
+        for command in commands:
+            if isinstance(command, Join | Leave):
+                # Membership changes are barriers: deliver what came before first.
+                await self._commit_and_deliver(pending, changes, effects)
+                pending, changes, effects = [], [], []
+                self._membership(command)
+            else:
+                pending.append(command)
+                self._apply(command, changes, effects)
+        await self._commit_and_deliver(pending, changes, effects)
+
+    # -- applying commands --------------------------------------------------------------
+
+    def _membership(self, command: Join | Leave) -> None:
+        conn = command.conn
+        if isinstance(command, Leave):
+            if conn in self.members:
+                self.members.discard(conn)
+                self._debug_members -= conn.debug
+            return
+        if conn.closed:
+            return
+        self.members.add(conn)
+        if conn.debug:
+            self._debug_members += 1
+            for key, entries in self.state.dump():
+                conn.send_message(Init(key, tuple(entries)))
+
+    def _apply(self, command: Command, changes: list[StreamChange], effects: list[_Effect]) -> None:
+        origin = command.origin  # type: ignore[union-attr]
+        if isinstance(command, PushCommand):
+            try:
+                outcome = self.state.push(command.key, command.value, command.action)
+            except ProtocolError as exc:
+                effects.append((origin, Error(exc.message)))
+            else:
+                if outcome.change is not None:
+                    changes.append(outcome.change)
+                if outcome.broadcast is not None:
+                    effects.append(
+                        _Broadcast(command.key, outcome.broadcast, outcome.change is not None)
+                    )
+                if outcome.change is not None and self._debug_members:
+                    data = tuple(self.state.get(command.key))
+                    effects.append(_DebugInit(Init(command.key, data)))
+                if outcome.stream_size is not None:
+                    effects.append((origin, StreamSize(command.key, outcome.stream_size)))
+        elif isinstance(command, GetCommand):
+            if isinstance(origin, Connection):
+                origin.subscriptions.add(command.key)
+            if command.since is not None:
+                data = tuple(self.state.get(command.key, command.since))
+                effects.append((origin, Init(command.key, data)))
+        elif isinstance(command, PingCommand):
+            effects.append((origin, Pong(command.nonce)))
+        if isinstance(origin, Reply):
+            effects.append(_Done(origin))
+
+    # -- commit, then deliver ------------------------------------------------------
+
+    async def _commit_and_deliver(
+        self, commands: list[Command], changes: list[StreamChange], effects: list[_Effect]
+    ) -> None:
+        if changes or self.state.seq != self._committed_seq:
+            try:
+                await self.storage.commit(self.room_id, self.state.seq, changes)
+            except Exception as exc:  # noqa: BLE001 - any backend failure rejects the batch
+                log.warning("commit failed in room %s: %r", self.room_id[:8], exc)
+                effects = await self._rollback(commands)
+            else:
+                self._committed_seq = self.state.seq
+        for effect in effects:
+            self._deliver(effect)
+
+    async def _rollback(self, commands: list[Command]) -> list[_Effect]:
+        """Reload the committed state; reject the batch's pushes, redo its reads."""
+        snapshot = await self.storage.load_room(self.room_id)
+        if snapshot is None:
+            raise RuntimeError(f"room {self.room_id[:8]} vanished from storage")
+        self.state = RoomState(
+            snapshot.seq, snapshot.streams, broadcast_compact=self.state.broadcast_compact
+        )
+        self._committed_seq = snapshot.seq
+        effects: list[_Effect] = []
+        for command in commands:
+            if isinstance(command, PushCommand):
+                effects.append((command.origin, Error("storage unavailable: push not applied")))
+                if isinstance(command.origin, Reply):
+                    effects.append(_Done(command.origin))
+            else:
+                self._apply(command, [], effects)
+        return effects
+
+    def _deliver(self, effect: _Effect) -> None:
+        if isinstance(effect, _Broadcast):
+            self._broadcast(effect)
+        elif isinstance(effect, _DebugInit):
+            frames: dict[Any, Frame] = {}
+            for conn in self.members:
+                if conn.debug:
+                    frame = frames.get(conn.codec_key)
+                    if frame is None:
+                        frame = frames[conn.codec_key] = conn.encode(effect.message)
+                    conn.deliver(frame)
+        elif isinstance(effect, _Done):
+            effect.origin.done.set()
+        else:
+            origin, message = effect
+            origin.send_message(message)
+
+    def _broadcast(self, effect: _Broadcast) -> None:
+        key, entry = effect.key, effect.entry
+        message = PushEvent(key, entry.value, entry.seq)
+        frames: dict[Any, Frame] = {}
+        for conn in self.members:
+            if conn.debug:
+                if effect.changed:
+                    continue
+            elif conn.explicit and key not in conn.subscriptions:
+                continue
+            frame = frames.get(conn.codec_key)
+            if frame is None:
+                frame = frames[conn.codec_key] = conn.encode(message)
+            conn.deliver(frame, entry.seq)
+
+    def close_members(self, code: int, reason: str) -> None:
+        """Ask every member to close (server shutdown)."""
+        for conn in self.members:
+            conn.kick(code, reason)

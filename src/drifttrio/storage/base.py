@@ -1,0 +1,48 @@
+"""The storage seam between room tasks and a backend.
+
+A room task loads its room once, then commits each batch (the stream changes plus
+the new high-water seq) *before* anyone sees the batch's seqs. A backend either
+commits the whole batch or raises :class:`~drifttrio.StorageError` and commits
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+
+from ..core.room_state import Stream, StreamChange
+
+__all__ = ["RoomSnapshot", "Storage"]
+
+
+@attrs.frozen
+class RoomSnapshot:
+    """A room as stored: its high-water seq and retained streams."""
+
+    seq: int
+    streams: dict[str, Stream]
+
+
+class Storage(Protocol):
+    """What a room task needs from a backend."""
+
+    async def create_room(self, room_id: str) -> None:
+        """Create an empty room (seq 0, no streams)."""
+
+    async def room_exists(self, room_id: str) -> bool:
+        """Whether the room exists."""
+
+    async def load_room(self, room_id: str) -> RoomSnapshot | None:
+        """The stored room, or ``None`` if it does not exist."""
+
+    async def commit(self, room_id: str, seq: int, changes: Sequence[StreamChange]) -> None:
+        """Atomically apply ``changes`` in order and raise the high-water seq to ``seq``."""
+
+    async def delete_room(self, room_id: str) -> None:
+        """Delete the room and its data (a no-op if it does not exist)."""
+
+    async def aclose(self) -> None:
+        """Release resources."""

@@ -1,0 +1,5 @@
+"""The web layer: the ASGI application."""
+
+from .app import DriftApp as DriftApp
+
+__all__ = ["DriftApp"]

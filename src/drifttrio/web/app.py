@@ -1,0 +1,376 @@
+"""The ASGI application: HTTP routes, CORS and the WebSocket route.
+
+Runs under hypercorn's trio worker (``hypercorn -k trio drifttrio.asgi:app``) or
+embedded (:func:`drifttrio.open_server`). When it owns its hub, the hub lives in
+the ASGI lifespan task, so room tasks run in a nursery the server owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, TypeAlias
+from urllib.parse import unquote
+
+import orjson
+import trio
+
+from .. import __version__
+from .._errors import CloseCode, ProtocolError, RoomNotFound
+from ..protocol.codec import CBOR, JSON, decode_client_message, decode_json_client_message
+from ..protocol.messages import ClientMessage, Error, Get, Ping, Push
+from ..runtime.config import Config
+from ..runtime.connection import Connection
+from ..runtime.hub import Hub, valid_room_id
+from ..runtime.room import Command, GetCommand, Join, Leave, PingCommand, PushCommand, Room
+
+__all__ = ["DriftApp", "parse_query"]
+
+log = logging.getLogger("drifttrio.web")
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+
+_ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send)?/?")
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def parse_query(query: bytes | str) -> dict[str, str]:
+    """Parse a query string leniently.
+
+    The npm client appends ``?cbor=true`` to a URL that may already have a query,
+    so ``cbor=true?cbor=true`` and ``cbor=true?debug=true`` must both work: ``?``
+    is treated as one more separator. The first value of a name wins.
+    """
+    text = query.decode("latin-1") if isinstance(query, bytes) else query
+    params: dict[str, str] = {}
+    for part in re.split(r"[&?;]", text):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        params.setdefault(unquote(name).strip().lower(), unquote(value).strip())
+    return params
+
+
+def _flag(params: dict[str, str], name: str) -> bool:
+    return params.get(name, "").lower() in ("true", "1", "yes")
+
+
+def _command(message: ClientMessage, origin: Any) -> Command:
+    if isinstance(message, Push):
+        return PushCommand(message.key, message.value, message.action, origin)
+    if isinstance(message, Get):
+        return GetCommand(message.key, message.seq, origin)
+    assert isinstance(message, Ping)
+    return PingCommand(message.nonce, origin)
+
+
+class DriftApp:
+    """The drifttrio ASGI application."""
+
+    def __init__(self, config: Config | None = None, *, hub: Hub | None = None) -> None:
+        self.config = config or (hub.config if hub is not None else Config())
+        self.hub = hub
+        self._owns_hub = hub is None
+        self._ready = hub is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- lifespan -------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        if not self._owns_hub:
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                self.hub = await nursery.start(Hub(self.config).run)
+                self._ready = True
+                await send({"type": "lifespan.startup.complete"})
+                await receive()  # lifespan.shutdown
+                self._ready = False
+                self.hub.close_all()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+    # -- HTTP -----------------------------------------------------------------------
+
+    def _path(self, scope: Scope) -> str:
+        path: str = scope["path"]
+        root: str = scope.get("root_path") or ""
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        return path
+
+    def _cors(self) -> list[tuple[bytes, bytes]]:
+        origin = self.config.cors_origin
+        return [(b"access-control-allow-origin", origin.encode())] if origin else []
+
+    async def _respond(
+        self,
+        send: Send,
+        status: int,
+        body: object,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        payload = orjson.dumps(body, default=lambda b: list(bytes(b)))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    *self._cors(),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _error(self, send: Send, status: int, message: str, **kw: Any) -> None:
+        await self._respond(send, status, {"type": "error", "message": message}, **kw)
+
+    def _room_info(self, scope: Scope, room_id: str) -> dict[str, str]:
+        headers = dict(scope.get("headers") or ())
+        secure = scope.get("scheme") in ("https", "wss")
+        if self.config.trust_forwarded_proto:
+            proto = headers.get(b"x-forwarded-proto", b"").split(b",")[0].strip().lower()
+            secure = secure or proto in (b"https", b"wss")
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not _HOST.fullmatch(host):
+            server = scope.get("server") or ("localhost", None)
+            host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
+        root = (scope.get("root_path") or "").rstrip("/")
+        base = f"{host}{root}/room/{room_id}"
+        return {
+            "room": room_id,
+            "socket_url": f"{'wss' if secure else 'ws'}://{base}/connect",
+            "http_url": f"{'https' if secure else 'http'}://{base}/send",
+        }
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        path = self._path(scope)
+        if method == "OPTIONS":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": [
+                        *self._cors(),
+                        (b"access-control-allow-methods", b"GET, POST"),
+                        (b"access-control-allow-headers", b"authorization, accept, content-type"),
+                        (b"access-control-max-age", b"86400"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        hub = self.hub
+        if hub is None or not self._ready:
+            await self._error(send, 503, "server is not ready")
+            return
+        if path in ("/", ""):
+            await self._respond(send, 200, {"server": "drifttrio", "version": __version__})
+            return
+        if path == "/new":
+            if method != "POST":
+                await self._error(send, 405, "use POST /new", headers=[(b"allow", b"POST")])
+                return
+            room_id = await hub.create_room()
+            await self._respond(send, 200, self._room_info(scope, room_id))
+            return
+        match = _ROOM_PATH.fullmatch(path)
+        if match is None:
+            await self._error(send, 404, "not found")
+            return
+        room_id, action = match.group(1), match.group(2)
+        if not await hub.room_exists(room_id):
+            await self._error(send, 404, "room not found")
+            return
+        if action is None:
+            if method not in ("GET", "HEAD"):
+                await self._error(send, 405, "use GET", headers=[(b"allow", b"GET")])
+                return
+            await self._respond(send, 200, self._room_info(scope, room_id))
+        elif action == "/connect":
+            await self._error(send, 426, "WebSocket upgrade required", headers=[(b"upgrade", b"websocket")])
+        elif method != "POST":
+            await self._error(send, 405, "use POST", headers=[(b"allow", b"POST")])
+        else:
+            await self._http_send(scope, receive, send, hub, room_id)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The request body, or ``None`` if it exceeds ``max_message_bytes``."""
+        limit = self.config.max_message_bytes
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b""
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _http_send(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str
+    ) -> None:
+        body = await self._read_body(scope, receive)
+        if body is None:
+            await self._error(send, 413, f"body larger than {self.config.max_message_bytes} bytes")
+            return
+        try:
+            message = decode_json_client_message(body, self.config.decode_limits)
+        except ProtocolError as exc:
+            await self._error(send, exc.status, exc.message)
+            return
+        try:
+            reply = await hub.request(room_id, lambda origin: _command(message, origin))
+        except RoomNotFound:
+            await self._error(send, 404, "room not found")
+            return
+        if isinstance(reply, Error):
+            await self._error(send, 400, reply.message)
+            return
+        await self._respond(send, 200, None if reply is None else JSON.unstructure(reply))
+
+    # -- WebSocket ------------------------------------------------------------------
+
+    async def _reject(self, send: Send, scope: Scope, status: int, message: str) -> None:
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            body = orjson.dumps({"type": "error", "message": message})
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json"), *self._cors()],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        hub = self.hub
+        if hub is None or not self._ready:
+            await self._reject(send, scope, 503, "server is not ready")
+            return
+        match = _ROOM_PATH.fullmatch(self._path(scope))
+        if match is None or match.group(2) != "/connect":
+            await self._reject(send, scope, 404, "not found")
+            return
+        room_id = match.group(1)
+        if not await hub.room_exists(room_id):
+            await self._reject(send, scope, 404, "room not found")
+            return
+        params = parse_query(scope.get("query_string", b""))
+        conn = hub.new_connection(
+            codec=CBOR if _flag(params, "cbor") else JSON,
+            debug=_flag(params, "debug"),
+            explicit=params.get("subscribe", "").lower() == "explicit",
+        )
+        await send({"type": "websocket.accept"})
+        try:
+            room = await hub.submit(room_id, Join(conn))
+        except RoomNotFound:
+            await send({"type": "websocket.close", "code": CloseCode.GOING_AWAY})
+            return
+        await self._session(conn, room, receive, send)
+
+    async def _session(self, conn: Connection, room: Room, receive: Receive, send: Send) -> None:
+        """Run one member: a reader (this task) and a writer, until either side ends."""
+        close_code: int | None = None
+        reason = ""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, conn, send, nursery.cancel_scope)
+                nursery.start_soon(_cancel_when_kicked, conn, nursery.cancel_scope)
+                close_code, reason = await self._reader(conn, room, receive)
+                nursery.cancel_scope.cancel()
+        finally:
+            conn.closed = True
+            with trio.move_on_after(self.config.write_timeout) as scope:
+                scope.shield = True
+                try:
+                    await room.inbox.send(Leave(conn))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                if conn.close_code is not None:
+                    close_code, reason = conn.close_code, conn.close_reason
+                if close_code is not None:
+                    await send({"type": "websocket.close", "code": close_code, "reason": reason})
+
+    async def _reader(self, conn: Connection, room: Room, receive: Receive) -> tuple[int | None, str]:
+        limits = self.config.decode_limits
+        max_bytes = self.config.max_message_bytes
+        max_errors = self.config.max_consecutive_errors
+        errors = 0
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return None, ""  # websocket.disconnect: the peer is gone
+            data: str | bytes | None = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            if len(data) > max_bytes:
+                return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
+            try:
+                client_message = decode_client_message(data, limits)
+            except ProtocolError as exc:
+                errors += 1
+                conn.send_message(Error(exc.message))
+                if max_errors and errors >= max_errors:
+                    return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
+                continue
+            errors = 0
+            try:
+                await room.inbox.send(_command(client_message, conn))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return CloseCode.GOING_AWAY, "room closed"
+
+    async def _writer(self, conn: Connection, send: Send, scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                for frame in await conn.outbox.receive_batch():
+                    if isinstance(frame, str):
+                        await send({"type": "websocket.send", "text": frame})
+                    elif isinstance(frame, bytes):
+                        await send({"type": "websocket.send", "bytes": frame})
+        except trio.EndOfChannel:
+            pass
+        finally:
+            scope.cancel()
+
+
+async def _cancel_when_kicked(conn: Connection, scope: trio.CancelScope) -> None:
+    await conn.kicked.wait()
+    scope.cancel()
