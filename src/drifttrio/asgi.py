@@ -1,6 +1,6 @@
 """``drifttrio.asgi:app``: the ASGI app configured from ``DRIFTTRIO_*`` variables.
 
-    hypercorn -k trio drifttrio.asgi:app
+hypercorn -k trio drifttrio.asgi:app
 """
 
 from __future__ import annotations

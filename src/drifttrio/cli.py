@@ -41,8 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         help="memory | sqlite:///PATH | redis://HOST:PORT/DB (default: $DRIFTTRIO_STORE or memory)",
     )
     run.add_argument("--slow-client-policy", choices=["disconnect", "drop"], default=None)
-    run.add_argument("--no-broadcast-compact", action="store_true", default=None,
-                     help="do not broadcast compact (strict upstream parity)")
+    run.add_argument(
+        "--no-broadcast-compact",
+        action="store_true",
+        default=None,
+        help="do not broadcast compact (strict upstream parity)",
+    )
     run.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return parser
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -85,7 +86,7 @@ async def serve(
                 binds: list[str] = await web.start(
                     partial(
                         hypercorn.trio.serve,
-                        DriftApp(config, hub=hub),
+                        cast(Any, DriftApp(config, hub=hub)),
                         hypercorn_config(config, host, port),
                         shutdown_trigger=trigger,
                     )

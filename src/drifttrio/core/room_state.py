@@ -125,9 +125,7 @@ class RoomState:
         if seq < 1:
             raise ProtocolError(f"compact seq must be at least 1, got {seq}")
         if seq > self.seq:
-            raise ProtocolError(
-                f"compact seq {seq} is beyond the room's current seq {self.seq}"
-            )
+            raise ProtocolError(f"compact seq {seq} is beyond the room's current seq {self.seq}")
         stream = self.streams.get(key)
         if stream is not None and seq <= stream.compacted:
             return PushOutcome(None, None, None)

@@ -6,7 +6,7 @@ message unions tagged on ``"type"``. Decoding is strict (no coercion of ``5`` to
 reach a room, so nothing accepted here can break encoding for other members.
 
 Byte strings: CBOR byte strings are kept as ``bytes``. In JSON output they are
-written as an array of integers 0–255 (what upstream's server does).
+written as an array of integers 0-255 (what upstream's server does).
 """
 
 from __future__ import annotations
@@ -126,13 +126,72 @@ JSON: Final = Codec("json", False, make_converter(), dump=_dump_json)
 CBOR: Final = Codec("cbor", True, make_converter(), dump=_dump_cbor)
 
 
-def _reject_tag(_decoder: object, tag: cbor2.CBORTag) -> object:
-    raise ProtocolError(f"CBOR tag {tag.tag} is not supported")
+def _reject_tag(tag: object, *_: object) -> object:
+    number = getattr(tag, "tag", tag)
+    raise ProtocolError(f"CBOR tag {number} is not supported (only plain data and byte strings)")
+
+
+def _uint8_array(value: object, *_: object) -> bytes:
+    # RFC 8746 tag 64: how cbor-web (the npm client's CBOR library) sends a Uint8Array.
+    if type(value) is not bytes:
+        raise ProtocolError("CBOR tag 64 must wrap a byte string")
+    return value
+
+
+def _rejecting(number: int) -> Callable[..., object]:
+    def reject(*_: object) -> object:
+        raise ProtocolError(
+            f"CBOR tag {number} is not supported (only plain data and byte strings)"
+        )
+
+    return reject
+
+
+# Tags cbor2 would otherwise decode itself (dates, bignums, decimals, shared
+# references, sets, ...): none of them is plain data both codecs can carry.
+_SEMANTIC_DECODERS: Final[dict[int, Callable[..., object]]] = {
+    number: _rejecting(number)
+    for number in (
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        25,
+        28,
+        29,
+        30,
+        35,
+        36,
+        37,
+        52,
+        54,
+        100,
+        256,
+        258,
+        260,
+        261,
+        1004,
+        55799,
+    )
+}
+_SEMANTIC_DECODERS[64] = _uint8_array
+
+
+class _Undefined(Exception):
+    """CBOR ``undefined`` (a JS ``undefined`` sent by cbor-web): stored as null."""
 
 
 def check_value(value: object, limits: DecodeLimits = DecodeLimits()) -> None:
-    """Raise :class:`ProtocolError` unless ``value`` is plain data within ``limits``."""
-    _check_value(value, 1, limits)
+    """Raise :class:`ProtocolError` unless ``value`` is plain data within ``limits``.
+
+    CBOR ``undefined`` inside arrays and maps is replaced by ``None`` in place.
+    """
+    try:
+        _check_value(value, 1, limits)
+    except _Undefined:
+        raise ProtocolError("a value cannot be undefined") from None
 
 
 def _check_value(value: object, depth: int, limits: DecodeLimits) -> None:
@@ -142,6 +201,8 @@ def _check_value(value: object, depth: int, limits: DecodeLimits) -> None:
     t = type(value)
     if t is str or t is bool or value is None or t is bytes:
         return
+    if value is cbor2.undefined:
+        raise _Undefined
     if t is int:
         if not -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:  # type: ignore[operator]
             raise ProtocolError("integer outside ±2^53 cannot be represented exactly")
@@ -151,14 +212,22 @@ def _check_value(value: object, depth: int, limits: DecodeLimits) -> None:
             raise ProtocolError("NaN and Infinity are not allowed")
         return
     if t is list:
-        for item in value:  # type: ignore[attr-defined]
-            _check_value(item, depth + 1, limits)
+        items: list[object] = value  # type: ignore[assignment]
+        for i, item in enumerate(items):
+            try:
+                _check_value(item, depth + 1, limits)
+            except _Undefined:
+                items[i] = None
         return
     if t is dict:
-        for k, item in value.items():  # type: ignore[attr-defined]
+        mapping: dict[object, object] = value  # type: ignore[assignment]
+        for k, item in mapping.items():
             if type(k) is not str:
                 raise ProtocolError("map keys must be strings")
-            _check_value(item, depth + 1, limits)
+            try:
+                _check_value(item, depth + 1, limits)
+            except _Undefined:
+                mapping[k] = None
         return
     raise ProtocolError(f"unsupported value of type {t.__name__}")
 
@@ -170,9 +239,15 @@ def _load_json(data: str | bytes) -> object:
         raise ProtocolError(f"invalid JSON: {exc}") from None
 
 
-def _load_cbor(data: bytes) -> object:
+def _load_cbor(data: bytes, limits: DecodeLimits) -> object:
     try:
-        return cbor2.loads(data, tag_hook=_reject_tag)
+        return cbor2.loads(
+            data,
+            tag_hook=_reject_tag,
+            semantic_decoders=_SEMANTIC_DECODERS,
+            max_depth=limits.max_depth + 4,
+            strict_hashable_types=True,
+        )
     except ProtocolError:
         raise
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
@@ -182,23 +257,25 @@ def _load_cbor(data: bytes) -> object:
         raise ProtocolError(f"invalid CBOR: {exc}") from None
     except RecursionError:
         raise ProtocolError("invalid CBOR: nested too deeply") from None
+    except Exception as exc:
+        raise ProtocolError(f"invalid CBOR: {exc}") from None
 
 
 _CONVERTER: Final = JSON.converter
 
 
-def decode_client_message(data: str | bytes, limits: DecodeLimits = DecodeLimits()) -> ClientMessage:
+def decode_client_message(
+    data: str | bytes, limits: DecodeLimits = DecodeLimits()
+) -> ClientMessage:
     """Decode one client frame: ``str`` is JSON (a text frame), ``bytes`` is CBOR.
 
     Raises :class:`ProtocolError` with a message fit to send back to the client.
     """
-    raw = _load_json(data) if isinstance(data, str) else _load_cbor(data)
+    raw = _load_json(data) if isinstance(data, str) else _load_cbor(data, limits)
     return structure_client_message(raw, limits)
 
 
-def decode_json_client_message(
-    data: bytes, limits: DecodeLimits = DecodeLimits()
-) -> ClientMessage:
+def decode_json_client_message(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ClientMessage:
     """Decode a client message sent as a JSON body (HTTP ``/send``)."""
     return structure_client_message(_load_json(data), limits)
 
@@ -212,7 +289,7 @@ def structure_client_message(raw: object, limits: DecodeLimits) -> ClientMessage
     if kind == "push":
         if "value" not in raw:
             raise ProtocolError("push: missing field 'value'")
-        _check_value(raw["value"], 1, limits)
+        check_value(raw["value"], limits)
         action = raw.get("action")
         if type(action) is dict and action.get("type") not in (
             "relay",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import trio
 
@@ -134,9 +134,7 @@ class Hub:
                 continue  # evicted in between: load it again
             return room
 
-    async def request(
-        self, room_id: str, make: Callable[[Reply], Command]
-    ) -> ServerMessage | None:
+    async def request(self, room_id: str, make: Callable[[Reply], Command]) -> ServerMessage | None:
         """Submit ``make(reply)`` from outside the room and wait for its direct reply."""
         reply = Reply()
         await self.submit(room_id, make(reply))
@@ -158,7 +156,11 @@ class Hub:
     # -- in-process API ------------------------------------------------------------
 
     async def push(
-        self, room_id: str, key: str, value: Value | object, action: Action = Append()
+        self,
+        room_id: str,
+        key: str,
+        value: object,
+        action: Action = Append(),  # noqa: B008 - frozen, immutable
     ) -> int | None:
         """Push a value; return the stream size if it holds more than one value.
 
@@ -166,7 +168,8 @@ class Hub:
         from the future) and :class:`RoomNotFound` for an unknown room.
         """
         check_value(value, self.config.decode_limits)
-        reply = await self.request(room_id, lambda r: PushCommand(key, value, action, r))
+        checked = Value(value)
+        reply = await self.request(room_id, lambda r: PushCommand(key, checked, action, r))
         if isinstance(reply, Error):
             raise ProtocolError(reply.message)
         return reply.size if isinstance(reply, StreamSize) else None
@@ -201,10 +204,8 @@ class Hub:
             conn.closed = True
             with trio.move_on_after(self.config.write_timeout) as scope:
                 scope.shield = True
-                try:
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await room.inbox.send(Leave(conn))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
 
 
 class Subscription:
@@ -228,7 +229,9 @@ class Subscription:
 
 
 @asynccontextmanager
-async def open_hub(config: Config | None = None, storage: Storage | None = None) -> AsyncIterator[Hub]:
+async def open_hub(
+    config: Config | None = None, storage: Storage | None = None
+) -> AsyncIterator[Hub]:
     """Run a hub for the duration of the block (in-process use, no network)."""
     hub = Hub(config, storage)
     async with trio.open_nursery() as nursery:

@@ -239,7 +239,7 @@ class Room:
         if changes or self.state.seq != self._committed_seq:
             try:
                 await self.storage.commit(self.room_id, self.state.seq, changes)
-            except Exception as exc:  # noqa: BLE001 - any backend failure rejects the batch
+            except Exception as exc:
                 log.warning("commit failed in room %s: %r", self.room_id[:8], exc)
                 effects = await self._rollback(commands)
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextlib import suppress
 from typing import Any, TypeAlias
 from urllib.parse import unquote
 
@@ -22,7 +23,7 @@ from ..protocol.codec import CBOR, JSON, decode_client_message, decode_json_clie
 from ..protocol.messages import ClientMessage, Error, Get, Ping, Push
 from ..runtime.config import Config
 from ..runtime.connection import Connection
-from ..runtime.hub import Hub, valid_room_id
+from ..runtime.hub import Hub
 from ..runtime.room import Command, GetCommand, Join, Leave, PingCommand, PushCommand, Room
 
 __all__ = ["DriftApp", "parse_query"]
@@ -212,7 +213,9 @@ class DriftApp:
                 return
             await self._respond(send, 200, self._room_info(scope, room_id))
         elif action == "/connect":
-            await self._error(send, 426, "WebSocket upgrade required", headers=[(b"upgrade", b"websocket")])
+            await self._error(
+                send, 426, "WebSocket upgrade required", headers=[(b"upgrade", b"websocket")]
+            )
         elif method != "POST":
             await self._error(send, 405, "use POST", headers=[(b"allow", b"POST")])
         else:
@@ -320,16 +323,16 @@ class DriftApp:
             conn.closed = True
             with trio.move_on_after(self.config.write_timeout) as scope:
                 scope.shield = True
-                try:
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await room.inbox.send(Leave(conn))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
                 if conn.close_code is not None:
                     close_code, reason = conn.close_code, conn.close_reason
                 if close_code is not None:
                     await send({"type": "websocket.close", "code": close_code, "reason": reason})
 
-    async def _reader(self, conn: Connection, room: Room, receive: Receive) -> tuple[int | None, str]:
+    async def _reader(
+        self, conn: Connection, room: Room, receive: Receive
+    ) -> tuple[int | None, str]:
         limits = self.config.decode_limits
         max_bytes = self.config.max_message_bytes
         max_errors = self.config.max_consecutive_errors
