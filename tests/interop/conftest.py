@@ -1,0 +1,84 @@
+"""Fixtures for the interop tests: a running drifttrio server and a Node runner.
+
+The scenario scripts in this folder drive the published ``driftdb`` npm client
+(pinned in ``package.json``) under Node 20. ``bash .ci/run`` installs Node and
+runs ``npm ci`` here; without them these tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from drifttrio import Config, RunningServer, open_server
+
+INTEROP_DIR = Path(__file__).resolve().parent
+
+#: Bound on one scenario script (each script also stops itself after 20 s).
+SCRIPT_TIMEOUT = 60.0
+
+RunNode = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The ``node`` executable, or skip when Node or the npm packages are missing."""
+    exe = shutil.which("node")
+    if exe is None:
+        pytest.skip("node is not installed (bash .ci/run installs Node 20 for these tests)")
+    if not (INTEROP_DIR / "node_modules" / "driftdb").is_dir():
+        pytest.skip("tests/interop/node_modules is missing: run `npm ci` in tests/interop")
+    version = subprocess.run(
+        [exe, "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    major = int(version.lstrip("v").split(".")[0])
+    assert major >= 20, f"the interop tests need Node 20 or later, found {version}"
+    return exe
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningServer]:
+    """A drifttrio server on 127.0.0.1 and a free port, default configuration."""
+    async with open_server(Config()) as running:
+        yield running
+
+
+@pytest.fixture
+def run_node(node: str) -> RunNode:
+    """Run one scenario script; return the JSON line it printed.
+
+    ``await run_node("state.js", server.url, room_id, env={"X": "1"})``. A
+    non-zero exit, or anything but one JSON line on stdout, fails the test
+    with the script's stderr.
+    """
+
+    async def run(script: str, *args: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+        with trio.fail_after(SCRIPT_TIMEOUT):
+            proc = await trio.run_process(
+                [node, str(INTEROP_DIR / script), *args],
+                cwd=INTEROP_DIR,
+                env={**os.environ, **(env or {})},
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        stdout = proc.stdout.decode(errors="replace")
+        stderr = proc.stderr.decode(errors="replace")
+        assert proc.returncode == 0, (
+            f"node {script} exited with {proc.returncode}\n"
+            f"--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}"
+        )
+        lines = [line for line in stdout.splitlines() if line.strip()]
+        assert len(lines) == 1, f"node {script} printed {len(lines)} lines:\n{stdout}"
+        result: dict[str, Any] = json.loads(lines[0])
+        return result
+
+    return run
