@@ -80,6 +80,8 @@ async def serve(
                 await shutdown_trigger()
             log.info("shutting down: closing %d live room(s)", len(hub.rooms))
             hub.close_all()
+            # Members get write_timeout to see their close frame; then everything stops.
+            nursery.cancel_scope.deadline = trio.current_time() + config.write_timeout
 
         try:
             async with trio.open_nursery() as web:

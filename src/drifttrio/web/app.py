@@ -35,6 +35,7 @@ Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
+_CLOSE_DRAIN_SECONDS = 1.0
 _ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send)?/?")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
@@ -313,11 +314,13 @@ class DriftApp:
         """Run one member: a reader (this task) and a writer, until either side ends."""
         close_code: int | None = None
         reason = ""
+        peer_gone = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, conn, send, nursery.cancel_scope)
                 nursery.start_soon(_cancel_when_kicked, conn, nursery.cancel_scope)
                 close_code, reason = await self._reader(conn, room, receive)
+                peer_gone = close_code is None
                 nursery.cancel_scope.cancel()
         finally:
             conn.closed = True
@@ -329,6 +332,12 @@ class DriftApp:
                     close_code, reason = conn.close_code, conn.close_reason
                 if close_code is not None:
                     await send({"type": "websocket.close", "code": close_code, "reason": reason})
+            # Keep reading for a moment: hypercorn waits (shielded) to hand this app
+            # frames the peer sent before our close, and would stall its connection.
+            with trio.move_on_after(min(_CLOSE_DRAIN_SECONDS, self.config.write_timeout)) as drain:
+                drain.shield = True
+                while not peer_gone:
+                    peer_gone = (await receive())["type"] == "websocket.disconnect"
 
     async def _reader(
         self, conn: Connection, room: Room, receive: Receive
