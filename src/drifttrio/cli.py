@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,9 @@ from .server import serve
 __all__ = ["main"]
 
 log = logging.getLogger("drifttrio")
+
+#: What ``drifttrio serve`` and ``drifttrio.asgi`` store rooms in by default.
+DEFAULT_STORE = "sqlite:///drifttrio.db"
 
 
 async def _wait_for_signal() -> None:
@@ -38,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--store",
         default=None,
-        help="memory | sqlite:///PATH | redis://HOST:PORT/DB (default: $DRIFTTRIO_STORE or memory)",
+        help="sqlite:///PATH[?synchronous=full] | memory "
+        f"(default: $DRIFTTRIO_STORE or {DEFAULT_STORE})",
     )
     run.add_argument("--slow-client-policy", choices=["disconnect", "drop"], default=None)
     run.add_argument(
@@ -60,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = Config.from_env(
-            store=args.store,
+            store=args.store or os.environ.get("DRIFTTRIO_STORE") or DEFAULT_STORE,
             slow_client_policy=args.slow_client_policy,
             broadcast_compact=False if args.no_broadcast_compact else None,
         )

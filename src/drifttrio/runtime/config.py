@@ -35,8 +35,13 @@ def _policy(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
 class Config:
     """Everything that can be tuned. Every field has a ``DRIFTTRIO_<NAME>`` variable."""
 
-    #: Storage URL: ``memory`` (``sqlite:///PATH`` and ``redis://`` come later).
+    #: Storage URL: ``memory`` or ``sqlite:///PATH[?synchronous=normal|full]``.
+    #: The library default is ``memory``; ``drifttrio serve`` and ``drifttrio.asgi``
+    #: default to ``sqlite:///drifttrio.db``.
     store: str = "memory"
+    #: Seconds a room may stay idle (no push, no member) before it is deleted with
+    #: its data; 0 keeps rooms forever. Upstream's hosted worker used 24 hours.
+    room_ttl_seconds: float = attrs.field(default=24 * 3600.0, validator=_non_negative)
     #: Commands waiting in a room's inbox before senders are made to wait.
     room_inbox_size: int = attrs.field(default=1024, validator=_positive)
     #: Most commands a room applies per storage commit.

@@ -13,6 +13,7 @@ end themselves when idle. Applications can use a hub directly, with no network::
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -40,6 +41,8 @@ from .room import Command, GetCommand, Join, Leave, PushCommand, Reply, Room
 
 __all__ = ["Hub", "Subscription", "open_hub", "valid_room_id"]
 
+log = logging.getLogger("drifttrio.hub")
+
 _ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
@@ -63,12 +66,27 @@ class Hub:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.config.room_ttl_seconds > 0:
+                    nursery.start_soon(self._expire_idle_rooms)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
             self._nursery = None
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
+
+    async def _expire_idle_rooms(self) -> None:
+        """Delete rooms idle longer than the TTL (live rooms are never idle)."""
+        ttl = self.config.room_ttl_seconds
+        while True:
+            await trio.sleep(min(ttl / 4, 300.0))
+            try:
+                expired = await self.storage.expire(ttl, keep=list(self.rooms))
+            except Exception as exc:
+                log.warning("room expiry failed: %r", exc)
+                continue
+            if expired:
+                log.info("expired %d idle room(s)", len(expired))
 
     def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutdown") -> None:
         """Ask every member of every live room to close."""
@@ -123,6 +141,15 @@ class Hub:
     def _forget(self, room: Room) -> None:
         if self.rooms.get(room.room_id) is room:
             del self.rooms[room.room_id]
+        if self._nursery is not None:
+            # The TTL counts from the last activity, and members count as activity.
+            self._nursery.start_soon(self._touch, room.room_id)
+
+    async def _touch(self, room_id: str) -> None:
+        try:
+            await self.storage.touch(room_id)
+        except Exception as exc:
+            log.warning("touch failed for room %s: %r", room_id[:8], exc)
 
     async def submit(self, room_id: str, command: Command) -> Room:
         """Send a command to a room's inbox (waiting if it is full)."""

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 from .._errors import ConfigError
 from .base import RoomSnapshot as RoomSnapshot
 from .base import Storage as Storage
 from .memory import MemoryStorage as MemoryStorage
+from .sqlite import SqliteStorage as SqliteStorage
 
-__all__ = ["MemoryStorage", "RoomSnapshot", "Storage", "open_storage"]
+__all__ = ["MemoryStorage", "RoomSnapshot", "SqliteStorage", "Storage", "open_storage"]
 
 
 def open_storage(url: str) -> Storage:
     """Build the backend named by a ``--store`` URL."""
     if url == "memory" or url.startswith("memory:"):
         return MemoryStorage()
-    if url.startswith("sqlite:") or url.startswith("redis"):
-        raise ConfigError(f"store {url!r} is not available in this version; use 'memory'")
+    if url.startswith("sqlite:"):
+        return _open_sqlite(url)
+    if url.startswith(("redis:", "rediss:")):
+        raise ConfigError(f"store {url!r}: the Redis backend is not available in this version")
     raise ConfigError(f"unknown store {url!r}: expected memory, sqlite:///PATH or redis://...")
+
+
+def _open_sqlite(url: str) -> SqliteStorage:
+    """``sqlite:///relative.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``;
+    ``?synchronous=full`` for power-loss durability (default ``normal``)."""
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ConfigError(f"store {url!r}: use sqlite:///PATH (three slashes)")
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path:
+        raise ConfigError(f"store {url!r}: no database path (sqlite:///PATH)")
+    query = parse_qs(parts.query)
+    synchronous = query.get("synchronous", ["normal"])[-1]
+    return SqliteStorage(path, synchronous=synchronous)

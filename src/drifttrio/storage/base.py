@@ -44,5 +44,14 @@ class Storage(Protocol):
     async def delete_room(self, room_id: str) -> None:
         """Delete the room and its data (a no-op if it does not exist)."""
 
+    async def touch(self, room_id: str) -> None:
+        """Record activity on the room without a write (joins, evictions)."""
+
+    async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
+        """Delete rooms idle longer than ``idle_seconds``, except ``keep``; return their ids."""
+
+    async def count_rooms(self) -> int:
+        """How many rooms are stored."""
+
     async def aclose(self) -> None:
         """Release resources."""

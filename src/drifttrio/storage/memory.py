@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from .._errors import RoomNotFound
 from ..core.room_state import Stream, StreamChange
@@ -12,21 +13,23 @@ __all__ = ["MemoryStorage"]
 
 
 class _Room:
-    __slots__ = ("seq", "streams")
+    __slots__ = ("last_active", "seq", "streams")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.seq = 0
         self.streams: dict[str, Stream] = {}
+        self.last_active = now
 
 
 class MemoryStorage:
     """Rooms kept in a dict; keeps its own copy, separate from the live room state."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._rooms: dict[str, _Room] = {}
+        self._clock = clock
 
     async def create_room(self, room_id: str) -> None:
-        self._rooms.setdefault(room_id, _Room())
+        self._rooms.setdefault(room_id, _Room(self._clock()))
 
     async def room_exists(self, room_id: str) -> bool:
         return room_id in self._rooms
@@ -48,6 +51,27 @@ class MemoryStorage:
         for change in changes:
             room.streams.setdefault(change.key, Stream()).apply(change)
         room.seq = max(room.seq, seq)
+        room.last_active = self._clock()
+
+    async def touch(self, room_id: str) -> None:
+        room = self._rooms.get(room_id)
+        if room is not None:
+            room.last_active = self._clock()
+
+    async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
+        cutoff = self._clock() - idle_seconds
+        keep_set = set(keep)
+        expired = [
+            room_id
+            for room_id, room in self._rooms.items()
+            if room.last_active < cutoff and room_id not in keep_set
+        ]
+        for room_id in expired:
+            del self._rooms[room_id]
+        return expired
+
+    async def count_rooms(self) -> int:
+        return len(self._rooms)
 
     async def delete_room(self, room_id: str) -> None:
         self._rooms.pop(room_id, None)

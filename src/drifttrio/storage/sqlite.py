@@ -1,0 +1,240 @@
+"""The SQLite backend: the embedded default. One file, WAL, commits off the event loop.
+
+Every room batch is one transaction: the stream changes and the room's new
+high-water seq are committed together, so a seq that any client has seen is
+never reused after a restart. All database work runs in a worker thread
+(``trio.to_thread.run_sync``) behind a capacity limiter of one, on one
+connection, so the event loop never waits on the disk.
+
+Durability (``synchronous``): ``NORMAL`` (default) survives a crash of the
+process, ``FULL`` also survives power loss / an OS crash, at the cost of an
+fsync per commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import cbor2
+import trio
+
+from .._errors import ConfigError, RoomNotFound, StorageError
+from ..core.room_state import Stream, StreamChange
+from ..protocol.messages import SeqValue, Value
+from .base import RoomSnapshot
+
+__all__ = ["SqliteStorage"]
+
+T = TypeVar("T")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS rooms (
+    id          TEXT PRIMARY KEY,
+    seq         INTEGER NOT NULL DEFAULT 0,
+    created     REAL NOT NULL,
+    last_active REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rooms_last_active ON rooms (last_active);
+CREATE TABLE IF NOT EXISTS streams (
+    room      TEXT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+    key       TEXT NOT NULL,
+    compacted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (room, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries (
+    room  TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (room, key, seq),
+    FOREIGN KEY (room, key) REFERENCES streams (room, key) ON DELETE CASCADE
+) WITHOUT ROWID;
+"""
+
+_SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def _encode(value: Value) -> bytes:
+    return cbor2.dumps(value)
+
+
+def _decode(blob: bytes) -> Value:
+    return Value(cbor2.loads(blob))
+
+
+class SqliteStorage:
+    """Rooms in one SQLite file (``:memory:`` works too, for tests)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in _SYNCHRONOUS:
+            raise ConfigError(
+                f"sqlite synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}"
+            )
+        self.path = str(path)
+        self.synchronous = synchronous
+        self._clock = clock
+        self._limiter = trio.CapacityLimiter(1)
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._db = self._connect()
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open SQLite database {self.path!r}: {exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(_SCHEMA)
+        return db
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        if db is None:
+            raise StorageError("the SQLite storage is closed")
+
+        def work() -> T:
+            try:
+                return fn(db)
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StorageError(f"SQLite: {exc}") from exc
+
+        return await trio.to_thread.run_sync(work, limiter=self._limiter)
+
+    # -- the Storage interface ------------------------------------------------------
+
+    async def create_room(self, room_id: str) -> None:
+        now = self._clock()
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO rooms (id, seq, created, last_active) VALUES (?, 0, ?, ?)",
+                (room_id, now, now),
+            )
+        )
+
+    async def room_exists(self, room_id: str) -> bool:
+        row = await self._run(
+            lambda db: db.execute("SELECT 1 FROM rooms WHERE id = ?", (room_id,)).fetchone()
+        )
+        return row is not None
+
+    async def load_room(self, room_id: str) -> RoomSnapshot | None:
+        def load(db: sqlite3.Connection) -> RoomSnapshot | None:
+            db.execute("BEGIN")
+            try:
+                row = db.execute("SELECT seq FROM rooms WHERE id = ?", (room_id,)).fetchone()
+                if row is None:
+                    return None
+                streams: dict[str, Stream] = {}
+                for key, compacted in db.execute(
+                    "SELECT key, compacted FROM streams WHERE room = ?", (room_id,)
+                ):
+                    streams[key] = Stream([], compacted)
+                for key, seq, blob in db.execute(
+                    "SELECT key, seq, value FROM entries WHERE room = ? ORDER BY key, seq",
+                    (room_id,),
+                ):
+                    streams[key].entries.append(SeqValue(_decode(blob), seq))
+                return RoomSnapshot(row[0], streams)
+            finally:
+                db.execute("COMMIT")
+
+        return await self._run(load)
+
+    async def commit(self, room_id: str, seq: int, changes: Sequence[StreamChange]) -> None:
+        now = self._clock()
+        rows = [(c.kind, c.key, c.entry.seq, _encode(c.entry.value)) for c in changes]
+
+        def commit(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            updated = db.execute(
+                "UPDATE rooms SET seq = max(seq, ?), last_active = ? WHERE id = ?",
+                (seq, now, room_id),
+            ).rowcount
+            if not updated:
+                db.execute("ROLLBACK")
+                raise RoomNotFound(room_id)
+            for kind, key, entry_seq, blob in rows:
+                db.execute(
+                    "INSERT OR IGNORE INTO streams (room, key, compacted) VALUES (?, ?, 0)",
+                    (room_id, key),
+                )
+                if kind == "replace":
+                    db.execute("DELETE FROM entries WHERE room = ? AND key = ?", (room_id, key))
+                elif kind == "compact":
+                    db.execute(
+                        "DELETE FROM entries WHERE room = ? AND key = ? AND seq <= ?",
+                        (room_id, key, entry_seq),
+                    )
+                    db.execute(
+                        "UPDATE streams SET compacted = max(compacted, ?)"
+                        " WHERE room = ? AND key = ?",
+                        (entry_seq, room_id, key),
+                    )
+                db.execute(
+                    "INSERT INTO entries (room, key, seq, value) VALUES (?, ?, ?, ?)",
+                    (room_id, key, entry_seq, blob),
+                )
+            db.execute("COMMIT")
+
+        await self._run(commit)
+
+    async def touch(self, room_id: str) -> None:
+        """Mark the room as active now (it is in use without writing)."""
+        now = self._clock()
+        await self._run(
+            lambda db: db.execute("UPDATE rooms SET last_active = ? WHERE id = ?", (now, room_id))
+        )
+
+    async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
+        """Delete rooms idle for longer than ``idle_seconds`` (except ``keep``)."""
+        cutoff = self._clock() - idle_seconds
+        keep_set = set(keep)
+
+        def expire(db: sqlite3.Connection) -> list[str]:
+            db.execute("BEGIN IMMEDIATE")
+            ids = [
+                room_id
+                for (room_id,) in db.execute(
+                    "SELECT id FROM rooms WHERE last_active < ?", (cutoff,)
+                ).fetchall()
+                if room_id not in keep_set
+            ]
+            for room_id in ids:
+                db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+            db.execute("COMMIT")
+            return ids
+
+        return await self._run(expire)
+
+    async def delete_room(self, room_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM rooms WHERE id = ?", (room_id,)))
+
+    async def count_rooms(self) -> int:
+        row = await self._run(lambda db: db.execute("SELECT count(*) FROM rooms").fetchone())
+        return int(row[0])
+
+    async def aclose(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await trio.to_thread.run_sync(db.close, limiter=self._limiter)
+
+    def execute_for_tests(self, sql: str, *args: Any) -> Any:
+        """Run raw SQL on the connection (tests inject faults with PRAGMAs)."""
+        assert self._db is not None
+        return self._db.execute(sql, args).fetchall()
