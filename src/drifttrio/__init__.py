@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._errors import CapacityError as CapacityError
 from ._errors import CloseCode as CloseCode
 from ._errors import ConfigError as ConfigError
 from ._errors import DriftError as DriftError
@@ -50,6 +51,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CapacityError",
     "CloseCode",
     "Config",
     "ConfigError",

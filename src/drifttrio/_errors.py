@@ -7,12 +7,14 @@ The tree::
     ├── ProtocolError           the peer sent something we cannot accept (remote);
     │                           carries the HTTP status and close-code hint to answer with
     ├── RoomNotFound            the room id is unknown
+    ├── CapacityError           a server-wide cap is reached (HTTP 503)
     └── StorageError            the storage backend failed; nothing was committed
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CapacityError",
     "CloseCode",
     "ConfigError",
     "DriftError",
@@ -57,6 +59,10 @@ class ProtocolError(DriftError):
 
 class RoomNotFound(DriftError):
     """The room id is unknown (or expired)."""
+
+
+class CapacityError(DriftError):
+    """A server-wide cap (such as ``max_rooms``) is reached."""
 
 
 class StorageError(DriftError):

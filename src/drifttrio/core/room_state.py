@@ -11,11 +11,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal
 
 import attrs
+import cbor2
 
 from .._errors import ProtocolError
 from ..protocol.messages import Action, Append, Compact, Relay, Replace, SeqValue, Value
 
-__all__ = ["PushOutcome", "RoomState", "Stream", "StreamChange"]
+__all__ = ["PushOutcome", "RoomLimits", "RoomState", "Stream", "StreamChange", "value_size"]
 
 
 @attrs.frozen
@@ -52,17 +53,42 @@ class Stream:
     entries: list[SeqValue] = attrs.Factory(list)
     #: The highest seq a compaction was applied at; compacts at or below it are no-ops.
     compacted: int = 0
+    #: Encoded size of each entry (kept by rooms that enforce a byte cap; else zeros).
+    sizes: list[int] = attrs.Factory(list)
+    #: ``sum(sizes)``, kept up to date.
+    total: int = 0
 
-    def apply(self, change: StreamChange) -> None:
+    def apply(self, change: StreamChange, size: int = 0) -> int:
+        """Apply a change; return how many bytes the stream grew by (may be negative)."""
         entry = change.entry
+        if len(self.sizes) != len(self.entries):
+            self.sizes = [0] * len(self.entries)
+            self.total = 0
+        before = self.total
         if change.kind == "replace":
             self.entries = [entry]
+            self.sizes = [size]
+            self.total = size
         elif change.kind == "append":
             self.entries.append(entry)
+            self.sizes.append(size)
+            self.total += size
         else:
             keep = bisect.bisect_right(self.entries, entry.seq, key=_seq_of)
+            self.total += size - sum(self.sizes[:keep])
             self.entries[:keep] = [entry]
+            self.sizes[:keep] = [size]
             self.compacted = max(self.compacted, entry.seq)
+        return self.total - before
+
+    def bytes_after(self, change: StreamChange, size: int) -> int:
+        """The stream's byte size if ``change`` (of ``size`` bytes) were applied."""
+        if change.kind == "replace":
+            return size
+        if change.kind == "append":
+            return self.total + size
+        keep = bisect.bisect_right(self.entries, change.entry.seq, key=_seq_of)
+        return self.total - sum(self.sizes[:keep]) + size
 
     def since(self, seq: int) -> list[SeqValue]:
         """Entries with a seq strictly greater than ``seq``."""
@@ -74,6 +100,21 @@ def _seq_of(entry: SeqValue) -> int:
     return entry.seq
 
 
+@attrs.frozen
+class RoomLimits:
+    """Caps on what a room retains; 0 means unlimited. A push that would exceed
+    one is rejected (never silently truncating a stream)."""
+
+    max_keys: int = 0
+    max_stream_values: int = 0
+    max_room_bytes: int = 0
+
+
+def value_size(value: Value) -> int:
+    """The size a value counts for against ``max_room_bytes``: its CBOR encoding."""
+    return len(cbor2.dumps(value))
+
+
 class RoomState:
     """A room's sequence counter and retained streams."""
 
@@ -83,10 +124,19 @@ class RoomState:
         streams: Mapping[str, Stream] | None = None,
         *,
         broadcast_compact: bool = True,
+        limits: RoomLimits = RoomLimits(),
     ) -> None:
         self.seq = seq
         self.streams: dict[str, Stream] = dict(streams or {})
         self.broadcast_compact = broadcast_compact
+        self.limits = limits
+        #: Retained bytes (only counted when ``limits.max_room_bytes`` is set).
+        self.bytes = 0
+        if limits.max_room_bytes:
+            for stream in self.streams.values():
+                stream.sizes = [value_size(e.value) for e in stream.entries]
+                stream.total = sum(stream.sizes)
+                self.bytes += stream.total
 
     @classmethod
     def from_changes(
@@ -98,12 +148,45 @@ class RoomState:
             state.streams.setdefault(change.key, Stream()).apply(change)
         return state
 
+    def _admit(self, change: StreamChange) -> int:
+        """Check the caps for ``change``; return the size to account for it."""
+        limits = self.limits
+        stream = self.streams.get(change.key)
+        if stream is None and limits.max_keys and len(self.streams) >= limits.max_keys:
+            raise ProtocolError(f"room has reached its limit of {limits.max_keys} keys")
+        if (
+            change.kind == "append"
+            and limits.max_stream_values
+            and stream is not None
+            and len(stream.entries) >= limits.max_stream_values
+        ):
+            raise ProtocolError(
+                f"stream {change.key!r} has reached its limit of "
+                f"{limits.max_stream_values} retained values: compact or replace it"
+            )
+        if not limits.max_room_bytes:
+            return 0
+        size = value_size(change.entry.value)
+        before = stream.total if stream is not None else 0
+        after = stream.bytes_after(change, size) if stream is not None else size
+        if self.bytes - before + after > limits.max_room_bytes:
+            raise ProtocolError(
+                f"room has reached its limit of {limits.max_room_bytes} retained bytes"
+            )
+        return size
+
+    def _retain(self, change: StreamChange) -> Stream:
+        size = self._admit(change)
+        stream = self.streams.setdefault(change.key, Stream())
+        self.bytes += stream.apply(change, size)
+        return stream
+
     def push(self, key: str, value: Value, action: Action) -> PushOutcome:
-        """Apply one push. Raises :class:`ProtocolError` for an invalid compact."""
+        """Apply one push. Raises :class:`ProtocolError` for an invalid compact or
+        a push beyond a cap; then nothing changed and no seq was consumed."""
         if isinstance(action, Compact):
             return self._compact(key, value, action.seq)
-        self.seq += 1
-        entry = SeqValue(value, self.seq)
+        entry = SeqValue(value, self.seq + 1)
         change: StreamChange | None
         if isinstance(action, Relay):
             change = None
@@ -113,10 +196,11 @@ class RoomState:
             assert isinstance(action, Append)
             change = StreamChange("append", key, entry)
         if change is not None:
-            stream = self.streams.setdefault(key, Stream())
-            stream.apply(change)
+            stream = self._retain(change)
+            self.seq += 1
             size = len(stream.entries)
         else:
+            self.seq += 1
             stream_or_none = self.streams.get(key)
             size = len(stream_or_none.entries) if stream_or_none is not None else 0
         return PushOutcome(entry, change, size if size > 1 else None)
@@ -129,11 +213,9 @@ class RoomState:
         stream = self.streams.get(key)
         if stream is not None and seq <= stream.compacted:
             return PushOutcome(None, None, None)
-        if stream is None:
-            stream = self.streams[key] = Stream()
         entry = SeqValue(value, seq)
         change = StreamChange("compact", key, entry)
-        stream.apply(change)
+        stream = self._retain(change)
         size = len(stream.entries)
         return PushOutcome(
             entry if self.broadcast_compact else None, change, size if size > 1 else None

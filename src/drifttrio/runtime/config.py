@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 import attrs
 
 from .._errors import ConfigError
+from ..core.room_state import RoomLimits
 from ..protocol.codec import DecodeLimits
 
 __all__ = ["Config", "SlowClientPolicy"]
@@ -66,10 +67,26 @@ class Config:
     max_key_bytes: int = attrs.field(default=1024, validator=_positive)
     #: Invalid messages in a row before the connection is closed with 4000 (0: never).
     max_consecutive_errors: int = attrs.field(default=100, validator=_non_negative)
+    #: Most rooms stored at once (0: unlimited); ``POST /new`` answers 503 beyond it.
+    max_rooms: int = attrs.field(default=0, validator=_non_negative)
+    #: Most keys with a retained stream in one room (0: unlimited).
+    max_keys_per_room: int = attrs.field(default=10_000, validator=_non_negative)
+    #: Most values retained in one stream (0: unlimited); appends beyond it get ``error``.
+    max_stream_values: int = attrs.field(default=10_000, validator=_non_negative)
+    #: Most bytes (CBOR-encoded values) retained by one room (0: unlimited).
+    max_room_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_non_negative)
     #: Trust ``X-Forwarded-Proto`` (set it when behind a TLS-terminating proxy).
     trust_forwarded_proto: bool = False
     #: CORS allowed origin (``*`` like upstream, or one origin; empty disables CORS).
     cors_origin: str = "*"
+
+    @property
+    def room_limits(self) -> RoomLimits:
+        return RoomLimits(
+            max_keys=self.max_keys_per_room,
+            max_stream_values=self.max_stream_values,
+            max_room_bytes=self.max_room_bytes,
+        )
 
     @property
     def decode_limits(self) -> DecodeLimits:

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager, suppress
 
 import trio
 
-from .._errors import CloseCode, ProtocolError, RoomNotFound
+from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound
 from ..core.room_state import RoomState
 from ..protocol.codec import Codec, check_value
 from ..protocol.messages import (
@@ -97,6 +97,9 @@ class Hub:
 
     async def create_room(self) -> str:
         """Create a room with a fresh 128-bit random id."""
+        limit = self.config.max_rooms
+        if limit and await self.storage.count_rooms() >= limit:
+            raise CapacityError(f"the server's limit of {limit} rooms is reached")
         room_id = secrets.token_urlsafe(16)
         await self.storage.create_room(room_id)
         return room_id
@@ -129,6 +132,7 @@ class Hub:
                     snapshot.seq,
                     snapshot.streams,
                     broadcast_compact=self.config.broadcast_compact,
+                    limits=self.config.room_limits,
                 )
                 room = Room(room_id, state, self.storage, self.config, self._forget)
                 await self._nursery.start(room.run)

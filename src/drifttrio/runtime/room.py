@@ -253,7 +253,10 @@ class Room:
         if snapshot is None:
             raise RuntimeError(f"room {self.room_id[:8]} vanished from storage")
         self.state = RoomState(
-            snapshot.seq, snapshot.streams, broadcast_compact=self.state.broadcast_compact
+            snapshot.seq,
+            snapshot.streams,
+            broadcast_compact=self.state.broadcast_compact,
+            limits=self.state.limits,
         )
         self._committed_seq = snapshot.seq
         effects: list[_Effect] = []

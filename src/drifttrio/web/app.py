@@ -18,7 +18,7 @@ import orjson
 import trio
 
 from .. import __version__
-from .._errors import CloseCode, ProtocolError, RoomNotFound
+from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, StorageError
 from ..protocol.codec import CBOR, JSON, decode_client_message, decode_json_client_message
 from ..protocol.messages import ClientMessage, Error, Get, Ping, Push
 from ..runtime.config import Config
@@ -197,7 +197,14 @@ class DriftApp:
             if method != "POST":
                 await self._error(send, 405, "use POST /new", headers=[(b"allow", b"POST")])
                 return
-            room_id = await hub.create_room()
+            try:
+                room_id = await hub.create_room()
+            except CapacityError as exc:
+                await self._error(send, 503, str(exc))
+                return
+            except StorageError as exc:
+                await self._error(send, 503, f"storage unavailable: {exc}")
+                return
             await self._respond(send, 200, self._room_info(scope, room_id))
             return
         match = _ROOM_PATH.fullmatch(path)
