@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from functools import partial
 
 import trio
 
@@ -25,11 +24,17 @@ log = logging.getLogger("drifttrio")
 DEFAULT_STORE = "sqlite:///drifttrio.db"
 
 
-async def _wait_for_signal() -> None:
+async def _serve_until_signal(config: Config, host: str, port: int) -> None:
+    # Catch the signals before serving: a SIGTERM sent as soon as the "listening"
+    # line appears must shut down gracefully, not kill the process.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
-            return
+
+        async def wait_for_signal() -> None:
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                return
+
+        await serve(config, host=host, port=port, shutdown_trigger=wait_for_signal)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,11 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             slow_client_policy=args.slow_client_policy,
             broadcast_compact=False if args.no_broadcast_compact else None,
         )
-        trio.run(
-            partial(
-                serve, config, host=args.host, port=args.port, shutdown_trigger=_wait_for_signal
-            )
-        )
+        trio.run(_serve_until_signal, config, args.host, args.port)
     except ConfigError as exc:
         print(f"drifttrio: {exc}", file=sys.stderr)
         return 2
