@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager, suppress
 
 import trio
 
-from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound
+from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, StorageError
 from ..core.room_state import RoomState
 from ..protocol.codec import Codec, check_value
 from ..protocol.messages import (
@@ -165,12 +165,12 @@ class Hub:
                 continue  # evicted in between: load it again
             return room
 
-    async def request(self, room_id: str, make: Callable[[Reply], Command]) -> ServerMessage | None:
+    async def request(self, room_id: str, make: Callable[[Reply], Command]) -> Reply:
         """Submit ``make(reply)`` from outside the room and wait for its direct reply."""
         reply = Reply()
         await self.submit(room_id, make(reply))
         await reply.done.wait()
-        return reply.message
+        return reply
 
     def new_connection(
         self, *, codec: Codec | None = None, debug: bool = False, explicit: bool = False
@@ -201,15 +201,20 @@ class Hub:
         check_value(value, self.config.decode_limits)
         checked = Value(value)
         reply = await self.request(room_id, lambda r: PushCommand(key, checked, action, r))
-        if isinstance(reply, Error):
-            raise ProtocolError(reply.message)
-        return reply.size if isinstance(reply, StreamSize) else None
+        message = reply.message
+        if isinstance(message, Error):
+            if reply.status >= 500:
+                raise StorageError(message.message)
+            raise ProtocolError(message.message)
+        return message.size if isinstance(message, StreamSize) else None
 
     async def get(self, room_id: str, key: str, since: int = 0) -> list[SeqValue]:
         """The retained values of ``key`` with seq greater than ``since``."""
         reply = await self.request(room_id, lambda r: GetCommand(key, since, r))
-        assert isinstance(reply, Init)
-        return list(reply.data)
+        if isinstance(reply.message, Error):
+            raise StorageError(reply.message.message)
+        assert isinstance(reply.message, Init)
+        return list(reply.message.data)
 
     @asynccontextmanager
     async def subscribe(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, TypeAlias
 
 import attrs
@@ -44,10 +45,21 @@ class Reply:
 
     def __init__(self) -> None:
         self.message: ServerMessage | None = None
+        #: The HTTP status for an ``Error`` reply: 400 (refused) or 503 (storage failed).
+        self.status = 200
         self.done = trio.Event()
 
     def send_message(self, message: ServerMessage) -> None:
         self.message = message
+        if isinstance(message, Error) and self.status == 200:
+            self.status = 400
+
+    def fail(self, message: str, status: int = 503) -> None:
+        """Answer with an error (if not answered yet) and wake the waiter."""
+        if not self.done.is_set():
+            self.message = Error(message)
+            self.status = status
+            self.done.set()
 
 
 Origin: TypeAlias = Connection | Reply
@@ -130,24 +142,42 @@ class Room:
         self.members: set[Connection] = set()
         self._debug_members = 0
         self._committed_seq = state.seq
+        self._open_replies: list[Reply] = []
         self.closed = False
 
     # -- the task --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        close_code = CloseCode.GOING_AWAY
         try:
             while True:
                 command = await self._next_command()
                 if command is None:
                     return  # idle: evicted
-                await self._handle_batch(self._drain(command))
+                batch = self._drain(command)
+                self._open_replies = [
+                    origin for c in batch if isinstance(origin := getattr(c, "origin", None), Reply)
+                ]
+                await self._handle_batch(batch)
+        except Exception:
+            # Storage failing even to reload, or a bug: end this room alone. Members
+            # reconnect and the hub loads the room again from what was committed.
+            log.exception("room %s stopped", self.room_id[:8])
+            close_code = CloseCode.INTERNAL_ERROR
         finally:
             self.closed = True
             self._commands.close()
             self._on_exit(self)
             for conn in self.members:
-                conn.kick(CloseCode.GOING_AWAY, "room closed")
+                conn.kick(close_code, "room closed")
+            for reply in self._open_replies:
+                reply.fail("room unavailable, try again")
+            with suppress(trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                while True:
+                    left = self._commands.receive_nowait()
+                    if isinstance(getattr(left, "origin", None), Reply):
+                        left.origin.fail("room unavailable, try again")  # type: ignore[union-attr]
 
     async def _next_command(self) -> Command | None:
         idle = self.config.room_idle_seconds
@@ -262,9 +292,10 @@ class Room:
         effects: list[_Effect] = []
         for command in commands:
             if isinstance(command, PushCommand):
-                effects.append((command.origin, Error("storage unavailable: push not applied")))
                 if isinstance(command.origin, Reply):
-                    effects.append(_Done(command.origin))
+                    command.origin.fail("storage unavailable: push not applied", 503)
+                else:
+                    effects.append((command.origin, Error("storage unavailable: push not applied")))
             else:
                 self._apply(command, [], effects)
         return effects

@@ -266,10 +266,11 @@ class DriftApp:
         except RoomNotFound:
             await self._error(send, 404, "room not found")
             return
-        if isinstance(reply, Error):
-            await self._error(send, 400, reply.message)
+        answer = reply.message
+        if isinstance(answer, Error):
+            await self._error(send, reply.status, answer.message)
             return
-        await self._respond(send, 200, None if reply is None else JSON.unstructure(reply))
+        await self._respond(send, 200, None if answer is None else JSON.unstructure(answer))
 
     # -- WebSocket ------------------------------------------------------------------
 
