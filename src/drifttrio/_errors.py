@@ -29,6 +29,7 @@ class CloseCode:
 
     NORMAL = 1000
     GOING_AWAY = 1001  # the server is shutting down
+    POLICY_VIOLATION = 1008  # upgrade refused on an ASGI server without HTTP rejections
     MESSAGE_TOO_BIG = 1009  # a frame above max_message_bytes
     INTERNAL_ERROR = 1011
     TOO_MANY_ERRORS = 4000  # max_consecutive_errors undecodable/invalid messages in a row

@@ -70,8 +70,9 @@ async def serve(
     ``task_status`` reports a :class:`RunningServer` once the socket is bound.
     """
     config = config or Config()
+    hub = Hub(config)  # opens the store: a bad --store fails here, plainly
     async with trio.open_nursery() as nursery:
-        hub: Hub = await nursery.start(Hub(config).run)
+        await nursery.start(hub.run)
 
         async def trigger() -> None:
             if shutdown_trigger is None:

@@ -60,6 +60,8 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        #: Set by :meth:`close_all`: the server is shutting down.
+        self.closing = False
 
     async def run(self, *, task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the room tasks until cancelled."""
@@ -90,6 +92,7 @@ class Hub:
 
     def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutdown") -> None:
         """Ask every member of every live room to close."""
+        self.closing = True
         for room in list(self.rooms.values()):
             room.close_members(code, reason)
 

@@ -286,7 +286,7 @@ class DriftApp:
             )
             await send({"type": "websocket.http.response.body", "body": body})
         else:
-            await send({"type": "websocket.close", "code": 1008})
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -310,12 +310,15 @@ class DriftApp:
             debug=_flag(params, "debug"),
             explicit=params.get("subscribe", "").lower() == "explicit",
         )
-        await send({"type": "websocket.accept"})
+        # Join before accepting, so a client that sees the handshake complete is
+        # already a member and misses nothing pushed after it.
         try:
             room = await hub.submit(room_id, Join(conn))
         except RoomNotFound:
-            await send({"type": "websocket.close", "code": CloseCode.GOING_AWAY})
+            await self._reject(send, scope, 404, "room not found")
             return
+        if hub.closing:
+            conn.kick(CloseCode.GOING_AWAY, "server shutdown")
         await self._session(conn, room, receive, send)
 
     async def _session(self, conn: Connection, room: Room, receive: Receive, send: Send) -> None:
@@ -324,6 +327,7 @@ class DriftApp:
         reason = ""
         peer_gone = False
         try:
+            await send({"type": "websocket.accept"})
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, conn, send, nursery.cancel_scope)
                 nursery.start_soon(_cancel_when_kicked, conn, nursery.cancel_scope)
