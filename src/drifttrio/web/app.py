@@ -22,7 +22,7 @@ from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, Sto
 from ..protocol.codec import CBOR, JSON, decode_client_message, decode_json_client_message
 from ..protocol.messages import ClientMessage, Error, Get, Ping, Push
 from ..runtime.config import Config
-from ..runtime.connection import Connection
+from ..runtime.connection import Connection, Frame
 from ..runtime.hub import Hub
 from ..runtime.room import Command, GetCommand, Join, Leave, PingCommand, PushCommand, Room
 
@@ -342,6 +342,9 @@ class DriftApp:
                     await room.inbox.send(Leave(conn))
                 if conn.close_code is not None:
                     close_code, reason = conn.close_code, conn.close_reason
+                elif close_code is not None:
+                    # We chose to close (e.g. 4000): the errors explaining why go first.
+                    await self._send_frames(send, conn.outbox.take_nowait())
                 if close_code is not None:
                     await send({"type": "websocket.close", "code": close_code, "reason": reason})
             # Keep reading for a moment: hypercorn waits (shielded) to hand this app
@@ -365,7 +368,11 @@ class DriftApp:
             data: str | bytes | None = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
-            if len(data) > max_bytes:
+            if len(data) > max_bytes or (
+                isinstance(data, str)
+                and len(data) * 4 > max_bytes
+                and len(data.encode()) > max_bytes
+            ):
                 return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
             try:
                 client_message = decode_client_message(data, limits)
@@ -384,15 +391,19 @@ class DriftApp:
     async def _writer(self, conn: Connection, send: Send, scope: trio.CancelScope) -> None:
         try:
             while True:
-                for frame in await conn.outbox.receive_batch():
-                    if isinstance(frame, str):
-                        await send({"type": "websocket.send", "text": frame})
-                    elif isinstance(frame, bytes):
-                        await send({"type": "websocket.send", "bytes": frame})
+                await self._send_frames(send, await conn.outbox.receive_batch())
         except trio.EndOfChannel:
             pass
         finally:
             scope.cancel()
+
+    @staticmethod
+    async def _send_frames(send: Send, frames: Iterable[Frame]) -> None:
+        for frame in frames:
+            if isinstance(frame, str):
+                await send({"type": "websocket.send", "text": frame})
+            elif isinstance(frame, bytes):
+                await send({"type": "websocket.send", "bytes": frame})
 
 
 async def _cancel_when_kicked(conn: Connection, scope: trio.CancelScope) -> None:
