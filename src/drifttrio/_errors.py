@@ -34,6 +34,7 @@ class CloseCode:
     INTERNAL_ERROR = 1011
     TOO_MANY_ERRORS = 4000  # max_consecutive_errors undecodable/invalid messages in a row
     SLOW_CLIENT = 4008  # the connection's outbox filled up (slow-client policy "disconnect")
+    RATE_LIMITED = 4029  # 100 messages in a row refused by the connection's rate limit
 
 
 class DriftError(Exception):

@@ -75,10 +75,34 @@ class Config:
     max_stream_values: int = attrs.field(default=10_000, validator=_non_negative)
     #: Most bytes (CBOR-encoded values) retained by one room (0: unlimited).
     max_room_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_non_negative)
+    #: Live WebSocket connections in total (0: unlimited); beyond it the upgrade gets 503.
+    max_connections: int = attrs.field(default=10_000, validator=_non_negative)
+    #: Live WebSocket connections from one client address (0: unlimited).
+    max_connections_per_ip: int = attrs.field(default=1024, validator=_non_negative)
+    #: Live WebSocket connections in one room (0: unlimited).
+    max_connections_per_room: int = attrs.field(default=1024, validator=_non_negative)
+    #: Messages per second one connection may send, sustained (0: unlimited).
+    rate_limit_per_second: float = attrs.field(default=200.0, validator=_non_negative)
+    #: Messages one connection may send in a burst; over the limit each message gets
+    #: ``error``, and 100 refused in a row close the connection with 4029.
+    rate_limit_burst: int = attrs.field(default=1000, validator=_positive)
+    #: ``POST /new`` per client address per minute (0: unlimited); beyond it: 429.
+    new_rooms_per_minute: float = attrs.field(default=60.0, validator=_non_negative)
+    #: Comma-separated origins allowed to open WebSockets (empty: any). Requests
+    #: without an ``Origin`` header (non-browsers) always pass; others get 403.
+    allowed_origins: str = ""
+    #: If set, ``POST /new`` needs ``Authorization: Bearer <api_key>`` (else 401).
+    api_key: str = attrs.field(default="", repr=False)
     #: Trust ``X-Forwarded-Proto`` (set it when behind a TLS-terminating proxy).
     trust_forwarded_proto: bool = False
     #: CORS allowed origin (``*`` like upstream, or one origin; empty disables CORS).
     cors_origin: str = "*"
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(
+            o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
+        )
 
     @property
     def room_limits(self) -> RoomLimits:

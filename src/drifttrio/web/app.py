@@ -7,6 +7,7 @@ the ASGI lifespan task, so room tasks run in a nursery the server owns.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -25,6 +26,7 @@ from ..runtime.config import Config
 from ..runtime.connection import Connection, Frame
 from ..runtime.hub import Hub
 from ..runtime.room import Command, GetCommand, Join, Leave, PingCommand, PushCommand, Room
+from .limits import ConnectionCounter, KeyedRateLimiter, TokenBucket
 
 __all__ = ["DriftApp", "parse_query"]
 
@@ -36,6 +38,7 @@ Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
 _CLOSE_DRAIN_SECONDS = 1.0
+_MAX_REFUSED_IN_A_ROW = 100
 _ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send)?/?")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
@@ -78,6 +81,13 @@ class DriftApp:
         self.hub = hub
         self._owns_hub = hub is None
         self._ready = hub is not None
+        cfg = self.config
+        self._connections = ConnectionCounter(
+            cfg.max_connections, cfg.max_connections_per_ip, cfg.max_connections_per_room
+        )
+        self._new_room_limiter = KeyedRateLimiter(
+            cfg.new_rooms_per_minute / 60.0, max(cfg.new_rooms_per_minute, 1.0)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -197,6 +207,22 @@ class DriftApp:
             if method != "POST":
                 await self._error(send, 405, "use POST /new", headers=[(b"allow", b"POST")])
                 return
+            if self.config.api_key and not _bearer_matches(scope, self.config.api_key):
+                await self._error(
+                    send,
+                    401,
+                    "POST /new needs the API key",
+                    headers=[(b"www-authenticate", b'Bearer realm="drifttrio"')],
+                )
+                return
+            if not self._new_room_limiter.take(_client_ip(scope)):
+                await self._error(
+                    send,
+                    429,
+                    "too many new rooms from this address; try again later",
+                    headers=[(b"retry-after", b"60")],
+                )
+                return
             try:
                 room_id = await hub.create_room()
             except CapacityError as exc:
@@ -301,9 +327,29 @@ class DriftApp:
             await self._reject(send, scope, 404, "not found")
             return
         room_id = match.group(1)
+        origins = self.config.origins
+        if origins:
+            origin = dict(scope.get("headers") or ()).get(b"origin")
+            if origin is not None and origin.decode("latin-1").rstrip("/") not in origins:
+                await self._reject(send, scope, 403, "origin not allowed")
+                return
         if not await hub.room_exists(room_id):
             await self._reject(send, scope, 404, "room not found")
             return
+        ip = _client_ip(scope)
+        refusal = self._connections.refusal(ip, room_id)
+        if refusal is not None:
+            await self._reject(send, scope, 503, refusal)
+            return
+        self._connections.add(ip, room_id)
+        try:
+            await self._join(scope, receive, send, hub, room_id)
+        finally:
+            self._connections.remove(ip, room_id)
+
+    async def _join(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str
+    ) -> None:
         params = parse_query(scope.get("query_string", b""))
         conn = hub.new_connection(
             codec=CBOR if _flag(params, "cbor") else JSON,
@@ -361,10 +407,22 @@ class DriftApp:
         max_bytes = self.config.max_message_bytes
         max_errors = self.config.max_consecutive_errors
         errors = 0
+        bucket = TokenBucket(self.config.rate_limit_per_second, self.config.rate_limit_burst)
+        refused = 0
         while True:
             message = await receive()
             if message["type"] != "websocket.receive":
                 return None, ""  # websocket.disconnect: the peer is gone
+            if not bucket.take():
+                refused += 1
+                if refused >= _MAX_REFUSED_IN_A_ROW:
+                    return CloseCode.RATE_LIMITED, "rate limit exceeded"
+                rate = self.config.rate_limit_per_second
+                conn.send_message(
+                    Error(f"rate limit: more than {rate:g} messages/s; message dropped")
+                )
+                continue
+            refused = 0
             data: str | bytes | None = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
@@ -404,6 +462,19 @@ class DriftApp:
                 await send({"type": "websocket.send", "text": frame})
             elif isinstance(frame, bytes):
                 await send({"type": "websocket.send", "bytes": frame})
+
+
+def _client_ip(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _bearer_matches(scope: Scope, key: str) -> bool:
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), key)
+    return False
 
 
 async def _cancel_when_kicked(conn: Connection, scope: trio.CancelScope) -> None:
