@@ -60,17 +60,6 @@ class Outbox:
         self.queued_bytes -= sum(map(_size, batch))
         return batch
 
-    def take_nowait(self) -> list[Frame]:
-        """Everything queued right now (possibly nothing)."""
-        batch: list[Frame] = []
-        while True:
-            try:
-                batch.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        self.queued_bytes -= sum(map(_size, batch))
-        return batch
-
     def close(self) -> None:
         self._send.close()
 

@@ -379,6 +379,12 @@ class DriftApp:
                 nursery.start_soon(_cancel_when_kicked, conn, nursery.cancel_scope)
                 close_code, reason = await self._reader(conn, room, receive)
                 peer_gone = close_code is None
+                if not peer_gone:
+                    # We chose to close (e.g. 4000): let the writer flush the errors
+                    # explaining why; it cancels the nursery when drained.
+                    conn.outbox.close()
+                    with trio.move_on_after(self.config.write_timeout):
+                        await trio.sleep_forever()
                 nursery.cancel_scope.cancel()
         finally:
             conn.closed = True
@@ -388,9 +394,6 @@ class DriftApp:
                     await room.inbox.send(Leave(conn))
                 if conn.close_code is not None:
                     close_code, reason = conn.close_code, conn.close_reason
-                elif close_code is not None:
-                    # We chose to close (e.g. 4000): the errors explaining why go first.
-                    await self._send_frames(send, conn.outbox.take_nowait())
                 if close_code is not None:
                     await send({"type": "websocket.close", "code": close_code, "reason": reason})
             # Keep reading for a moment: hypercorn waits (shielded) to hand this app
