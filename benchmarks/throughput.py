@@ -28,8 +28,12 @@ HERE = Path(__file__).resolve().parent
 URL = re.compile(rb"(http://127\.0\.0\.1:\d+)")
 
 SERVERS: dict[str, list[str]] = {
-    "drifttrio serve (memory)": [
+    "drifttrio serve (own transport)": [
         sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0", "--store", "memory",
+    ],
+    "drifttrio serve --transport hypercorn": [
+        sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0", "--store", "memory",
+        "--transport", "hypercorn",
     ],
     "hypercorn -k trio drifttrio.asgi:app": [
         sys.executable, "-m", "hypercorn", "-k", "trio", "--bind", "127.0.0.1:0",

@@ -24,7 +24,7 @@ log = logging.getLogger("drifttrio")
 DEFAULT_STORE = "sqlite:///drifttrio.db"
 
 
-async def _serve_until_signal(config: Config, host: str, port: int) -> None:
+async def _serve_until_signal(config: Config, host: str, port: int, transport: str) -> None:
     # Catch the signals before serving: a SIGTERM sent as soon as the "listening"
     # line appears must shut down gracefully, not kill the process.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -34,7 +34,9 @@ async def _serve_until_signal(config: Config, host: str, port: int) -> None:
                 log.info("received %s", signal.Signals(signum).name)
                 return
 
-        await serve(config, host=host, port=port, shutdown_trigger=wait_for_signal)
+        await serve(
+            config, host=host, port=port, transport=transport, shutdown_trigger=wait_for_signal
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="sqlite:///PATH[?synchronous=full] | memory "
         f"(default: $DRIFTTRIO_STORE or {DEFAULT_STORE})",
+    )
+    run.add_argument(
+        "--transport",
+        choices=["drifttrio", "hypercorn"],
+        default="drifttrio",
+        help="drifttrio's own h11/wsproto transport (default, fastest) or hypercorn's trio worker",
     )
     run.add_argument("--slow-client-policy", choices=["disconnect", "drop"], default=None)
     run.add_argument(
@@ -74,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             slow_client_policy=args.slow_client_policy,
             broadcast_compact=False if args.no_broadcast_compact else None,
         )
-        trio.run(_serve_until_signal, config, args.host, args.port)
+        trio.run(_serve_until_signal, config, args.host, args.port, args.transport)
     except ConfigError as exc:
         print(f"drifttrio: {exc}", file=sys.stderr)
         return 2

@@ -22,9 +22,11 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from ._errors import ConfigError
 from .runtime.config import Config
 from .runtime.hub import Hub
 from .web.app import DriftApp
+from .web.transport import serve_tcp
 
 __all__ = ["RunningServer", "hypercorn_config", "open_server", "serve"]
 
@@ -61,56 +63,116 @@ async def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
+    transport: str = "drifttrio",
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (or until cancelled).
 
-    On shutdown every member is closed with 1001 before the listener stops.
+    ``transport`` is ``"drifttrio"`` (its own h11/wsproto transport: frames built
+    once, writes coalesced, read/write deadlines) or ``"hypercorn"`` (the same app
+    under hypercorn's trio worker). On shutdown the listener stops, every member is
+    closed with 1001, and connections get ``write_timeout`` to finish.
     ``task_status`` reports a :class:`RunningServer` once the socket is bound.
     """
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     config = config or Config()
     hub = Hub(config)  # opens the store: a bad --store fails here, plainly
+    app = DriftApp(config, hub=hub)
+
+    async def shutdown() -> None:
+        if shutdown_trigger is None:
+            await trio.sleep_forever()
+        else:
+            await shutdown_trigger()
+        log.info("shutting down: closing %d live room(s)", len(hub.rooms))
+        hub.close_all()
+
+    def started(url: str, bound_host: str, bound_port: int) -> None:
+        server = RunningServer(url, bound_host, bound_port, hub)
+        log.info(
+            "drifttrio listening on %s (store: %s) [transport: %s]", url, config.store, transport
+        )
+        task_status.started(server)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
-
-        async def trigger() -> None:
-            if shutdown_trigger is None:
-                await trio.sleep_forever()
-            else:
-                await shutdown_trigger()
-            log.info("shutting down: closing %d live room(s)", len(hub.rooms))
-            hub.close_all()
-            # Members get write_timeout to see their close frame; then everything stops.
-            nursery.cancel_scope.deadline = trio.current_time() + config.write_timeout
-
         try:
-            async with trio.open_nursery() as web:
-                binds: list[str] = await web.start(
-                    partial(
-                        hypercorn.trio.serve,
-                        cast(Any, DriftApp(config, hub=hub)),
-                        hypercorn_config(config, host, port),
-                        shutdown_trigger=trigger,
-                    )
-                )
-                bound = urlsplit(binds[0])
-                server = RunningServer(binds[0], bound.hostname or host, bound.port or port, hub)
-                log.info("drifttrio listening on %s (store: %s)", server.url, config.store)
-                task_status.started(server)
+            if transport == "hypercorn":
+                await _serve_hypercorn(app, config, host, port, shutdown, started)
+            else:
+                await _serve_own(app, config, host, port, shutdown, started)
         finally:
-            nursery.cancel_scope.cancel()  # hypercorn has finished: stop the rooms
+            nursery.cancel_scope.cancel()  # the listener has finished: stop the rooms
+
+
+TRANSPORTS = ("drifttrio", "hypercorn")
+
+
+async def _serve_own(
+    app: DriftApp,
+    config: Config,
+    host: str,
+    port: int,
+    shutdown: Callable[[], Awaitable[None]],
+    started: Callable[[str, str, int], None],
+) -> None:
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as listening:
+            bound_host, bound_port = await listening.start(
+                partial(serve_tcp, app, config, host=host, port=port, handler_nursery=connections)
+            )
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            started(f"http://{shown}:{bound_port}", bound_host, bound_port)
+            await shutdown()
+            listening.cancel_scope.cancel()  # stop accepting
+        # Members were told (1001); give their sessions a moment, then cut the rest.
+        connections.cancel_scope.deadline = trio.current_time() + min(config.write_timeout, 3.0)
+
+
+async def _serve_hypercorn(
+    app: DriftApp,
+    config: Config,
+    host: str,
+    port: int,
+    shutdown: Callable[[], Awaitable[None]],
+    started: Callable[[str, str, int], None],
+) -> None:
+    async def trigger() -> None:
+        await shutdown()
+        # Members get write_timeout to see their close frame; then everything stops.
+        scope.deadline = trio.current_time() + config.write_timeout
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as web:
+            binds: list[str] = await web.start(
+                partial(
+                    hypercorn.trio.serve,
+                    cast(Any, app),
+                    hypercorn_config(config, host, port),
+                    shutdown_trigger=trigger,
+                )
+            )
+            bound = urlsplit(binds[0])
+            started(binds[0], bound.hostname or host, bound.port or port)
 
 
 @asynccontextmanager
 async def open_server(
-    config: Config | None = None, *, host: str = "127.0.0.1", port: int = 0
+    config: Config | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    transport: str = "drifttrio",
 ) -> AsyncIterator[RunningServer]:
     """Run a server for the duration of the block; port 0 picks a free port."""
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         server: RunningServer = await nursery.start(
-            partial(serve, config, host=host, port=port, shutdown_trigger=stop.wait)
+            partial(
+                serve, config, host=host, port=port, transport=transport, shutdown_trigger=stop.wait
+            )
         )
         try:
             yield server

@@ -33,6 +33,7 @@ __all__ = [
     "decode_client_message",
     "decode_json_client_message",
     "make_converter",
+    "websocket_frame",
 ]
 
 _MAX_SAFE_INT: Final = 2**53
@@ -109,9 +110,28 @@ class Codec:
     def encode(self, message: ServerMessage) -> str | bytes:
         return self._dump(self.converter.unstructure(message, ServerMessage))
 
+    def encode_frame(self, message: ServerMessage) -> bytes:
+        """The message as one complete, unmasked WebSocket frame (text for JSON,
+        binary for CBOR): identical bytes for every member, so built once."""
+        data = self.converter.unstructure(message, ServerMessage)
+        if self.binary:
+            return websocket_frame(cbor2.dumps(data), binary=True)
+        return websocket_frame(orjson.dumps(data, default=_bytes_as_ints), binary=False)
+
     def unstructure(self, message: ServerMessage) -> dict[str, Any]:
         data: dict[str, Any] = self.converter.unstructure(message, ServerMessage)
         return data
+
+
+def websocket_frame(payload: bytes, *, binary: bool) -> bytes:
+    """A final, unmasked server frame (RFC 6455 section 5.2) carrying ``payload``."""
+    head = 0x82 if binary else 0x81
+    size = len(payload)
+    if size < 126:
+        return bytes((head, size)) + payload
+    if size < 65536:
+        return bytes((head, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((head, 127)) + size.to_bytes(8, "big") + payload
 
 
 def _dump_json(data: object) -> str:

@@ -55,8 +55,13 @@ class Config:
     outbox_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
     #: ``disconnect`` (close 4008) or ``drop`` (skip frames, tell the client with ``error``).
     slow_client_policy: str = attrs.field(default="disconnect", validator=_policy)
-    #: Seconds to wait for a close frame to be written before giving up on a socket.
+    #: Seconds any single write may take; a client that stops reading is cut off
+    #: after it (drifttrio transport; under hypercorn only the close frame is bounded).
     write_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Seconds for a client to send a complete request head / upgrade (slowloris).
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Largest request head (request line and headers) accepted, in bytes.
+    max_header_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
     #: Broadcast ``compact`` as a push with its seq (``False``: strict upstream parity).
     broadcast_compact: bool = True
     #: Largest WebSocket message or HTTP body accepted, in bytes.

@@ -78,10 +78,16 @@ class Connection:
         policy: str = "disconnect",
         debug: bool = False,
         explicit: bool = False,
+        framed: bool = False,
     ) -> None:
         self.codec = codec
+        #: Whether frames are complete WebSocket frames (the fast transport) rather
+        #: than payloads for the ASGI server to frame.
+        self.framed = framed and codec is not None
         #: Which frame of a broadcast this member takes (one encoding per codec).
-        self.codec_key: Final = codec.name if codec is not None else None
+        self.codec_key: Final = (
+            None if codec is None else codec.name + ("+frame" if self.framed else "")
+        )
         self.outbox = outbox
         self.policy = policy
         self.debug = debug
@@ -102,7 +108,9 @@ class Connection:
         return not self.explicit or key in self.subscriptions
 
     def encode(self, message: ServerMessage) -> Frame:
-        return message if self.codec is None else self.codec.encode(message)
+        if self.codec is None:
+            return message
+        return self.codec.encode_frame(message) if self.framed else self.codec.encode(message)
 
     def send_message(self, message: ServerMessage) -> None:
         """Encode and deliver a direct reply (never blocks)."""

@@ -176,7 +176,12 @@ class Hub:
         return reply
 
     def new_connection(
-        self, *, codec: Codec | None = None, debug: bool = False, explicit: bool = False
+        self,
+        *,
+        codec: Codec | None = None,
+        debug: bool = False,
+        explicit: bool = False,
+        framed: bool = False,
     ) -> Connection:
         """A room member with an outbox sized by the config."""
         return Connection(
@@ -185,6 +190,7 @@ class Hub:
             policy=self.config.slow_client_policy,
             debug=debug,
             explicit=explicit,
+            framed=framed,
         )
 
     # -- in-process API ------------------------------------------------------------

@@ -27,6 +27,7 @@ from ..runtime.connection import Connection, Frame
 from ..runtime.hub import Hub
 from ..runtime.room import Command, GetCommand, Join, Leave, PingCommand, PushCommand, Room
 from .limits import ConnectionCounter, KeyedRateLimiter, TokenBucket
+from .transport import FRAMES_EXTENSION
 
 __all__ = ["DriftApp", "parse_query"]
 
@@ -292,6 +293,9 @@ class DriftApp:
         except RoomNotFound:
             await self._error(send, 404, "room not found")
             return
+        except StorageError as exc:  # the room could not be loaded
+            await self._error(send, 503, f"storage unavailable: {exc}")
+            return
         answer = reply.message
         if isinstance(answer, Error):
             await self._error(send, reply.status, answer.message)
@@ -355,6 +359,7 @@ class DriftApp:
             codec=CBOR if _flag(params, "cbor") else JSON,
             debug=_flag(params, "debug"),
             explicit=params.get("subscribe", "").lower() == "explicit",
+            framed=FRAMES_EXTENSION in (scope.get("extensions") or {}),
         )
         # Join before accepting, so a client that sees the handshake complete is
         # already a member and misses nothing pushed after it.
@@ -362,6 +367,9 @@ class DriftApp:
             room = await hub.submit(room_id, Join(conn))
         except RoomNotFound:
             await self._reject(send, scope, 404, "room not found")
+            return
+        except StorageError as exc:  # the room could not be loaded
+            await self._reject(send, scope, 503, f"storage unavailable: {exc}")
             return
         if hub.closing:
             conn.kick(CloseCode.GOING_AWAY, "server shutdown")
@@ -452,7 +460,13 @@ class DriftApp:
     async def _writer(self, conn: Connection, send: Send, scope: trio.CancelScope) -> None:
         try:
             while True:
-                await self._send_frames(send, await conn.outbox.receive_batch())
+                frames = await conn.outbox.receive_batch()
+                if conn.framed:
+                    # Complete frames, built once per broadcast: one write for the lot.
+                    data = b"".join(f for f in frames if isinstance(f, bytes))
+                    await send({"type": "drifttrio.websocket.send_frames", "data": data})
+                else:
+                    await self._send_frames(send, frames)
         except trio.EndOfChannel:
             pass
         finally:

@@ -1,0 +1,458 @@
+"""drifttrio's own HTTP/WebSocket transport: h11 + wsproto on trio streams.
+
+It speaks ASGI to :class:`~drifttrio.web.app.DriftApp`, so routes, limits and
+sessions live in one place, and adds what a generic ASGI server cannot:
+
+- **frames built once**: the app's connections hold complete, unmasked
+  WebSocket frames (the same bytes for every member), and the app hands a
+  connection's queued frames over in one ``drifttrio.websocket.send_frames``
+  event, written with one ``send_all``;
+- **deadlines**: the request head must arrive within ``handshake_timeout``
+  (slowloris), headers are capped at ``max_header_bytes``, and every write has
+  ``write_timeout``: a client that stops reading is cut off, never waited for;
+- **control frames** never stall the reader: a ping is answered when the socket
+  is free and ignored when a write is in progress; compression is never
+  offered; fragmented messages are bounded by ``max_message_bytes``.
+
+:func:`serve_stream` serves one already-connected stream (a socket, TLS, or a
+``trio.testing`` memory stream), :func:`serve_tcp` listens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from ..runtime.config import Config
+
+__all__ = ["FRAMES_EXTENSION", "serve_stream", "serve_tcp"]
+
+log = logging.getLogger("drifttrio.transport")
+
+#: ASGI scope extension: the server accepts ``drifttrio.websocket.send_frames``
+#: events carrying pre-built frames, and the app should build frames itself.
+FRAMES_EXTENSION = "drifttrio.frames"
+
+_RECEIVE_SIZE = 65536
+
+App = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+class _Closed(Exception):
+    """The peer is gone or was cut off."""
+
+
+class _Wire:
+    """One stream with a send lock and a write deadline."""
+
+    def __init__(self, stream: trio.abc.Stream, write_timeout: float) -> None:
+        self.stream = stream
+        self.write_timeout = write_timeout
+        self.lock = trio.StrictFIFOLock()
+        self.closed = False
+
+    async def send(self, data: bytes) -> None:
+        if self.closed:
+            raise _Closed
+        async with self.lock:
+            try:
+                with trio.fail_after(self.write_timeout):
+                    await self.stream.send_all(data)
+            except trio.TooSlowError:
+                log.debug("write deadline passed: cutting the connection off")
+                await self.abort()
+                raise _Closed from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.closed = True
+                raise _Closed from None
+
+    async def receive(self) -> bytes:
+        if self.closed:
+            return b""
+        try:
+            return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = True
+            return b""
+
+    async def abort(self) -> None:
+        self.closed = True
+        await trio.aclose_forcefully(self.stream)
+
+
+async def serve_stream(
+    app: App,
+    config: Config,
+    stream: trio.abc.Stream,
+    *,
+    client: tuple[str, int] | None = None,
+    server: tuple[str, int] | None = None,
+    scheme: str = "http",
+    root_path: str = "",
+) -> None:
+    """Serve HTTP/1.1 requests and WebSocket upgrades on one connection."""
+    wire = _Wire(stream, config.write_timeout)
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+    base = {
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "client": client,
+        "server": server,
+        "root_path": root_path,
+    }
+    try:
+        while True:
+            with trio.move_on_after(config.handshake_timeout) as head_deadline:
+                event = await _next_event(conn, wire)
+            if head_deadline.cancelled_caught:
+                if conn.their_state is h11.SEND_BODY or _has_partial_request(conn):
+                    await _plain_response(conn, wire, 408, b"request head took too long")
+                return
+            if not isinstance(event, h11.Request):
+                return  # ConnectionClosed, or a stray event
+            if _is_websocket_upgrade(event):
+                await _websocket(
+                    app,
+                    config,
+                    conn,
+                    wire,
+                    event,
+                    {**base, "scheme": "ws" if scheme == "http" else "wss"},
+                )
+                return
+            await _http(app, config, conn, wire, event, {**base, "scheme": scheme})
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+    except h11.RemoteProtocolError as exc:
+        status = exc.error_status_hint
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            with trio.move_on_after(config.write_timeout):
+                await _plain_response(conn, wire, status, str(exc).encode())
+    except _Closed:
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await wire.abort()
+
+
+def _has_partial_request(conn: h11.Connection) -> bool:
+    return bool(conn.trailing_data[0]) or conn.their_state is not h11.IDLE
+
+
+async def _next_event(conn: h11.Connection, wire: _Wire) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        conn.receive_data(await wire.receive())
+
+
+async def _plain_response(conn: h11.Connection, wire: _Wire, status: int, body: bytes) -> None:
+    try:
+        data = conn.send(
+            h11.Response(
+                status_code=status,
+                headers=[
+                    ("content-type", "text/plain"),
+                    ("content-length", str(len(body))),
+                    ("connection", "close"),
+                ],
+            )
+        )
+        data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
+        data += conn.send(h11.EndOfMessage()) or b""
+        await wire.send(data)
+    except (h11.LocalProtocolError, _Closed):
+        pass
+
+
+def _is_websocket_upgrade(event: h11.Request) -> bool:
+    if event.method != b"GET":
+        return False
+    upgrade = connection = b""
+    for name, value in event.headers:
+        if name == b"upgrade":
+            upgrade = value.lower()
+        elif name == b"connection":
+            connection = value.lower()
+    return upgrade == b"websocket" and b"upgrade" in connection
+
+
+def _target(event: h11.Request) -> tuple[str, bytes, bytes]:
+    raw_path, _, query = event.target.partition(b"?")
+    return unquote(raw_path.decode("latin-1")), raw_path, query
+
+
+# -- plain HTTP ---------------------------------------------------------------------
+
+
+async def _http(
+    app: App,
+    config: Config,
+    conn: h11.Connection,
+    wire: _Wire,
+    request: h11.Request,
+    base: dict[str, Any],
+) -> None:
+    path, raw_path, query = _target(request)
+    scope = {
+        **base,
+        "type": "http",
+        "method": request.method.decode("ascii"),
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "headers": [(name.lower(), value) for name, value in request.headers],
+    }
+    body_done = False
+    response_started = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_done
+        if body_done:
+            await trio.sleep_forever()
+        with trio.fail_after(config.handshake_timeout):
+            event = await _next_event(conn, wire)
+        if isinstance(event, h11.Data):
+            return {"type": "http.request", "body": bytes(event.data), "more_body": True}
+        body_done = True
+        if isinstance(event, h11.EndOfMessage):
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal response_started
+        kind = message["type"]
+        if kind == "http.response.start":
+            response_started = True
+            headers = list(message.get("headers") or [])
+            await wire.send(
+                conn.send(h11.Response(status_code=message["status"], headers=headers)) or b""
+            )
+        elif kind == "http.response.body":
+            data = conn.send(h11.Data(data=message.get("body", b""))) or b""
+            if not message.get("more_body", False):
+                data += conn.send(h11.EndOfMessage()) or b""
+            await wire.send(data)
+
+    try:
+        await app(scope, receive, send)
+    except (trio.TooSlowError, h11.RemoteProtocolError):
+        raise _Closed from None
+    if not response_started:
+        await _plain_response(conn, wire, 500, b"internal error")
+
+
+# -- WebSocket ----------------------------------------------------------------------
+
+
+async def _websocket(
+    app: App,
+    config: Config,
+    conn: h11.Connection,
+    wire: _Wire,
+    request: h11.Request,
+    base: dict[str, Any],
+) -> None:
+    ws = WSConnection(ConnectionType.SERVER)
+    ws.initiate_upgrade_connection(list(request.headers), request.target)
+    leftover, _ = conn.trailing_data
+    if leftover:
+        ws.receive_data(bytes(leftover))
+    upgrade = next(iter(ws.events()))
+    assert isinstance(upgrade, Request)
+    path, raw_path, query = _target(request)
+    scope = {
+        **base,
+        "type": "websocket",
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "headers": [(name.lower(), value) for name, value in request.headers],
+        "subprotocols": list(upgrade.subprotocols),
+        "extensions": {"websocket.http.response": {}, FRAMES_EXTENSION: {}},
+    }
+    session = _WebSocketSession(ws, wire, config)
+    await app(scope, session.receive, session.send)
+
+
+class _WebSocketSession:
+    """ASGI ``receive`` / ``send`` for one WebSocket, over wsproto."""
+
+    def __init__(self, ws: WSConnection, wire: _Wire, config: Config) -> None:
+        self.ws = ws
+        self.wire = wire
+        self.max_bytes = config.max_message_bytes
+        self.connected = False
+        self.accepted = False
+        self.gone = False
+        self._rejection: dict[str, Any] | None = None
+        self._pending: list[Any] = []
+
+    async def receive(self) -> dict[str, Any]:
+        if not self.connected:
+            self.connected = True
+            return {"type": "websocket.connect"}
+        parts: list[bytes | str] = []
+        size = 0
+        while not self.gone:
+            if not self._pending:
+                data = await self.wire.receive()
+                self.ws.receive_data(data or None)
+                self._pending = list(self.ws.events())
+                continue
+            event = self._pending.pop(0)
+            if isinstance(event, TextMessage | BytesMessage):
+                parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
+                size += len(event.data) if isinstance(event.data, bytes) else len(event.data) * 4
+                if size > self.max_bytes and _utf8_size(parts) > self.max_bytes:
+                    await self._close(1009, "message too big")
+                    return self._disconnect(1009)
+                if event.message_finished:
+                    if isinstance(event, TextMessage):
+                        return {"type": "websocket.receive", "text": "".join(parts)}  # type: ignore[arg-type]
+                    return {"type": "websocket.receive", "bytes": b"".join(parts)}  # type: ignore[arg-type]
+            elif isinstance(event, Ping):
+                # Answer only when no write is in progress: a ping flood never
+                # makes the reader wait on the socket.
+                if not self.wire.lock.locked():
+                    await self._send_bytes(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                    await self._send_bytes(self.ws.send(event.response()))
+                return self._disconnect(event.code)
+        return self._disconnect(1006)
+
+    def _disconnect(self, code: int) -> dict[str, Any]:
+        self.gone = True
+        return {"type": "websocket.disconnect", "code": code}
+
+    async def _send_bytes(self, data: bytes) -> None:
+        try:
+            await self.wire.send(data)
+        except _Closed:
+            self.gone = True
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self.ws.state is ConnectionState.OPEN:
+            try:
+                data = self.ws.send(CloseConnection(code=code, reason=reason))
+            except LocalProtocolError:
+                return
+            await self._send_bytes(data)
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        kind = message["type"]
+        if self.wire.closed:
+            return
+        try:
+            if kind == "drifttrio.websocket.send_frames":
+                await self._send_bytes(message["data"])
+            elif kind == "websocket.send":
+                text = message.get("text")
+                event = (
+                    TextMessage(data=text)
+                    if text is not None
+                    else BytesMessage(data=message["bytes"])
+                )
+                await self._send_bytes(self.ws.send(event))
+            elif kind == "websocket.accept":
+                self.accepted = True
+                await self._send_bytes(self.ws.send(AcceptConnection()))
+            elif kind == "websocket.close":
+                if not self.accepted:
+                    await self._reject(403, [], b"")
+                else:
+                    await self._close(int(message.get("code", 1000)), message.get("reason") or "")
+            elif kind == "websocket.http.response.start":
+                self._rejection = {
+                    "status": message["status"],
+                    "headers": message.get("headers", []),
+                }
+            elif kind == "websocket.http.response.body" and self._rejection is not None:
+                await self._reject(
+                    self._rejection["status"], self._rejection["headers"], message.get("body", b"")
+                )
+        except (LocalProtocolError, RemoteProtocolError):
+            self.gone = True
+
+    async def _reject(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        data = self.ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+        data += self.ws.send(RejectData(data=body, body_finished=True))
+        await self._send_bytes(data)
+        self.gone = True
+
+
+def _utf8_size(parts: list[bytes | str]) -> int:
+    return sum(len(p) if isinstance(p, bytes) else len(p.encode()) for p in parts)
+
+
+async def serve_tcp(
+    app: App,
+    config: Config,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host:port`` and serve every connection; reports the bound address.
+
+    Connections run in ``handler_nursery`` (default: one of this task's), so a
+    caller can stop listening and still let open connections finish.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    sockname = listeners[0].socket.getsockname()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            return
+        await serve_stream(
+            app,
+            config,
+            stream,
+            client=(peer[0], peer[1]),
+            server=(sockname[0], sockname[1]),
+        )
+
+    async with trio.open_nursery() as nursery:
+        task_status.started((sockname[0], sockname[1]))
+        await trio.serve_listeners(
+            partial(_guarded, handle), listeners, handler_nursery=handler_nursery or nursery
+        )
+
+
+async def _guarded(
+    handle: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream
+) -> None:
+    """One connection's failure never takes the listener down."""
+    try:
+        await handle(stream)
+    except Exception:
+        log.exception("connection handler failed")
