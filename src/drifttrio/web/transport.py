@@ -78,7 +78,10 @@ class _Wire:
             raise _Closed
         async with self.lock:
             try:
-                with trio.fail_after(self.write_timeout):
+                # A write interrupted half-way would corrupt the framing, so writes
+                # are never cancelled from outside: each one ends by itself, within
+                # write_timeout, or the connection is cut off.
+                with trio.CancelScope(shield=True), trio.fail_after(self.write_timeout):
                     await self.stream.send_all(data)
             except trio.TooSlowError:
                 log.debug("write deadline passed: cutting the connection off")
