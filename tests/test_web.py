@@ -28,6 +28,7 @@ from trio_websocket import (
 )
 
 from drifttrio import CloseCode, Config, DriftApp, RunningServer, open_hub, open_server
+from drifttrio.protocol import Relay
 
 TIMEOUT = 10  # a guard against hangs, never a way to wait for something
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{22,}")
@@ -186,6 +187,7 @@ async def test_send_replies(client: httpx.AsyncClient) -> None:
     }
     assert await send({"type": "ping", "nonce": 7}) == {"type": "pong", "nonce": 7}
     assert await send({"type": "ping"}) == {"type": "pong", "nonce": None}
+    assert await send({"type": "get", "key": "k", "seq": None}) is None
     assert await send(push("k", "reset", "compact", seq=2)) is None
 
 
@@ -332,6 +334,105 @@ async def test_json_connection(client: httpx.AsyncClient) -> None:
         # CBOR input is accepted on a JSON connection; the reply stays JSON.
         await ws.send_message(cbor2.dumps({"type": "ping", "nonce": 4}))
         assert await recv_text(ws) == {"type": "pong", "nonce": 4}
+
+
+async def test_websocket_ping_frames_are_answered(client: httpx.AsyncClient) -> None:
+    # Upstream's server loops forever on a WebSocket ping frame.
+    info = await new_room(client)
+    async with open_websocket_url(info["socket_url"]) as ws:
+        with trio.fail_after(TIMEOUT):
+            await ws.ping(b"are you there")
+            await ws.ping()
+        await send_json(ws, push("k", 1))
+        assert (await recv(ws))["seq"] == 1
+
+
+async def test_slow_socket_is_closed_with_4008_and_the_room_keeps_going() -> None:
+    config = Config(outbox_messages=4, outbox_bytes=512 * 1024)
+    value = "x" * 100_000
+    async with open_server(config) as server, httpx.AsyncClient(trust_env=False) as client:
+        info = (await client.post(f"{server.url}/new")).json()
+        room_id, url = info["room"], info["socket_url"]
+        # message_queue_size=1: once one message waits, the client stops reading its socket.
+        async with open_websocket_url(url, message_queue_size=1) as slow:
+            await send_json(slow, {"type": "ping", "nonce": 1})
+            assert await recv(slow) == {"type": "pong", "nonce": 1}
+            [slow_member] = server.hub.rooms[room_id].members
+            async with open_websocket_url(url) as fast:
+                await send_json(fast, {"type": "ping", "nonce": 2})
+                assert await recv(fast) == {"type": "pong", "nonce": 2}
+                # Lock-step with the fast member, so only the slow one falls behind.
+                with trio.fail_after(60):
+                    seq = 0
+                    while not slow_member.kicked.is_set():
+                        assert seq < 2000, "the slow member was never closed"
+                        await server.hub.push(room_id, "k", value, Relay())
+                        seq += 1
+                        assert (await recv(fast))["seq"] == seq, "the fast member misses nothing"
+                await send_json(fast, push("k", "after", "relay"))
+                assert (await recv(fast))["seq"] == seq + 1
+            assert slow_member.close_code == CloseCode.SLOW_CLIENT
+            assert await wait_closed(slow) == CloseCode.SLOW_CLIENT == 4008
+
+
+async def test_slow_socket_with_drop_policy_is_told_what_it_missed() -> None:
+    config = Config(outbox_messages=4, outbox_bytes=512 * 1024, slow_client_policy="drop")
+    value = "x" * 100_000
+    async with open_server(config) as server, httpx.AsyncClient(trust_env=False) as client:
+        info = (await client.post(f"{server.url}/new")).json()
+        room_id, url = info["room"], info["socket_url"]
+        async with open_websocket_url(url, message_queue_size=1) as slow:
+            await send_json(slow, {"type": "ping", "nonce": 1})
+            assert await recv(slow) == {"type": "pong", "nonce": 1}
+            [slow_member] = server.hub.rooms[room_id].members
+            async with open_websocket_url(url) as fast:
+                await send_json(fast, {"type": "ping", "nonce": 2})
+                assert await recv(fast) == {"type": "pong", "nonce": 2}
+                with trio.fail_after(60):
+                    seq = 0
+                    while slow_member.dropped < 3:
+                        assert seq < 2000, "nothing was ever dropped"
+                        await server.hub.push(room_id, "k", value, Relay())
+                        seq += 1
+                        assert (await recv(fast))["seq"] == seq
+            assert not slow_member.closed
+
+            # Now read the slow socket; push small sentinels until one is queued.
+            received: set[int] = set()
+            missed: list[int] = []
+            progress = trio.Event()
+
+            async def read_slow() -> None:
+                nonlocal progress
+                while True:
+                    message = await recv(slow)
+                    if message["type"] == "error":
+                        found = re.search(r"seq (\d+)(?:\.\.(\d+))?", message["message"])
+                        assert found, message
+                        first, last = int(found[1]), int(found[2] or found[1])
+                        missed.extend(range(first, last + 1))
+                    else:
+                        received.add(message["seq"])
+                    progress.set()
+                    progress = trio.Event()
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_slow)
+                    while True:
+                        dropped, waiting = slow_member.dropped, progress
+                        await server.hub.push(room_id, "sentinel", None, Relay())
+                        seq += 1
+                        if slow_member.dropped == dropped:
+                            break  # queued: it (and any report before it) is on its way
+                        await waiting.wait()  # dropped: the outbox was full, let it drain
+                    while seq not in received:
+                        await progress.wait()
+                    nursery.cancel_scope.cancel()
+            assert missed, "the client was told about the dropped messages"
+            assert len(missed) == len(set(missed)), "each missed seq is reported once"
+            assert not received & set(missed)
+            assert received | set(missed) == set(range(1, seq + 1)), "every seq is accounted for"
 
 
 async def test_every_member_receives_every_broadcast_by_default(client: httpx.AsyncClient) -> None:
