@@ -450,6 +450,42 @@ async def test_every_member_receives_every_broadcast_by_default(client: httpx.As
         assert await recv(b) == expected
 
 
+async def test_total_order_across_sockets(client: httpx.AsyncClient) -> None:
+    clients, per_client = 4, 30
+    total = clients * per_client
+    url = (await new_room(client))["socket_url"]
+    seen: dict[int, list[tuple[int, int, int]]] = {}
+
+    async def member(n: int, joined: trio.Event, go: trio.Event) -> None:
+        query = "?cbor=true" if n % 2 else ""
+        async with open_websocket_url(url + query) as ws:
+            await send_json(ws, {"type": "ping", "nonce": n})
+            assert (await recv(ws))["nonce"] == n
+            joined.set()
+            await go.wait()
+            for i in range(per_client):
+                await send_json(ws, push("k", {"from": n, "i": i}, "relay"))
+            got = []
+            while len(got) < total:
+                message = await recv(ws)
+                got.append((message["seq"], message["value"]["from"], message["value"]["i"]))
+            seen[n] = got
+
+    go = trio.Event()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for n in range(clients):
+                joined = trio.Event()
+                nursery.start_soon(member, n, joined, go)
+                await joined.wait()
+            go.set()
+    orders = list(seen.values())
+    assert [seq for seq, _, _ in orders[0]] == list(range(1, total + 1))
+    assert all(order == orders[0] for order in orders), "one order for every member"
+    for n in range(clients):
+        assert [i for _, sender, i in orders[0] if sender == n] == list(range(per_client))
+
+
 async def test_explicit_subscribe_connection(client: httpx.AsyncClient) -> None:
     info = await new_room(client)
     async with open_websocket_url(info["socket_url"] + "?subscribe=explicit") as ws:
