@@ -29,14 +29,22 @@ from trio_websocket import (
 
 from drifttrio import CloseCode, Config, DriftApp, RunningServer, open_hub, open_server
 from drifttrio.protocol import Relay
+from drifttrio.server import TRANSPORTS
 
 TIMEOUT = 10  # a guard against hangs, never a way to wait for something
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{22,}")
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every end-to-end test runs on both transports: drifttrio's own and hypercorn."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-async def server() -> AsyncIterator[RunningServer]:
-    async with open_server(Config()) as running:
+async def server(transport: str) -> AsyncIterator[RunningServer]:
+    async with open_server(Config(), transport=transport) as running:
         yield running
 
 
@@ -48,10 +56,10 @@ async def client(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
-async def serve_and_connect(config: Config) -> AsyncIterator[httpx.AsyncClient]:
+async def serve_and_connect(config: Config, transport: str) -> AsyncIterator[httpx.AsyncClient]:
     """A server with its own configuration, and an HTTP client for it."""
     async with (
-        open_server(config) as running,
+        open_server(config, transport=transport) as running,
         httpx.AsyncClient(base_url=running.url, trust_env=False, timeout=TIMEOUT) as client,
     ):
         yield client
@@ -223,8 +231,8 @@ async def test_send_needs_post(client: httpx.AsyncClient) -> None:
     assert (await client.get(url)).status_code == 405
 
 
-async def test_send_body_too_large_is_413() -> None:
-    async with serve_and_connect(Config(max_message_bytes=64)) as client:
+async def test_send_body_too_large_is_413(transport: str) -> None:
+    async with serve_and_connect(Config(max_message_bytes=64), transport) as client:
         url = (await new_room(client))["http_url"]
         small = await client.post(url, json=push("k", "x"))
         assert small.status_code == 200
@@ -287,8 +295,8 @@ async def test_cors_on_responses(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("origin", "expected"), [("https://app.example", "https://app.example"), ("", None)]
 )
-async def test_cors_is_configurable(origin: str, expected: str | None) -> None:
-    async with serve_and_connect(Config(cors_origin=origin)) as client:
+async def test_cors_is_configurable(origin: str, expected: str | None, transport: str) -> None:
+    async with serve_and_connect(Config(cors_origin=origin), transport) as client:
         response = await client.post("/new")
         assert response.status_code == 200
         assert response.headers.get("access-control-allow-origin") == expected
@@ -347,10 +355,13 @@ async def test_websocket_ping_frames_are_answered(client: httpx.AsyncClient) -> 
         assert (await recv(ws))["seq"] == 1
 
 
-async def test_slow_socket_is_closed_with_4008_and_the_room_keeps_going() -> None:
+async def test_slow_socket_is_closed_with_4008_and_the_room_keeps_going(transport: str) -> None:
     config = Config(outbox_messages=4, outbox_bytes=512 * 1024)
     value = "x" * 100_000
-    async with open_server(config) as server, httpx.AsyncClient(trust_env=False) as client:
+    async with (
+        open_server(config, transport=transport) as server,
+        httpx.AsyncClient(trust_env=False) as client,
+    ):
         info = (await client.post(f"{server.url}/new")).json()
         room_id, url = info["room"], info["socket_url"]
         # message_queue_size=1: once one message waits, the client stops reading its socket.
@@ -375,10 +386,13 @@ async def test_slow_socket_is_closed_with_4008_and_the_room_keeps_going() -> Non
             assert await wait_closed(slow) == CloseCode.SLOW_CLIENT == 4008
 
 
-async def test_slow_socket_with_drop_policy_is_told_what_it_missed() -> None:
+async def test_slow_socket_with_drop_policy_is_told_what_it_missed(transport: str) -> None:
     config = Config(outbox_messages=4, outbox_bytes=512 * 1024, slow_client_policy="drop")
     value = "x" * 100_000
-    async with open_server(config) as server, httpx.AsyncClient(trust_env=False) as client:
+    async with (
+        open_server(config, transport=transport) as server,
+        httpx.AsyncClient(trust_env=False) as client,
+    ):
         info = (await client.post(f"{server.url}/new")).json()
         room_id, url = info["room"], info["socket_url"]
         async with open_websocket_url(url, message_queue_size=1) as slow:
@@ -581,8 +595,8 @@ async def test_room_error_goes_to_the_sender(client: httpx.AsyncClient) -> None:
         assert (await recv_text(ws))["seq"] == 1
 
 
-async def test_too_many_consecutive_errors_closes_with_4000() -> None:
-    async with serve_and_connect(Config(max_consecutive_errors=3)) as client:
+async def test_too_many_consecutive_errors_closes_with_4000(transport: str) -> None:
+    async with serve_and_connect(Config(max_consecutive_errors=3), transport) as client:
         info = await new_room(client)
         async with open_websocket_url(info["socket_url"]) as ws:
             # A valid message in between resets the count.
@@ -601,8 +615,8 @@ async def test_too_many_consecutive_errors_closes_with_4000() -> None:
             assert await wait_closed(ws) == CloseCode.TOO_MANY_ERRORS == 4000
 
 
-async def test_too_big_message_closes_with_1009() -> None:
-    async with serve_and_connect(Config(max_message_bytes=256)) as client:
+async def test_too_big_message_closes_with_1009(transport: str) -> None:
+    async with serve_and_connect(Config(max_message_bytes=256), transport) as client:
         info = await new_room(client)
         async with open_websocket_url(info["socket_url"]) as ws:
             await send_json(ws, push("k", "x" * 100))
@@ -614,8 +628,10 @@ async def test_too_big_message_closes_with_1009() -> None:
             assert await wait_closed(ws) == 1009
 
 
-async def test_server_shutdown_closes_members_with_1001(nursery: trio.Nursery) -> None:
-    async with serve_and_connect(Config()) as client:
+async def test_server_shutdown_closes_members_with_1001(
+    nursery: trio.Nursery, transport: str
+) -> None:
+    async with serve_and_connect(Config(), transport) as client:
         info = await new_room(client)
         ws = await connect_websocket_url(nursery, info["socket_url"])
         await send_json(ws, {"type": "ping"})
@@ -627,8 +643,8 @@ async def test_server_shutdown_closes_members_with_1001(nursery: trio.Nursery) -
 
 
 @pytest.mark.parametrize(("trust", "secure"), [(False, False), (True, True)])
-async def test_forwarded_proto(trust: bool, secure: bool) -> None:
-    async with serve_and_connect(Config(trust_forwarded_proto=trust)) as client:
+async def test_forwarded_proto(trust: bool, secure: bool, transport: str) -> None:
+    async with serve_and_connect(Config(trust_forwarded_proto=trust), transport) as client:
         info = await new_room(client, headers={"x-forwarded-proto": "https"})
         again = (
             await client.get(f"/room/{info['room']}", headers={"x-forwarded-proto": "https"})
