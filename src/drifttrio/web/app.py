@@ -452,8 +452,17 @@ class DriftApp:
                     return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
                 continue
             errors = 0
+            command = _command(client_message, conn)
             try:
-                await room.inbox.send(_command(client_message, conn))
+                # Without yielding while there is room: every message already read
+                # reaches the room before it wakes, so it applies (and commits, and
+                # fans out) them as one batch. A full inbox makes this reader wait.
+                room.inbox.send_nowait(command)
+            except trio.WouldBlock:
+                try:
+                    await room.inbox.send(command)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return CloseCode.GOING_AWAY, "room closed"
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return CloseCode.GOING_AWAY, "room closed"
 
