@@ -11,6 +11,7 @@ written as an array of integers 0-255 (what upstream's server does).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from typing import Any, Final, Literal
@@ -60,6 +61,8 @@ def _strict_str(value: object, _: object) -> str:
 def _strict_int(value: object, _: object) -> int:
     if type(value) is not int:
         raise TypeError(f"expected an integer, got {_json_type(value)}")
+    if not -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+        raise ValueError("integer outside ±2^53")
     return value
 
 
@@ -261,13 +264,17 @@ def _load_json(data: str | bytes) -> object:
 
 def _load_cbor(data: bytes, limits: DecodeLimits) -> object:
     try:
-        return cbor2.loads(
-            data,
+        stream = io.BytesIO(data)
+        value = cbor2.CBORDecoder(
+            stream,
             tag_hook=_reject_tag,
             semantic_decoders=_SEMANTIC_DECODERS,
             max_depth=limits.max_depth + 4,
             strict_hashable_types=True,
-        )
+        ).decode()
+        if stream.tell() != len(data):
+            raise ProtocolError("invalid CBOR: trailing bytes after the message")
+        return value
     except ProtocolError:
         raise
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
