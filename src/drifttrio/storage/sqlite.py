@@ -75,7 +75,10 @@ class SqliteStorage:
         *,
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
+        threads: bool = True,
     ) -> None:
+        """``threads=False`` runs queries on the event loop instead: for tests under
+        trio's MockClock, whose autojump does not wait for worker threads."""
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
             raise ConfigError(
@@ -84,6 +87,7 @@ class SqliteStorage:
         self.path = str(path)
         self.synchronous = synchronous
         self._clock = clock
+        self._threads = threads
         self._limiter = trio.CapacityLimiter(1)
         self._db: sqlite3.Connection | None = None
         try:
@@ -114,6 +118,9 @@ class SqliteStorage:
                     db.execute("ROLLBACK")
                 raise StorageError(f"SQLite: {exc}") from exc
 
+        if not self._threads:
+            await trio.lowlevel.checkpoint()
+            return work()
         return await trio.to_thread.run_sync(work, limiter=self._limiter)
 
     # -- the Storage interface ------------------------------------------------------
@@ -231,7 +238,9 @@ class SqliteStorage:
 
     async def aclose(self) -> None:
         db, self._db = self._db, None
-        if db is not None:
+        if db is not None and not self._threads:
+            db.close()
+        elif db is not None:
             await trio.to_thread.run_sync(db.close, limiter=self._limiter)
 
     def execute_for_tests(self, sql: str, *args: Any) -> Any:

@@ -10,6 +10,7 @@ socket buffers are full, ``send_all`` waits. :func:`connection_pair` models that
 from __future__ import annotations
 
 import math
+import operator
 import socket
 from itertools import count
 
@@ -49,8 +50,8 @@ class PeerSocket:
 
     family = socket.AF_INET
 
-    def __init__(self) -> None:
-        self._peer = ("127.0.0.1", next(_ports))
+    def __init__(self, peer: tuple[str, int] | None = None) -> None:
+        self._peer = peer or ("127.0.0.1", next(_ports))
 
     def getpeername(self) -> tuple[str, int]:
         return self._peer
@@ -127,11 +128,27 @@ class Endpoint(trio.abc.HalfCloseableStream):
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
-        while len(self._out.buffer) >= self._out.capacity and not self._out.reader_gone:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this end")
+        self._sending = True
+        try:
+            await self._wait_writable()
+        finally:
+            self._sending = False
+
+    async def _wait_writable(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("this end is closed")
+            if len(self._out.buffer) < self._out.capacity or self._out.reader_gone:
+                break
             await self._out.wait()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this end")
         if self._closed:
             raise trio.ClosedResourceError("this end is closed")
         self._out.eof = True
@@ -139,7 +156,7 @@ class Endpoint(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None and max_bytes < 1:
+        if max_bytes is not None and operator.index(max_bytes) < 1:
             raise ValueError("max_bytes must be at least 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this end")
@@ -178,9 +195,15 @@ class Endpoint(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
 
-def connection_pair(capacity: float = math.inf) -> tuple[Endpoint, Endpoint]:
-    """Two connected ends; each direction buffers at most ``capacity`` bytes."""
+def connection_pair(
+    capacity: float = math.inf, *, client_address: tuple[str, int] | None = None
+) -> tuple[Endpoint, Endpoint]:
+    """Two connected ends, (client, server); each direction buffers at most
+    ``capacity`` bytes. The server's end reports ``client_address`` as its peer
+    (default: 127.0.0.1 with a port of its own)."""
     if capacity < 1:
         raise ValueError("capacity must be at least one byte")
     to_server, to_client = _Pipe(capacity), _Pipe(capacity)
-    return Endpoint(to_server, to_client), Endpoint(to_client, to_server)
+    client, server = Endpoint(to_server, to_client), Endpoint(to_client, to_server)
+    server.socket = PeerSocket(client_address)
+    return client, server
