@@ -635,3 +635,53 @@ async def test_close_all_kicks_members_with_going_away() -> None:
         hub.close_all()
         assert conn.close_code == CloseCode.GOING_AWAY
         assert conn.kicked.is_set()
+
+
+class BrokenStorage(MemoryStorage):
+    """A store that holds its next commit until released, then fails, and cannot reload."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+        self.commit_started = trio.Event()
+        self.release = trio.Event()
+
+    async def commit(self, room_id: str, seq: int, changes: Sequence[StreamChange]) -> None:
+        if not self.broken:
+            await super().commit(room_id, seq, changes)
+            return
+        self.commit_started.set()
+        await self.release.wait()
+        raise StorageError("disk gone")
+
+    async def load_room(self, room_id: str) -> Any:
+        if self.broken and self.release.is_set():
+            raise StorageError("disk gone")
+        return await super().load_room(room_id)
+
+
+async def test_a_room_that_stops_wakes_every_waiting_request() -> None:
+    storage = BrokenStorage()
+    async with open_hub(Config(), storage) as hub:
+        room_id = await hub.create_room()
+        await hub.push(room_id, "k", "kept")
+        storage.broken = True
+        outcomes: list[str] = []
+
+        async def push(value: int) -> None:
+            try:
+                await hub.push(room_id, "k", value)
+            except StorageError as exc:
+                outcomes.append(str(exc))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(push, 0)
+                await storage.commit_started.wait()  # the first push's batch is committing
+                for value in range(1, 6):
+                    nursery.start_soon(push, value)  # these queue in the inbox
+                await trio.testing.wait_all_tasks_blocked()
+                storage.release.set()
+        # The failed batch and everything queued behind it got an answer; none hangs.
+        assert len(outcomes) == 6
+        assert all("unavailable" in message for message in outcomes)

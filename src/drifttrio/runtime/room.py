@@ -167,17 +167,19 @@ class Room:
             close_code = CloseCode.INTERNAL_ERROR
         finally:
             self.closed = True
-            self._commands.close()
-            self._on_exit(self)
-            for conn in self.members:
-                conn.kick(close_code, "room closed")
+            # Wake whoever still waits on this room: the batch in hand, then what is
+            # queued (no checkpoint until the inbox is closed, so nothing slips in).
             for reply in self._open_replies:
                 reply.fail("room unavailable, try again")
-            with suppress(trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            with suppress(trio.WouldBlock, trio.EndOfChannel):
                 while True:
                     left = self._commands.receive_nowait()
                     if isinstance(getattr(left, "origin", None), Reply):
                         left.origin.fail("room unavailable, try again")  # type: ignore[union-attr]
+            self._commands.close()
+            self._on_exit(self)
+            for conn in self.members:
+                conn.kick(close_code, "room closed")
 
     async def _next_command(self) -> Command | None:
         idle = self.config.room_idle_seconds
