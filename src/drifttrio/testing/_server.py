@@ -153,6 +153,18 @@ class DriftTestServer:
         finally:
             done.set()
 
+    async def open_stream(
+        self, host: str = "", port: int = 0, tls: bool = False, /
+    ) -> Endpoint:
+        """A new raw in-memory connection to the server (the arguments are ignored).
+
+        Its signature is a :data:`drifttrio.client.StreamOpener`:
+        ``connect(url, open_stream=server.open_stream)``.
+        """
+        client, _ = self._open_connection(DEFAULT_BUFFER_BYTES, None)
+        await trio.lowlevel.checkpoint()
+        return client
+
     @property
     def open_connections(self) -> int:
         """Connections the server has not finished with yet (HTTP and WebSocket)."""
