@@ -37,6 +37,8 @@ from ..protocol.messages import (
 from ..storage import Storage, open_storage
 from .config import Config
 from .connection import Connection, Outbox
+from .metrics import Metrics
+from .redact import room_tag
 from .room import Command, GetCommand, Join, Leave, PushCommand, Reply, Room
 
 __all__ = ["Hub", "Subscription", "open_hub", "valid_room_id"]
@@ -54,14 +56,23 @@ def valid_room_id(room_id: str) -> bool:
 class Hub:
     """Live rooms of one server, each a task in the hub's nursery."""
 
-    def __init__(self, config: Config | None = None, storage: Storage | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        storage: Storage | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config or Config()
+        #: This hub's Prometheus metrics (its own registry).
+        self.metrics = metrics or Metrics()
         self.storage = storage if storage is not None else open_storage(self.config.store)
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        self._touching: set[str] = set()
         #: Set by :meth:`close_all`: the server is shutting down.
         self.closing = False
+        self._rooms_closed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the room tasks until cancelled."""
@@ -83,7 +94,7 @@ class Hub:
         while True:
             await trio.sleep(min(ttl / 4, 300.0))
             try:
-                expired = await self.storage.expire(ttl, keep=list(self.rooms))
+                expired = await self.storage.expire(ttl, keep=[*self.rooms, *self._touching])
             except Exception as exc:
                 log.warning("room expiry failed: %r", exc)
                 continue
@@ -91,10 +102,22 @@ class Hub:
                 log.info("expired %d idle room(s)", len(expired))
 
     def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutdown") -> None:
-        """Ask every member of every live room to close."""
+        """Start draining: ask every member of every live room to close, and close the
+        rooms' inboxes, so each room applies (and commits) what is queued, then ends.
+
+        From now on no room is loaded; :meth:`wait_rooms_closed` waits for the last.
+        """
         self.closing = True
+        self.metrics.draining.set(1)
         for room in list(self.rooms.values()):
             room.close_members(code, reason)
+            room.inbox.close()
+        if not self.rooms:
+            self._rooms_closed.set()
+
+    async def wait_rooms_closed(self) -> None:
+        """After :meth:`close_all`: wait until every room has committed and ended."""
+        await self._rooms_closed.wait()
 
     # -- rooms ---------------------------------------------------------------------
 
@@ -120,6 +143,8 @@ class Hub:
             room = self.rooms.get(room_id)
             if room is not None and not room.closed:
                 return room
+            if self.closing:
+                raise StorageError("the server is shutting down")
             loading = self._loading.get(room_id)
             if loading is not None:
                 await loading.wait()
@@ -137,9 +162,11 @@ class Hub:
                     broadcast_compact=self.config.broadcast_compact,
                     limits=self.config.room_limits,
                 )
-                room = Room(room_id, state, self.storage, self.config, self._forget)
+                room = Room(room_id, state, self.storage, self.config, self._forget, self.metrics)
                 await self._nursery.start(room.run)
                 self.rooms[room_id] = room
+                if self.closing:  # loaded while the drain started: drain it too
+                    room.inbox.close()
                 return room
             finally:
                 del self._loading[room_id]
@@ -148,15 +175,21 @@ class Hub:
     def _forget(self, room: Room) -> None:
         if self.rooms.get(room.room_id) is room:
             del self.rooms[room.room_id]
+        if self.closing and not self.rooms:
+            self._rooms_closed.set()
         if self._nursery is not None:
             # The TTL counts from the last activity, and members count as activity.
+            # Until the touch lands, the expiry loop must treat the room as live.
+            self._touching.add(room.room_id)
             self._nursery.start_soon(self._touch, room.room_id)
 
     async def _touch(self, room_id: str) -> None:
         try:
             await self.storage.touch(room_id)
         except Exception as exc:
-            log.warning("touch failed for room %s: %r", room_id[:8], exc)
+            log.warning("touch failed for room %s: %r", room_tag(room_id), exc)
+        finally:
+            self._touching.discard(room_id)
 
     async def submit(self, room_id: str, command: Command) -> Room:
         """Send a command to a room's inbox (waiting if it is full)."""
@@ -165,6 +198,8 @@ class Hub:
             try:
                 await room.inbox.send(command)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if self.closing:
+                    raise StorageError("the server is shutting down") from None
                 continue  # evicted in between: load it again
             return room
 
@@ -182,6 +217,7 @@ class Hub:
         debug: bool = False,
         explicit: bool = False,
         framed: bool = False,
+        transport: str = "in_process",
     ) -> Connection:
         """A room member with an outbox sized by the config."""
         return Connection(
@@ -191,6 +227,8 @@ class Hub:
             debug=debug,
             explicit=explicit,
             framed=framed,
+            metrics=self.metrics,
+            transport=transport,
         )
 
     # -- in-process API ------------------------------------------------------------
@@ -241,11 +279,15 @@ class Hub:
         """
         conn = self.new_connection(debug=debug, explicit=keys is not None)
         room = await self.submit(room_id, Join(conn))
+        gauge = self.metrics.connections[conn.labels]
+        self.metrics.connections_opened[conn.labels].inc()
+        gauge.inc()
         try:
             for key in keys or ():
                 await room.inbox.send(GetCommand(key, since, conn))
             yield Subscription(conn)
         finally:
+            gauge.dec()
             conn.closed = True
             with trio.move_on_after(self.config.write_timeout) as scope:
                 scope.shield = True
