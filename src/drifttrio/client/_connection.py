@@ -417,10 +417,12 @@ class Connection:
         """Open a socket, resume, read until it is lost. ConnectFailed if it never opened."""
         host, port, tls, netloc, resource = self._resource()
         opened = False
+        stream: trio.abc.Stream | None = None
         try:
+            with trio.fail_after(self._connect_timeout):
+                stream = await self._open_stream(host, port, tls)
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(self._connect_timeout):
-                    stream = await self._open_stream(host, port, tls)
                     ws = await wrap_client_stream(
                         nursery, cast(Any, stream), netloc, resource, max_message_size=1 << 24
                     )
@@ -432,9 +434,9 @@ class Connection:
                     reason, code = await self._read(ws)
                 finally:
                     self._lose()
-                    nursery.cancel_scope.cancel()
                     with trio.CancelScope(shield=True), trio.move_on_after(1):
                         await ws.aclose()
+                    nursery.cancel_scope.cancel()
                 self._emit(Disconnected(trio.current_time(), reason, code))
         except BaseExceptionGroup as group:
             leaf = _only_leaf(group)
@@ -443,6 +445,10 @@ class Connection:
             self._failed(leaf, opened)
         except _NETWORK_ERRORS as exc:
             self._failed(exc, opened)
+        finally:
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
 
     def _failed(self, exc: BaseException, opened: bool) -> None:
         if not opened:
@@ -570,8 +576,11 @@ class Connection:
         return unsent
 
 
-def _only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one network error in a group (ignoring cancellations), if that is all it holds."""
+def _only_leaf(
+    group: BaseExceptionGroup[BaseException],
+    kinds: tuple[type[BaseException], ...] = _NETWORK_ERRORS,
+) -> BaseException | None:
+    """The one exception of ``kinds`` in a group (ignoring cancellations), if that is all."""
     leaves: list[BaseException] = []
 
     def walk(exc: BaseException) -> None:
@@ -582,7 +591,7 @@ def _only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None
             leaves.append(exc)
 
     walk(group)
-    if len(leaves) == 1 and isinstance(leaves[0], _NETWORK_ERRORS):
+    if len(leaves) == 1 and isinstance(leaves[0], kinds):
         return leaves[0]
     return None
 
@@ -607,29 +616,36 @@ async def connect(
     with ``backoff``. ``cbor`` uses CBOR frames both ways. Leaving the block with
     pushes still queued raises :class:`UnsentPushes`.
     """
-    async with trio.open_nursery() as nursery:
-        conn = Connection(
-            socket_url,
-            cbor=cbor,
-            backoff=backoff or Backoff(),
-            max_queued=max_queued,
-            subscription_buffer=subscription_buffer,
-            max_held=max_held,
-            connect_timeout=connect_timeout,
-            open_stream=open_stream,
-            event_log_size=event_log_size,
-            nursery=nursery,
-        )
-        try:
-            await nursery.start(conn._run)
-        except ConnectFailed as exc:
-            if exc.status == 404:
-                raise RoomNotFound(socket_url) from exc
+    try:
+        async with trio.open_nursery() as nursery:
+            conn = Connection(
+                socket_url,
+                cbor=cbor,
+                backoff=backoff or Backoff(),
+                max_queued=max_queued,
+                subscription_buffer=subscription_buffer,
+                max_held=max_held,
+                connect_timeout=connect_timeout,
+                open_stream=open_stream,
+                event_log_size=event_log_size,
+                nursery=nursery,
+            )
+            try:
+                await nursery.start(conn._run)
+            except ConnectFailed as exc:
+                if exc.status == 404:
+                    raise RoomNotFound(socket_url) from exc
+                raise
+            try:
+                yield conn
+            finally:
+                unsent = conn._close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # What the block (or the first connection) raised, not wrapped in a group.
+        leaf = _only_leaf(group, (Exception,))
+        if leaf is None:
             raise
-        try:
-            yield conn
-        finally:
-            unsent = conn._close()
-            nursery.cancel_scope.cancel()
+        raise leaf from None
     if unsent:
         raise UnsentPushes(unsent)

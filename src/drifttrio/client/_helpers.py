@@ -124,6 +124,7 @@ class Reducer(_Helper, Generic[S]):
         self.state: S = initial
         self.confirmed_state: S = copy.deepcopy(initial)
         self.confirmed_seq = 0
+        self._unconfirmed: list[Any] = []  # own actions sent, echo not seen yet
         #: Compactions this client sent.
         self.compactions = 0
 
@@ -134,7 +135,12 @@ class Reducer(_Helper, Generic[S]):
 
     async def dispatch(self, action: Any) -> None:
         """Apply ``action`` here at once and send it to the room."""
-        await self.conn.push(self.key, {"apply": action, "i": self.rand_id}, "append")
+        self._unconfirmed.append(action)
+        try:
+            await self.conn.push(self.key, {"apply": action, "i": self.rand_id}, "append")
+        except BaseException:
+            self._unconfirmed.pop()
+            raise
         self.state = self.reducer(self.state, action)
         self._notify()
 
@@ -144,14 +150,18 @@ class Reducer(_Helper, Generic[S]):
                 continue
             if "reset" in value:
                 self.confirmed_state = value["reset"]
-                self.state = copy.deepcopy(self.confirmed_state)
             elif "apply" in value:
                 self.confirmed_state = self.reducer(self.confirmed_state, value["apply"])
-                if value.get("i") != self.rand_id:
-                    self.state = copy.deepcopy(self.confirmed_state)
+                if value.get("i") == self.rand_id and self._unconfirmed:
+                    self._unconfirmed.pop(0)
             else:
                 continue
             self.confirmed_seq = seq
+            # Unlike the npm client, own actions still in flight stay applied on top.
+            state = copy.deepcopy(self.confirmed_state)
+            for action in self._unconfirmed:
+                state = self.reducer(state, action)
+            self.state = state
             self._notify()
 
     def _on_size(self, size: int) -> None:
