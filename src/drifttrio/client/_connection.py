@@ -32,6 +32,7 @@ from ._events import (
     Connected,
     ConnectionEvent,
     Disconnected,
+    EventCursor,
     EventLog,
     Gap,
     GaveUp,
@@ -206,7 +207,7 @@ class Connection:
         """Pushes waiting for the connection."""
         return len(self._queue)
 
-    def events(self, *, history: bool = False) -> AsyncIterator[ConnectionEvent]:
+    def events(self, *, history: bool = False) -> EventCursor:
         """Follow what happens to the connection (``history``: starting with what already did)."""
         return self._events.follow(history=history)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 import attrs
@@ -115,17 +114,31 @@ class EventLog:
     def history(self) -> list[ConnectionEvent]:
         return list(self._events)
 
-    async def follow(self, *, history: bool = False) -> AsyncIterator[ConnectionEvent]:
-        position = self._first if history else self._first + len(self._events)
+    def follow(self, *, history: bool = False) -> EventCursor:
+        return EventCursor(self, self._first if history else self._first + len(self._events))
+
+
+class EventCursor:
+    """An async iterator over an :class:`EventLog` (a class, not a generator, so
+    breaking out of ``async for`` needs no clean-up)."""
+
+    def __init__(self, log: EventLog, position: int) -> None:
+        self._log = log
+        self._position = position
+
+    def __aiter__(self) -> EventCursor:
+        return self
+
+    async def __anext__(self) -> ConnectionEvent:
+        log = self._log
         while True:
-            if position < self._first:
-                self.skipped += self._first - position
-                position = self._first
-            if position < self._first + len(self._events):
-                event = self._events[position - self._first]
-                position += 1
-                yield event
-            elif self._closed:
-                return
-            else:
-                await self._lot.park()
+            if self._position < log._first:
+                log.skipped += log._first - self._position
+                self._position = log._first
+            if self._position < log._first + len(log._events):
+                event = log._events[self._position - log._first]
+                self._position += 1
+                return event
+            if log._closed:
+                raise StopAsyncIteration
+            await log._lot.park()
