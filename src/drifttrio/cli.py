@@ -13,6 +13,7 @@ import trio
 
 from . import __version__
 from ._errors import ConfigError
+from .client._cli import add_check_parser, run_check_command
 from .runtime.config import Config
 from .server import serve
 
@@ -66,11 +67,14 @@ def _parser() -> argparse.ArgumentParser:
         help="do not broadcast compact (strict upstream parity)",
     )
     run.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    add_check_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "check":
+        return run_check_command(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
