@@ -6,7 +6,7 @@
   confirmed seq.
 - :class:`Presence` is ``PresenceListener``: ``relay`` on ``__presence`` with
   ``{"client": id, "value": value}`` every ``interval`` seconds; peers not heard
-  from for two intervals are dropped.
+  from for ``expire_after`` seconds are dropped.
 
 Each is an async context manager that runs a task in the connection's nursery
 while the block lasts.
@@ -189,12 +189,16 @@ class Presence(_Helper):
         client_id: str | None = None,
         key: str = "__presence",
         interval: float = 1.0,
+        expire_after: float | None = None,
     ) -> None:
         super().__init__(conn)
         self.key = key
         self.value = value
         self.client_id = client_id or _rand_id()
         self.interval = interval
+        #: Seconds without a message before a peer is dropped (npm peers announce
+        #: every second, so at least 2 s).
+        self.expire_after = max(2 * interval, 2.0) if expire_after is None else expire_after
         self.peers: dict[str, Any] = {}
         self._last_seen: dict[str, float] = {}
         self._wake = trio.Event()
@@ -224,7 +228,7 @@ class Presence(_Helper):
 
     def _expire(self) -> None:
         now = trio.current_time()
-        gone = [c for c, t in self._last_seen.items() if now - t > 2 * self.interval]
+        gone = [c for c, t in self._last_seen.items() if now - t > self.expire_after]
         for client in gone:
             del self._last_seen[client], self.peers[client]
         if gone:
