@@ -34,6 +34,7 @@ from ..protocol.messages import (
 from ..storage.base import Storage
 from .config import Config
 from .connection import Connection, Frame
+from .redact import room_tag
 
 __all__ = ["GetCommand", "Join", "Leave", "PingCommand", "PushCommand", "Reply", "Room"]
 
@@ -163,7 +164,7 @@ class Room:
         except Exception:
             # Storage failing even to reload, or a bug: end this room alone. Members
             # reconnect and the hub loads the room again from what was committed.
-            log.exception("room %s stopped", self.room_id[:8])
+            log.exception("room %s stopped", room_tag(self.room_id))
             close_code = CloseCode.INTERNAL_ERROR
         finally:
             self.closed = True
@@ -272,7 +273,7 @@ class Room:
             try:
                 await self.storage.commit(self.room_id, self.state.seq, changes)
             except Exception as exc:
-                log.warning("commit failed in room %s: %r", self.room_id[:8], exc)
+                log.warning("commit failed in room %s: %r", room_tag(self.room_id), exc)
                 effects = await self._rollback(commands)
             else:
                 self._committed_seq = self.state.seq
@@ -283,7 +284,7 @@ class Room:
         """Reload the committed state; reject the batch's pushes, redo its reads."""
         snapshot = await self.storage.load_room(self.room_id)
         if snapshot is None:
-            raise RuntimeError(f"room {self.room_id[:8]} vanished from storage")
+            raise RuntimeError(f"room {room_tag(self.room_id)} vanished from storage")
         self.state = RoomState(
             snapshot.seq,
             snapshot.streams,

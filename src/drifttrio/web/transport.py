@@ -10,9 +10,13 @@ sessions live in one place, and adds what a generic ASGI server cannot:
 - **deadlines**: the request head must arrive within ``handshake_timeout``
   (slowloris), headers are capped at ``max_header_bytes``, and every write has
   ``write_timeout``: a client that stops reading is cut off, never waited for;
-- **control frames** never stall the reader: a ping is answered when the socket
-  is free and ignored when a write is in progress; compression is never
-  offered; fragmented messages are bounded by ``max_message_bytes``.
+- **control frames** never stall the reader: pings are answered by a separate
+  task (a flood gets one pong for the latest ping), pongs are ignored;
+  compression is never negotiated; a message, fragmented or not, is closed with
+  1009 as soon as it exceeds ``max_message_bytes`` (each non-final fragment
+  counts at least ``FRAGMENT_COST`` bytes, so floods of empty continuation
+  frames end too), and frames wsproto cannot parse (unmasked, invalid UTF-8,
+  fragmented control frames, bad opcodes) are closed with their RFC 6455 code.
 
 :func:`serve_stream` serves one already-connected stream (a socket, TLS, or a
 ``trio.testing`` memory stream), :func:`serve_tcp` listens.
@@ -35,6 +39,7 @@ from wsproto.events import (
     BytesMessage,
     CloseConnection,
     Ping,
+    Pong,
     RejectConnection,
     RejectData,
     Request,
@@ -44,7 +49,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ..runtime.config import Config
 
-__all__ = ["FRAMES_EXTENSION", "serve_stream", "serve_tcp"]
+__all__ = ["FRAGMENT_COST", "FRAMES_EXTENSION", "serve_stream", "serve_tcp"]
 
 log = logging.getLogger("drifttrio.transport")
 
@@ -53,6 +58,15 @@ log = logging.getLogger("drifttrio.transport")
 FRAMES_EXTENSION = "drifttrio.frames"
 
 _RECEIVE_SIZE = 65536
+
+#: Bytes each non-final fragment of a message counts towards ``max_message_bytes``
+#: at least: a flood of empty continuation frames is closed with 1009 too.
+FRAGMENT_COST = 64
+
+#: After closing on a protocol error, read and discard the peer's data for at most
+#: this long (and this much), so the close frame is not lost to a TCP reset.
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 4 * 1024 * 1024
 
 App = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -135,6 +149,10 @@ async def serve_stream(
                 return
             if not isinstance(event, h11.Request):
                 return  # ConnectionClosed, or a stray event
+            if _head_size(event) > config.max_header_bytes:
+                # h11 bounds only a head that arrives in pieces; this bounds them all.
+                await _plain_response(conn, wire, 431, b"request head too large")
+                return
             if _is_websocket_upgrade(event):
                 await _websocket(
                     app,
@@ -159,6 +177,12 @@ async def serve_stream(
     finally:
         with trio.CancelScope(shield=True):
             await wire.abort()
+
+
+def _head_size(request: h11.Request) -> int:
+    """The request head's size on the wire (near enough: line and header separators)."""
+    size = len(request.method) + len(request.target) + 12
+    return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
 
 
 def _has_partial_request(conn: h11.Connection) -> bool:
@@ -299,7 +323,10 @@ async def _websocket(
         "extensions": {"websocket.http.response": {}, FRAMES_EXTENSION: {}},
     }
     session = _WebSocketSession(ws, wire, config)
-    await app(scope, session.receive, session.send)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.answer_pings)
+        await app(scope, session.receive, session.send)
+        nursery.cancel_scope.cancel()
 
 
 class _WebSocketSession:
@@ -314,6 +341,8 @@ class _WebSocketSession:
         self.gone = False
         self._rejection: dict[str, Any] | None = None
         self._pending: list[Any] = []
+        self._ping: bytes | None = None  # the latest unanswered ping's payload
+        self._ping_arrived = trio.Event()
 
     async def receive(self) -> dict[str, Any]:
         if not self.connected:
@@ -329,25 +358,59 @@ class _WebSocketSession:
                 continue
             event = self._pending.pop(0)
             if isinstance(event, TextMessage | BytesMessage):
-                parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
-                size += len(event.data) if isinstance(event.data, bytes) else len(event.data) * 4
-                if size > self.max_bytes and _utf8_size(parts) > self.max_bytes:
-                    await self._close(1009, "message too big")
+                chunk = event.data
+                if isinstance(chunk, str):
+                    size += len(chunk) if chunk.isascii() else len(chunk.encode())
+                else:
+                    size += len(chunk)
+                if event.frame_finished and not event.message_finished:
+                    size += FRAGMENT_COST
+                if size > self.max_bytes:
+                    await self._fail(1009, "message too big")
                     return self._disconnect(1009)
+                if chunk:  # empty fragments cost nothing to keep
+                    parts.append(chunk if isinstance(chunk, str) else bytes(chunk))
                 if event.message_finished:
                     if isinstance(event, TextMessage):
                         return {"type": "websocket.receive", "text": "".join(parts)}  # type: ignore[arg-type]
                     return {"type": "websocket.receive", "bytes": b"".join(parts)}  # type: ignore[arg-type]
             elif isinstance(event, Ping):
-                # Answer only when no write is in progress: a ping flood never
-                # makes the reader wait on the socket.
-                if not self.wire.lock.locked():
-                    await self._send_bytes(self.ws.send(event.response()))
+                # Answered by answer_pings: the reader never waits on the socket,
+                # and a flood of pings gets one pong, for the latest (RFC 6455 5.5.3).
+                self._ping = bytes(event.payload)
+                self._ping_arrived.set()
             elif isinstance(event, CloseConnection):
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
                     await self._send_bytes(self.ws.send(event.response()))
+                elif self.ws.state is ConnectionState.OPEN:
+                    # Not the peer's close: wsproto could not parse a frame (unmasked,
+                    # invalid UTF-8, fragmented control frame...). Tell the peer why.
+                    await self._fail(event.code, event.reason or "protocol error")
                 return self._disconnect(event.code)
+            # Pong frames need no answer.
         return self._disconnect(1006)
+
+    async def answer_pings(self) -> None:
+        """Send a pong for the latest ping, whenever one has arrived."""
+        while not self.gone:
+            await self._ping_arrived.wait()
+            self._ping_arrived = trio.Event()
+            payload, self._ping = self._ping, None
+            if payload is None or self.ws.state is not ConnectionState.OPEN:
+                continue
+            await self._send_bytes(self.ws.send(Pong(payload=payload)))
+
+    async def _fail(self, code: int, reason: str) -> None:
+        """Close on the peer's protocol error, then linger so the close frame arrives."""
+        await self._close(code, reason)
+        self.gone = True
+        discarded = 0
+        with trio.move_on_after(min(_LINGER_SECONDS, self.wire.write_timeout)):
+            while discarded < _LINGER_BYTES:
+                data = await self.wire.receive()
+                if not data:
+                    break
+                discarded += len(data)
 
     def _disconnect(self, code: int) -> dict[str, Any]:
         self.gone = True
@@ -408,10 +471,6 @@ class _WebSocketSession:
         data += self.ws.send(RejectData(data=body, body_finished=True))
         await self._send_bytes(data)
         self.gone = True
-
-
-def _utf8_size(parts: list[bytes | str]) -> int:
-    return sum(len(p) if isinstance(p, bytes) else len(p.encode()) for p in parts)
 
 
 async def serve_tcp(
