@@ -98,6 +98,12 @@ class Config:
     allowed_origins: str = ""
     #: If set, ``POST /new`` needs ``Authorization: Bearer <api_key>`` (else 401).
     api_key: str = attrs.field(default="", repr=False)
+    #: If set, every room URL needs a signed, expiring ``token=`` (HTTP 401 without);
+    #: ``POST /new`` hands out read-write URLs, ``POST /room/ID/token`` issues more.
+    room_token_secret: str = attrs.field(default="", repr=False)
+    #: Seconds a room token stays valid (tokens from ``POST /new``, and the default
+    #: of ``POST /room/ID/token``).
+    room_token_ttl_seconds: float = attrs.field(default=3600.0, validator=_positive)
     #: Trust ``X-Forwarded-Proto`` (set it when behind a TLS-terminating proxy).
     trust_forwarded_proto: bool = False
     #: CORS allowed origin (``*`` like upstream, or one origin; empty disables CORS).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextlib import suppress
 from typing import Any, TypeAlias
@@ -27,6 +28,7 @@ from ..runtime.connection import Connection, Frame
 from ..runtime.hub import Hub
 from ..runtime.room import Command, GetCommand, Join, Leave, PingCommand, PushCommand, Room
 from .limits import ConnectionCounter, KeyedRateLimiter, TokenBucket
+from .tokens import READ, WRITE, issue_room_token, token_expiry, verify_room_token
 from .transport import FRAMES_EXTENSION
 
 __all__ = ["DriftApp", "parse_query"]
@@ -40,7 +42,10 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
 _CLOSE_DRAIN_SECONDS = 1.0
 _MAX_REFUSED_IN_A_ROW = 100
-_ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send)?/?")
+#: Scope key: the capability a room token granted (absent when tokens are off).
+_ACCESS_KEY = "drifttrio.access"
+_READ_ONLY = "read-only token: push refused"
+_ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send|/token)?/?")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
@@ -89,6 +94,8 @@ class DriftApp:
         self._new_room_limiter = KeyedRateLimiter(
             cfg.new_rooms_per_minute / 60.0, max(cfg.new_rooms_per_minute, 1.0)
         )
+        #: Members whose room token is read-only: their pushes get ``error``.
+        self._read_only: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -161,7 +168,7 @@ class DriftApp:
     async def _error(self, send: Send, status: int, message: str, **kw: Any) -> None:
         await self._respond(send, status, {"type": "error", "message": message}, **kw)
 
-    def _room_info(self, scope: Scope, room_id: str) -> dict[str, str]:
+    def _room_info(self, scope: Scope, room_id: str, token: str | None = None) -> dict[str, str]:
         headers = dict(scope.get("headers") or ())
         secure = scope.get("scheme") in ("https", "wss")
         if self.config.trust_forwarded_proto:
@@ -173,10 +180,12 @@ class DriftApp:
             host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
         root = (scope.get("root_path") or "").rstrip("/")
         base = f"{host}{root}/room/{room_id}"
+        # The npm client keeps the URL's query (and appends ?cbor=true to it).
+        query = f"?token={token}" if token else ""
         return {
             "room": room_id,
-            "socket_url": f"{'wss' if secure else 'ws'}://{base}/connect",
-            "http_url": f"{'https' if secure else 'http'}://{base}/send",
+            "socket_url": f"{'wss' if secure else 'ws'}://{base}/connect{query}",
+            "http_url": f"{'https' if secure else 'http'}://{base}/send{query}",
         }
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -232,13 +241,35 @@ class DriftApp:
             except StorageError as exc:
                 await self._error(send, 503, f"storage unavailable: {exc}")
                 return
-            await self._respond(send, 200, self._room_info(scope, room_id))
+            token = None
+            if self.config.room_token_secret:
+                token = issue_room_token(
+                    self.config.room_token_secret,
+                    room_id,
+                    WRITE,
+                    self.config.room_token_ttl_seconds,
+                )
+            await self._respond(send, 200, self._room_info(scope, room_id, token))
             return
         match = _ROOM_PATH.fullmatch(path)
         if match is None:
             await self._error(send, 404, "not found")
             return
         room_id, action = match.group(1), match.group(2)
+        if action == "/token":
+            await self._issue_token(scope, receive, send, hub, room_id)
+            return
+        token = None
+        if self.config.room_token_secret:
+            # Checked before the room's existence: without a token, nothing is revealed.
+            token = parse_query(scope.get("query_string", b"")).get("token")
+            try:
+                scope[_ACCESS_KEY] = verify_room_token(
+                    self.config.room_token_secret, room_id, token
+                )
+            except ProtocolError as exc:
+                await self._error(send, exc.status, exc.message)
+                return
         if not await hub.room_exists(room_id):
             await self._error(send, 404, "room not found")
             return
@@ -246,7 +277,7 @@ class DriftApp:
             if method not in ("GET", "HEAD"):
                 await self._error(send, 405, "use GET", headers=[(b"allow", b"GET")])
                 return
-            await self._respond(send, 200, self._room_info(scope, room_id))
+            await self._respond(send, 200, self._room_info(scope, room_id, token))
         elif action == "/connect":
             await self._error(
                 send, 426, "WebSocket upgrade required", headers=[(b"upgrade", b"websocket")]
@@ -255,6 +286,62 @@ class DriftApp:
             await self._error(send, 405, "use POST", headers=[(b"allow", b"POST")])
         else:
             await self._http_send(scope, receive, send, hub, room_id)
+
+    async def _issue_token(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str
+    ) -> None:
+        """``POST /room/ID/token`` with the API key: a signed URL for the room."""
+        config = self.config
+        if scope["method"] != "POST":
+            await self._error(send, 405, "use POST", headers=[(b"allow", b"POST")])
+            return
+        if not config.room_token_secret:
+            await self._error(send, 404, "room tokens are not enabled (room_token_secret)")
+            return
+        if not config.api_key:
+            await self._error(send, 403, "issuing room tokens needs an API key (api_key)")
+            return
+        if not _bearer_matches(scope, config.api_key):
+            await self._error(
+                send,
+                401,
+                "issuing room tokens needs the API key",
+                headers=[(b"www-authenticate", b'Bearer realm="drifttrio"')],
+            )
+            return
+        body = await self._read_body(scope, receive)
+        if body is None:
+            await self._error(send, 413, f"body larger than {config.max_message_bytes} bytes")
+            return
+        try:
+            request = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError:
+            request = None
+        access = request.get("access", WRITE) if isinstance(request, dict) else None
+        ttl = (
+            request.get("ttl_seconds", config.room_token_ttl_seconds)
+            if isinstance(request, dict)
+            else None
+        )
+        if (
+            access not in (READ, WRITE)
+            or isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not 0 < ttl < 10**9
+        ):
+            await self._error(
+                send,
+                400,
+                'body: {"access": "read" or "write", "ttl_seconds": a positive number}',
+            )
+            return
+        if not await hub.room_exists(room_id):
+            await self._error(send, 404, "room not found")
+            return
+        token = issue_room_token(config.room_token_secret, room_id, access, ttl)
+        info: dict[str, object] = {**self._room_info(scope, room_id, token)}
+        info.update(token=token, access=access, expires=token_expiry(token))
+        await self._respond(send, 200, info)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The request body, or ``None`` if it exceeds ``max_message_bytes``."""
@@ -287,6 +374,9 @@ class DriftApp:
             message = decode_json_client_message(body, self.config.decode_limits)
         except ProtocolError as exc:
             await self._error(send, exc.status, exc.message)
+            return
+        if isinstance(message, Push) and scope.get(_ACCESS_KEY) == READ:
+            await self._error(send, 403, _READ_ONLY)
             return
         try:
             reply = await hub.request(room_id, lambda origin: _command(message, origin))
@@ -337,6 +427,15 @@ class DriftApp:
             if origin is not None and origin.decode("latin-1").rstrip("/") not in origins:
                 await self._reject(send, scope, 403, "origin not allowed")
                 return
+        if self.config.room_token_secret:
+            params = parse_query(scope.get("query_string", b""))
+            try:
+                scope[_ACCESS_KEY] = verify_room_token(
+                    self.config.room_token_secret, room_id, params.get("token")
+                )
+            except ProtocolError as exc:
+                await self._reject(send, scope, exc.status, exc.message)
+                return
         if not await hub.room_exists(room_id):
             await self._reject(send, scope, 404, "room not found")
             return
@@ -361,6 +460,8 @@ class DriftApp:
             explicit=params.get("subscribe", "").lower() == "explicit",
             framed=FRAMES_EXTENSION in (scope.get("extensions") or {}),
         )
+        if scope.get(_ACCESS_KEY) == READ:
+            self._read_only.add(conn)
         # Join before accepting, so a client that sees the handshake complete is
         # already a member and misses nothing pushed after it.
         try:
@@ -448,6 +549,12 @@ class DriftApp:
             except ProtocolError as exc:
                 errors += 1
                 conn.send_message(Error(exc.message))
+                if max_errors and errors >= max_errors:
+                    return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
+                continue
+            if isinstance(client_message, Push) and conn in self._read_only:
+                errors += 1
+                conn.send_message(Error(_READ_ONLY))
                 if max_errors and errors >= max_errors:
                     return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
                 continue
