@@ -11,6 +11,7 @@ or, with ``task_status``::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -26,6 +27,7 @@ from ._errors import ConfigError
 from .runtime.config import Config
 from .runtime.hub import Hub
 from .web.app import DriftApp
+from .web.ops import OpsApp
 from .web.transport import serve_tcp
 
 __all__ = ["RunningServer", "hypercorn_config", "open_server", "serve"]
@@ -35,12 +37,17 @@ log = logging.getLogger("drifttrio")
 
 @attrs.frozen
 class RunningServer:
-    """A server that is listening. ``url`` is its HTTP base URL."""
+    """A server that is listening. ``url`` is its HTTP base URL.
+
+    ``metrics_url`` is the base URL of the internal listener (``/metrics``,
+    ``/healthz``, ``/readyz``), or ``None`` when ``metrics_port`` is -1.
+    """
 
     url: str
     host: str
     port: int
     hub: Hub
+    metrics_url: str | None = None
 
     @property
     def ws_url(self) -> str:
@@ -71,8 +78,9 @@ async def serve(
 
     ``transport`` is ``"drifttrio"`` (its own h11/wsproto transport: frames built
     once, writes coalesced, read/write deadlines) or ``"hypercorn"`` (the same app
-    under hypercorn's trio worker). On shutdown the listener stops, every member is
-    closed with 1001, and connections get ``write_timeout`` to finish.
+    under hypercorn's trio worker). On shutdown (the drain) the listener stops, every
+    member is closed with 1001, rooms commit what they had queued and end, and
+    everything is over within ``shutdown_timeout``.
     ``task_status`` reports a :class:`RunningServer` once the socket is bound.
     """
     if transport not in TRANSPORTS:
@@ -80,29 +88,52 @@ async def serve(
     config = config or Config()
     hub = Hub(config)  # opens the store: a bad --store fails here, plainly
     app = DriftApp(config, hub=hub)
+    metrics_url: str | None = None
+    deadline = math.inf
 
     async def shutdown() -> None:
+        nonlocal deadline
         if shutdown_trigger is None:
             await trio.sleep_forever()
         else:
             await shutdown_trigger()
+        deadline = trio.current_time() + config.shutdown_timeout
         log.info("shutting down: closing %d live room(s)", len(hub.rooms))
         hub.close_all()
 
     def started(url: str, bound_host: str, bound_port: int) -> None:
-        server = RunningServer(url, bound_host, bound_port, hub)
+        server = RunningServer(url, bound_host, bound_port, hub, metrics_url)
         log.info(
             "drifttrio listening on %s (store: %s) [transport: %s]", url, config.store, transport
         )
+        if metrics_url is not None:
+            log.info("metrics, health and readiness on %s", metrics_url)
         task_status.started(server)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
+        if config.metrics_port >= 0:
+            ops_host, ops_port = await nursery.start(
+                partial(
+                    serve_tcp,
+                    OpsApp(hub),
+                    config,
+                    host=config.metrics_host,
+                    port=config.metrics_port,
+                )
+            )
+            metrics_url = f"http://{f'[{ops_host}]' if ':' in ops_host else ops_host}:{ops_port}"
         try:
             if transport == "hypercorn":
                 await _serve_hypercorn(app, config, host, port, shutdown, started)
             else:
                 await _serve_own(app, config, host, port, shutdown, started)
+            # The listener stopped and members were told: let every room commit what
+            # it had queued and end, within what is left of the deadline.
+            with trio.move_on_at(deadline) as waiting:
+                await hub.wait_rooms_closed()
+            if waiting.cancelled_caught:
+                log.warning("shutdown deadline passed with %d room(s) live", len(hub.rooms))
         finally:
             nursery.cancel_scope.cancel()  # the listener has finished: stop the rooms
 
@@ -128,7 +159,9 @@ async def _serve_own(
             await shutdown()
             listening.cancel_scope.cancel()  # stop accepting
         # Members were told (1001); give their sessions a moment, then cut the rest.
-        connections.cancel_scope.deadline = trio.current_time() + min(config.write_timeout, 3.0)
+        connections.cancel_scope.deadline = trio.current_time() + min(
+            config.write_timeout, config.shutdown_timeout / 2
+        )
 
 
 async def _serve_hypercorn(

@@ -27,6 +27,16 @@ def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> No
         raise ConfigError(f"{attr.name} must not be negative, got {value!r}")
 
 
+def _port_or_off(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if not -1 <= value <= 65535:
+        raise ConfigError(f"{attr.name} must be -1 (off), 0 (any free port) or a port, got {value}")
+
+
+def _log_format(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
+    if value not in ("text", "kv", "json"):
+        raise ConfigError(f"log_format must be 'text', 'kv' or 'json', got {value!r}")
+
+
 def _policy(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
     if value not in get_args(SlowClientPolicy):
         raise ConfigError(f"slow_client_policy must be 'disconnect' or 'drop', got {value!r}")
@@ -108,6 +118,19 @@ class Config:
     trust_forwarded_proto: bool = False
     #: CORS allowed origin (``*`` like upstream, or one origin; empty disables CORS).
     cors_origin: str = "*"
+    #: Port of the internal listener for ``/metrics``, ``/healthz`` and ``/readyz``
+    #: (-1: none; 0: any free port). Keep it off the public network.
+    metrics_port: int = attrs.field(default=-1, validator=_port_or_off)
+    #: Address of the internal metrics listener.
+    metrics_host: str = "127.0.0.1"
+    #: Also serve ``/metrics`` on the public listener (under hypercorn, the only one).
+    public_metrics: bool = False
+    #: Serve the room inspector at ``/ui`` (it needs a room id, like any client).
+    inspector: bool = True
+    #: Seconds a graceful shutdown (SIGTERM) may take before connections are cut.
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Log line format of ``drifttrio serve``: ``text``, ``kv`` (key=value) or ``json``.
+    log_format: str = attrs.field(default="text", validator=_log_format)
 
     @property
     def origins(self) -> frozenset[str]:

@@ -7,7 +7,8 @@ count or by bytes) the slow-client policy decides what happens.
 
 from __future__ import annotations
 
-from typing import Final, TypeAlias
+import itertools
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import trio
 
@@ -15,11 +16,17 @@ from .._errors import CloseCode
 from ..protocol.codec import Codec
 from ..protocol.messages import Error, ServerMessage
 
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 __all__ = ["Connection", "Frame", "Outbox"]
 
 #: What goes through an outbox: an encoded frame, or a message object for
 #: in-process members (which have no codec).
 Frame: TypeAlias = str | bytes | ServerMessage
+
+
+_ids = itertools.count(1)
 
 
 def _size(frame: Frame) -> int:
@@ -79,7 +86,11 @@ class Connection:
         debug: bool = False,
         explicit: bool = False,
         framed: bool = False,
+        metrics: Metrics | None = None,
+        transport: str = "in_process",
     ) -> None:
+        #: A process-unique number, for log lines.
+        self.id = next(_ids)
         self.codec = codec
         #: Whether frames are complete WebSocket frames (the fast transport) rather
         #: than payloads for the ASGI server to frame.
@@ -100,6 +111,19 @@ class Connection:
         #: Set when the room decided to close this connection.
         self.kicked = trio.Event()
         self.dropped = 0
+        self.metrics = metrics
+        #: ``drifttrio``, ``asgi`` or ``in_process`` (a metrics label).
+        self.transport = transport
+        #: The (transport, codec) labels of this member's metrics.
+        self.labels: Final = (transport, "none" if codec is None else codec.name)
+        self.opened_at = trio.current_time()
+        # Counted by the session's reader and writer, for the close log line.
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.bytes_out = 0
+        #: The close code the peer sent, if it closed first.
+        self.peer_close_code: int | None = None
         self._missed: tuple[int, int] | None = None
         self._missed_count = 0
 
@@ -143,9 +167,13 @@ class Connection:
 
     def _overflow(self, seq: int | None) -> None:
         if self.policy != "drop":
+            if self.metrics is not None and not self.closed:
+                self.metrics.slow_disconnects.inc()
             self.kick(CloseCode.SLOW_CLIENT, "slow client: outbox full")
             return
         self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.slow_drops.inc()
         self._missed_count += 1
         if seq is not None:
             first, last = self._missed or (seq, seq)
@@ -167,4 +195,6 @@ class Connection:
             return False
         self._missed = None
         self._missed_count = 0
+        if self.metrics is not None:
+            self.metrics.errors["slow_client"].inc()
         return True

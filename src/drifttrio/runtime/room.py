@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeAlias
@@ -34,6 +35,7 @@ from ..protocol.messages import (
 from ..storage.base import Storage
 from .config import Config
 from .connection import Connection, Frame
+from .metrics import Metrics
 from .redact import room_tag
 
 __all__ = ["GetCommand", "Join", "Leave", "PingCommand", "PushCommand", "Reply", "Room"]
@@ -122,6 +124,9 @@ class _Done:
 
 _Effect: TypeAlias = _Direct | _Broadcast | _DebugInit | _Done
 
+#: The ``messages_in`` kind of commands other than pushes.
+_KINDS: dict[type, str] = {GetCommand: "get", PingCommand: "ping"}
+
 
 class Room:
     """One live room. Start :meth:`run` in a nursery; talk to it through :attr:`inbox`."""
@@ -133,8 +138,13 @@ class Room:
         storage: Storage,
         config: Config,
         on_exit: Callable[[Room], None] = lambda room: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.room_id = room_id
+        self.metrics = metrics or Metrics()
+        # Messages in and out, counted during a batch and added to the metrics once.
+        self._in: dict[str, int] = {}
+        self._out: dict[str, int] = {}
         self.state = state
         self.storage = storage
         self.config = config
@@ -160,11 +170,16 @@ class Room:
                 self._open_replies = [
                     origin for c in batch if isinstance(origin := getattr(c, "origin", None), Reply)
                 ]
-                await self._handle_batch(batch)
+                self.metrics.batch_commands.observe(len(batch))
+                try:
+                    await self._handle_batch(batch)
+                finally:
+                    self._flush_counts()
         except Exception:
             # Storage failing even to reload, or a bug: end this room alone. Members
             # reconnect and the hub loads the room again from what was committed.
             log.exception("room %s stopped", room_tag(self.room_id))
+            self.metrics.rooms_crashed.inc()
             close_code = CloseCode.INTERNAL_ERROR
         finally:
             self.closed = True
@@ -187,7 +202,10 @@ class Room:
         while True:
             timeout = math.inf if self.members else idle
             with trio.move_on_after(timeout):
-                return await self._commands.receive()
+                try:
+                    return await self._commands.receive()
+                except trio.EndOfChannel:
+                    return None  # the inbox was closed (server drain), and is empty
             # Timed out with no members; a sender may have slipped a command in
             # while we were being woken up, so only leave when truly empty.
             if self._commands.statistics().current_buffer_used == 0:
@@ -236,10 +254,13 @@ class Room:
 
     def _apply(self, command: Command, changes: list[StreamChange], effects: list[_Effect]) -> None:
         origin = command.origin  # type: ignore[union-attr]
+        kind = command.action.TAG if isinstance(command, PushCommand) else _KINDS[type(command)]
+        self._in[kind] = self._in.get(kind, 0) + 1
         if isinstance(command, PushCommand):
             try:
                 outcome = self.state.push(command.key, command.value, command.action)
             except ProtocolError as exc:
+                self.metrics.errors["refused"].inc()
                 effects.append((origin, Error(exc.message)))
             else:
                 if outcome.change is not None:
@@ -270,12 +291,15 @@ class Room:
         self, commands: list[Command], changes: list[StreamChange], effects: list[_Effect]
     ) -> None:
         if changes or self.state.seq != self._committed_seq:
+            started = time.perf_counter()
             try:
                 await self.storage.commit(self.room_id, self.state.seq, changes)
             except Exception as exc:
                 log.warning("commit failed in room %s: %r", room_tag(self.room_id), exc)
+                self.metrics.storage_failures.inc()
                 effects = await self._rollback(commands)
             else:
+                self.metrics.commit_seconds.observe(time.perf_counter() - started)
                 self._committed_seq = self.state.seq
         for effect in effects:
             self._deliver(effect)
@@ -295,6 +319,7 @@ class Room:
         effects: list[_Effect] = []
         for command in commands:
             if isinstance(command, PushCommand):
+                self.metrics.errors["storage"].inc()
                 if isinstance(command.origin, Reply):
                     command.origin.fail("storage unavailable: push not applied", 503)
                 else:
@@ -314,16 +339,19 @@ class Room:
                     if frame is None:
                         frame = frames[conn.codec_key] = conn.encode(effect.message)
                     conn.deliver(frame)
+                    self._out["init"] = self._out.get("init", 0) + 1
         elif isinstance(effect, _Done):
             effect.origin.done.set()
         else:
             origin, message = effect
+            self._out[message.TAG] = self._out.get(message.TAG, 0) + 1
             origin.send_message(message)
 
     def _broadcast(self, effect: _Broadcast) -> None:
         key, entry = effect.key, effect.entry
         message = PushEvent(key, entry.value, entry.seq)
         frames: dict[Any, Frame] = {}
+        delivered = 0
         for conn in self.members:
             if conn.debug:
                 if effect.changed:
@@ -334,6 +362,18 @@ class Room:
             if frame is None:
                 frame = frames[conn.codec_key] = conn.encode(message)
             conn.deliver(frame, entry.seq)
+            delivered += 1
+        self.metrics.fanout.observe(delivered)
+        self._out["push"] = self._out.get("push", 0) + delivered
+
+    def _flush_counts(self) -> None:
+        metrics = self.metrics
+        for kind, n in self._in.items():
+            metrics.messages_in[kind].inc(n)
+        for kind, n in self._out.items():
+            metrics.messages_out[kind].inc(n)
+        self._in.clear()
+        self._out.clear()
 
     def close_members(self, code: int, reason: str) -> None:
         """Ask every member to close (server shutdown)."""

@@ -26,14 +26,17 @@ from ..protocol.messages import ClientMessage, Error, Get, Ping, Push
 from ..runtime.config import Config
 from ..runtime.connection import Connection, Frame
 from ..runtime.hub import Hub
+from ..runtime.redact import room_tag
 from ..runtime.room import Command, GetCommand, Join, Leave, PingCommand, PushCommand, Room
 from .limits import ConnectionCounter, KeyedRateLimiter, TokenBucket
+from .ops import handle_ops, is_ops_path
 from .tokens import READ, WRITE, issue_room_token, token_expiry, verify_room_token
 from .transport import FRAMES_EXTENSION
 
 __all__ = ["DriftApp", "parse_query"]
 
 log = logging.getLogger("drifttrio.web")
+conn_log = logging.getLogger("drifttrio.connection")
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -46,6 +49,15 @@ _MAX_REFUSED_IN_A_ROW = 100
 _ACCESS_KEY = "drifttrio.access"
 _READ_ONLY = "read-only token: push refused"
 _ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send|/token)?/?")
+#: The ``reason`` label of a close code the server chose.
+_CLOSE_REASONS = {
+    CloseCode.GOING_AWAY: "shutdown",
+    CloseCode.MESSAGE_TOO_BIG: "too_big",
+    CloseCode.INTERNAL_ERROR: "internal_error",
+    CloseCode.TOO_MANY_ERRORS: "too_many_errors",
+    CloseCode.SLOW_CLIENT: "slow_client",
+    CloseCode.RATE_LIMITED: "rate_limited",
+}
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
@@ -139,6 +151,27 @@ class DriftApp:
             path = path[len(root) :] or "/"
         return path
 
+    async def _ops(self, scope: Scope, receive: Receive, send: Send, path: str) -> bool:
+        """``/healthz``, ``/readyz``, ``/metrics`` (if public) and ``/ui`` (if enabled)."""
+        hub = self.hub
+        if hub is None or not self._ready:
+            if path == "/healthz":
+                await self._respond(send, 200, {"status": "ok"})
+                return True
+            if path == "/readyz":
+                await self._respond(send, 503, {"ready": False, "reason": "starting"})
+                return True
+            return False
+        return await handle_ops(
+            hub,
+            scope,
+            receive,
+            send,
+            path,
+            metrics=self.config.public_metrics,
+            inspector=self.config.inspector,
+        )
+
     def _cors(self) -> list[tuple[bytes, bytes]]:
         origin = self.config.cors_origin
         return [(b"access-control-allow-origin", origin.encode())] if origin else []
@@ -206,8 +239,10 @@ class DriftApp:
             )
             await send({"type": "http.response.body", "body": b""})
             return
+        if is_ops_path(path) and await self._ops(scope, receive, send, path):
+            return
         hub = self.hub
-        if hub is None or not self._ready:
+        if hub is None or not self._ready or hub.closing:
             await self._error(send, 503, "server is not ready")
             return
         if path in ("/", ""):
@@ -218,6 +253,7 @@ class DriftApp:
                 await self._error(send, 405, "use POST /new", headers=[(b"allow", b"POST")])
                 return
             if self.config.api_key and not _bearer_matches(scope, self.config.api_key):
+                hub.metrics.rejected["api_key"].inc()
                 await self._error(
                     send,
                     401,
@@ -226,6 +262,7 @@ class DriftApp:
                 )
                 return
             if not self._new_room_limiter.take(_client_ip(scope)):
+                hub.metrics.rejected["new_rooms_per_minute"].inc()
                 await self._error(
                     send,
                     429,
@@ -236,6 +273,7 @@ class DriftApp:
             try:
                 room_id = await hub.create_room()
             except CapacityError as exc:
+                hub.metrics.rejected["max_rooms"].inc()
                 await self._error(send, 503, str(exc))
                 return
             except StorageError as exc:
@@ -368,11 +406,14 @@ class DriftApp:
     ) -> None:
         body = await self._read_body(scope, receive)
         if body is None:
+            hub.metrics.rejected["max_message_bytes"].inc()
             await self._error(send, 413, f"body larger than {self.config.max_message_bytes} bytes")
             return
         try:
             message = decode_json_client_message(body, self.config.decode_limits)
         except ProtocolError as exc:
+            hub.metrics.messages_in["invalid"].inc()
+            hub.metrics.errors["invalid"].inc()
             await self._error(send, exc.status, exc.message)
             return
         if isinstance(message, Push) and scope.get(_ACCESS_KEY) == READ:
@@ -425,6 +466,7 @@ class DriftApp:
         if origins:
             origin = dict(scope.get("headers") or ()).get(b"origin")
             if origin is not None and origin.decode("latin-1").rstrip("/") not in origins:
+                hub.metrics.rejected["allowed_origins"].inc()
                 await self._reject(send, scope, 403, "origin not allowed")
                 return
         if self.config.room_token_secret:
@@ -442,6 +484,14 @@ class DriftApp:
         ip = _client_ip(scope)
         refusal = self._connections.refusal(ip, room_id)
         if refusal is not None:
+            limit = (
+                "max_connections_per_ip"
+                if "client address" in refusal
+                else "max_connections_per_room"
+                if "room's limit" in refusal
+                else "max_connections"
+            )
+            hub.metrics.rejected[limit].inc()
             await self._reject(send, scope, 503, refusal)
             return
         self._connections.add(ip, room_id)
@@ -454,11 +504,13 @@ class DriftApp:
         self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str
     ) -> None:
         params = parse_query(scope.get("query_string", b""))
+        framed = FRAMES_EXTENSION in (scope.get("extensions") or {})
         conn = hub.new_connection(
             codec=CBOR if _flag(params, "cbor") else JSON,
             debug=_flag(params, "debug"),
             explicit=params.get("subscribe", "").lower() == "explicit",
-            framed=FRAMES_EXTENSION in (scope.get("extensions") or {}),
+            framed=framed,
+            transport="drifttrio" if framed else "asgi",
         )
         if scope.get(_ACCESS_KEY) == READ:
             self._read_only.add(conn)
@@ -474,13 +526,44 @@ class DriftApp:
             return
         if hub.closing:
             conn.kick(CloseCode.GOING_AWAY, "server shutdown")
-        await self._session(conn, room, receive, send)
+        metrics = hub.metrics
+        metrics.connections_opened[conn.labels].inc()
+        gauge = metrics.connections[conn.labels]
+        gauge.inc()
+        tag = room_tag(room_id)
+        conn_log.info(
+            "connection opened",
+            extra={"fields": _open_fields(conn, tag, _client_ip(scope))},
+        )
+        outcome: list[Any] = [None, "", False]
+        try:
+            await self._session(conn, room, receive, send, outcome)
+        finally:
+            gauge.dec()
+            code, reason, by_peer = outcome
+            label = "client" if by_peer else _CLOSE_REASONS.get(code, "room_closed")
+            metrics.closed(code, label)
+            conn_log.info(
+                "connection closed",
+                extra={"fields": _close_fields(conn, tag, code, reason, label)},
+            )
 
-    async def _session(self, conn: Connection, room: Room, receive: Receive, send: Send) -> None:
-        """Run one member: a reader (this task) and a writer, until either side ends."""
+    async def _session(
+        self,
+        conn: Connection,
+        room: Room,
+        receive: Receive,
+        send: Send,
+        outcome: list[Any] | None = None,
+    ) -> None:
+        """Run one member: a reader (this task) and a writer, until either side ends.
+
+        ``outcome`` receives the close code, the reason, and whether the peer closed.
+        """
         close_code: int | None = None
         reason = ""
         peer_gone = False
+        outcome = outcome if outcome is not None else [None, "", False]
         try:
             await send({"type": "websocket.accept"})
             async with trio.open_nursery() as nursery:
@@ -488,6 +571,8 @@ class DriftApp:
                 nursery.start_soon(_cancel_when_kicked, conn, nursery.cancel_scope)
                 close_code, reason = await self._reader(conn, room, receive)
                 peer_gone = close_code is None
+                if peer_gone:
+                    outcome[:] = [conn.peer_close_code, "", True]
                 if not peer_gone:
                     # We chose to close (e.g. 4000): let the writer flush the errors
                     # explaining why; it cancels the nursery when drained.
@@ -504,6 +589,7 @@ class DriftApp:
                 if conn.close_code is not None:
                     close_code, reason = conn.close_code, conn.close_reason
                 if close_code is not None:
+                    outcome[:] = [close_code, reason, False]
                     await send({"type": "websocket.close", "code": close_code, "reason": reason})
             # Keep reading for a moment: hypercorn waits (shielded) to hand this app
             # frames the peer sent before our close, and would stall its connection.
@@ -516,6 +602,9 @@ class DriftApp:
         self, conn: Connection, room: Room, receive: Receive
     ) -> tuple[int | None, str]:
         limits = self.config.decode_limits
+        metrics = conn.metrics
+        assert metrics is not None
+        bytes_in = metrics.bytes_in[conn.labels[1]]
         max_bytes = self.config.max_message_bytes
         max_errors = self.config.max_consecutive_errors
         errors = 0
@@ -524,8 +613,12 @@ class DriftApp:
         while True:
             message = await receive()
             if message["type"] != "websocket.receive":
+                conn.peer_close_code = message.get("code")
                 return None, ""  # websocket.disconnect: the peer is gone
+            conn.messages_in += 1
             if not bucket.take():
+                metrics.rejected["rate_limit"].inc()
+                metrics.errors["rate_limited"].inc()
                 refused += 1
                 if refused >= _MAX_REFUSED_IN_A_ROW:
                     return CloseCode.RATE_LIMITED, "rate limit exceeded"
@@ -538,15 +631,20 @@ class DriftApp:
             data: str | bytes | None = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
+            conn.bytes_in += len(data)
+            bytes_in.inc(len(data))
             if len(data) > max_bytes or (
                 isinstance(data, str)
                 and len(data) * 4 > max_bytes
                 and len(data.encode()) > max_bytes
             ):
+                metrics.rejected["max_message_bytes"].inc()
                 return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
             try:
                 client_message = decode_client_message(data, limits)
             except ProtocolError as exc:
+                metrics.messages_in["invalid"].inc()
+                metrics.errors["invalid"].inc()
                 errors += 1
                 conn.send_message(Error(exc.message))
                 if max_errors and errors >= max_errors:
@@ -574,15 +672,22 @@ class DriftApp:
                 return CloseCode.GOING_AWAY, "room closed"
 
     async def _writer(self, conn: Connection, send: Send, scope: trio.CancelScope) -> None:
+        assert conn.metrics is not None
+        bytes_out = conn.metrics.bytes_out[conn.labels[1]]
         try:
             while True:
                 frames = await conn.outbox.receive_batch()
+                conn.messages_out += len(frames)
                 if conn.framed:
                     # Complete frames, built once per broadcast: one write for the lot.
                     data = b"".join(f for f in frames if isinstance(f, bytes))
+                    size = len(data)
                     await send({"type": "drifttrio.websocket.send_frames", "data": data})
                 else:
+                    size = sum(len(f) for f in frames if isinstance(f, str | bytes))
                     await self._send_frames(send, frames)
+                conn.bytes_out += size
+                bytes_out.inc(size)
         except trio.EndOfChannel:
             pass
         finally:
@@ -595,6 +700,37 @@ class DriftApp:
                 await send({"type": "websocket.send", "text": frame})
             elif isinstance(frame, bytes):
                 await send({"type": "websocket.send", "bytes": frame})
+
+
+def _open_fields(conn: Connection, tag: str, client: str) -> dict[str, Any]:
+    return {
+        "event": "open",
+        "conn": conn.id,
+        "room": tag,
+        "transport": conn.transport,
+        "codec": conn.labels[1],
+        "debug": conn.debug,
+        "client": client,
+    }
+
+
+def _close_fields(
+    conn: Connection, tag: str, code: int | None, reason: str, by: str
+) -> dict[str, Any]:
+    return {
+        "event": "close",
+        "conn": conn.id,
+        "room": tag,
+        "duration_s": round(trio.current_time() - conn.opened_at, 3),
+        "messages_in": conn.messages_in,
+        "messages_out": conn.messages_out,
+        "bytes_in": conn.bytes_in,
+        "bytes_out": conn.bytes_out,
+        "dropped": conn.dropped,
+        "code": code,
+        "reason": by,
+        "detail": reason,
+    }
 
 
 def _client_ip(scope: Scope) -> str:

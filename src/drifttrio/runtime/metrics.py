@@ -1,0 +1,209 @@
+"""Prometheus metrics of one server (one registry per hub, so servers never share).
+
+The hot path only touches children bound once here (``metrics.push_in[kind]``),
+and counts per batch where it can: a broadcast is one ``inc(n)`` for its n
+deliveries, a writer batch one ``inc`` for its frames and bytes. Nothing is
+labelled by room. Gauges that describe the whole server (live rooms, inbox
+depth) are computed when scraped (:meth:`Metrics.collect_live`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = [
+    "CLOSE_REASONS",
+    "CODECS",
+    "ERROR_REASONS",
+    "IN_KINDS",
+    "LIMITS",
+    "OUT_KINDS",
+    "TRANSPORTS",
+    "Metrics",
+]
+
+#: How a member is connected: drifttrio's own transport, another ASGI server, in-process.
+TRANSPORTS: Final = ("drifttrio", "asgi", "in_process")
+CODECS: Final = ("json", "cbor", "none")
+#: Client messages, by type (pushes by action).
+IN_KINDS: Final = ("relay", "replace", "append", "compact", "get", "ping", "invalid")
+#: Server messages, by type.
+OUT_KINDS: Final = ("push", "init", "stream_size", "pong", "error")
+#: Why an ``error`` message was sent.
+ERROR_REASONS: Final = ("invalid", "refused", "rate_limited", "storage", "slow_client")
+#: Why a connection ended (``client``: the peer closed or went away).
+CLOSE_REASONS: Final = (
+    "client",
+    "shutdown",
+    "room_closed",
+    "internal_error",
+    "too_big",
+    "too_many_errors",
+    "slow_client",
+    "rate_limited",
+)
+#: Which limit refused a request.
+LIMITS: Final = (
+    "max_connections",
+    "max_connections_per_ip",
+    "max_connections_per_room",
+    "new_rooms_per_minute",
+    "max_rooms",
+    "api_key",
+    "allowed_origins",
+    "max_message_bytes",
+    "rate_limit",
+)
+
+_LATENCY_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+_FANOUT_BUCKETS: Final = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+_CLIENT_CODES: Final = frozenset({1000, 1001, 1005, 1006})
+_BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+
+class Metrics:
+    """Every drifttrio metric, registered in :attr:`registry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.rooms_live = Gauge("drifttrio_rooms_live", "Rooms loaded in memory", registry=r)
+        self.rooms_stored = Gauge(
+            "drifttrio_rooms_stored", "Rooms in the store (at the last scrape)", registry=r
+        )
+        self.inbox_depth = Gauge(
+            "drifttrio_room_inbox_depth",
+            "Commands waiting in room inboxes (sum and largest over live rooms)",
+            ["stat"],
+            registry=r,
+        )
+        self.draining = Gauge("drifttrio_draining", "1 while the server shuts down", registry=r)
+        connections = Gauge(
+            "drifttrio_connections",
+            "Live room members",
+            ["transport", "codec"],
+            registry=r,
+        )
+        opened = Counter(
+            "drifttrio_connections_opened",
+            "Room members that joined",
+            ["transport", "codec"],
+            registry=r,
+        )
+        self.connections = {(t, c): connections.labels(t, c) for t in TRANSPORTS for c in CODECS}
+        self.connections_opened = {(t, c): opened.labels(t, c) for t in TRANSPORTS for c in CODECS}
+        closed = Counter(
+            "drifttrio_connections_closed",
+            "Room members that left, by close code and reason",
+            ["code", "reason"],
+            registry=r,
+        )
+        self._closed = closed
+        messages_in = Counter(
+            "drifttrio_messages_in", "Client messages received, by kind", ["kind"], registry=r
+        )
+        self.messages_in = {k: messages_in.labels(k) for k in IN_KINDS}
+        messages_out = Counter(
+            "drifttrio_messages_out",
+            "Server messages queued for members and HTTP callers, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.messages_out = {k: messages_out.labels(k) for k in OUT_KINDS}
+        bytes_in = Counter(
+            "drifttrio_bytes_in", "WebSocket payload bytes received", ["codec"], registry=r
+        )
+        bytes_out = Counter(
+            "drifttrio_bytes_out", "WebSocket bytes written (frames)", ["codec"], registry=r
+        )
+        self.bytes_in = {c: bytes_in.labels(c) for c in CODECS}
+        self.bytes_out = {c: bytes_out.labels(c) for c in CODECS}
+        self.slow_disconnects = Counter(
+            "drifttrio_slow_client_disconnects",
+            "Members closed with 4008 because their outbox was full",
+            registry=r,
+        )
+        self.slow_drops = Counter(
+            "drifttrio_slow_client_dropped_messages",
+            "Messages skipped for members under the drop policy",
+            registry=r,
+        )
+        errors = Counter(
+            "drifttrio_errors", "error messages sent, by reason", ["reason"], registry=r
+        )
+        self.errors = {k: errors.labels(k) for k in ERROR_REASONS}
+        rejected = Counter(
+            "drifttrio_rejected_requests",
+            "Requests and upgrades refused by a limit",
+            ["limit"],
+            registry=r,
+        )
+        self.rejected = {k: rejected.labels(k) for k in LIMITS}
+        self.storage_failures = Counter(
+            "drifttrio_storage_failures",
+            "Commits the store refused (batch rolled back)",
+            registry=r,
+        )
+        self.rooms_crashed = Counter(
+            "drifttrio_rooms_crashed", "Room tasks that ended on an error (close 1011)", registry=r
+        )
+        self.commit_seconds = Histogram(
+            "drifttrio_commit_seconds",
+            "Time to commit one room batch to the store",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fanout = Histogram(
+            "drifttrio_broadcast_fanout",
+            "Members a broadcast was delivered to",
+            buckets=_FANOUT_BUCKETS,
+            registry=r,
+        )
+        self.batch_commands = Histogram(
+            "drifttrio_room_batch_commands",
+            "Commands a room applied in one batch",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+
+    def closed(self, code: int | None, reason: str) -> None:
+        """Count a member that left (``code`` None: no close frame).
+
+        A peer's own close codes are kept only when standard, to bound the labels.
+        """
+        if code is None:
+            label = "none"
+        elif reason == "client" and code not in _CLIENT_CODES:
+            label = "other"
+        else:
+            label = str(code)
+        self._closed.labels(label, reason).inc()
+
+    def collect_live(self, inbox_depths: Iterable[int], live_rooms: int) -> None:
+        """Set the gauges that describe the moment of a scrape."""
+        depths = list(inbox_depths)
+        self.rooms_live.set(live_rooms)
+        self.inbox_depth.labels("sum").set(sum(depths))
+        self.inbox_depth.labels("max").set(max(depths, default=0))
+
+    def exposition(self) -> bytes:
+        """The text exposition format (``text/plain; version=0.0.4``)."""
+        return generate_latest(self.registry)
