@@ -13,6 +13,7 @@ import trio
 
 from . import __version__
 from ._errors import ConfigError
+from ._logging import LOG_FORMATS, configure_logging
 from .client._cli import add_check_parser, run_check_command
 from .runtime.config import Config
 from .server import serve
@@ -67,25 +68,122 @@ def _parser() -> argparse.ArgumentParser:
         help="do not broadcast compact (strict upstream parity)",
     )
     run.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    run.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=None, help="text (default), kv or json"
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of the internal /metrics, /healthz, /readyz listener (-1: none, the default)",
+    )
+    run.add_argument("--metrics-host", default=None, help="its address (127.0.0.1)")
+    run.add_argument(
+        "--public-metrics",
+        action="store_true",
+        default=None,
+        help="also serve /metrics on the public listener",
+    )
+    run.add_argument(
+        "--no-inspector", action="store_true", default=None, help="do not serve the /ui inspector"
+    )
+    run.add_argument(
+        "--shutdown-timeout", type=float, default=None, help="seconds a graceful drain may take"
+    )
+    _rooms_parser(commands)
     add_check_parser(commands)
     return parser
+
+
+def _rooms_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rooms = commands.add_parser("rooms", help="list, inspect, export, import, delete stored rooms")
+    rooms.add_argument(
+        "--store",
+        default=None,
+        help=f"the store to work on (default: $DRIFTTRIO_STORE or {DEFAULT_STORE})",
+    )
+    actions = rooms.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every stored room, one JSON object a line")
+    actions.add_parser("inspect", help="a room's seq and retained keys").add_argument("room")
+    export = actions.add_parser("export", help="write a room as JSON Lines")
+    export.add_argument("room")
+    export.add_argument("-o", "--output", default="-", help="file (default: stdout)")
+    load = actions.add_parser("import", help="create or replace a room from JSON Lines")
+    load.add_argument("input", nargs="?", default="-", help="file (default: stdin)")
+    load.add_argument("--room", default=None, help="import under this id (default: the file's)")
+    actions.add_parser("delete", help="delete a room and its data").add_argument("room")
+
+
+async def _rooms(args: argparse.Namespace, store: str) -> int:
+    """Run one ``drifttrio rooms`` action against the store."""
+    import orjson
+
+    from . import admin
+    from .runtime.hub import valid_room_id
+    from .storage import open_storage
+
+    storage = open_storage(store)
+    try:
+        if args.action == "list":
+            for row in await admin.list_rooms(storage):
+                print(orjson.dumps(row).decode())
+            return 0
+        if args.action == "import":
+            if args.input == "-":
+                text = sys.stdin.read()
+            else:
+                text = await trio.Path(args.input).read_text(encoding="utf-8")
+            room_id, imported = admin.parse_lines(text.splitlines())
+            room_id = args.room or room_id
+            if not valid_room_id(room_id):
+                raise ConfigError(f"not a valid room id: {room_id!r}")
+            await storage.import_room(room_id, imported)
+            print(f"imported room {room_id} (seq {imported.seq})", file=sys.stderr)
+            return 0
+        snapshot = await storage.load_room(args.room)
+        if snapshot is None:
+            print(f"drifttrio: no room {args.room!r} in {store}", file=sys.stderr)
+            return 1
+        if args.action == "inspect":
+            print(orjson.dumps(admin.inspect_room(args.room, snapshot)).decode())
+        elif args.action == "export":
+            text = "".join(line + "\n" for line in admin.dump_lines(args.room, snapshot))
+            if args.output == "-":
+                sys.stdout.write(text)
+            else:
+                await trio.Path(args.output).write_text(text, encoding="utf-8")
+        elif args.action == "delete":
+            await storage.delete_room(args.room)
+            print(f"deleted room {args.room}", file=sys.stderr)
+        return 0
+    finally:
+        await storage.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return run_check_command(args)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    store = args.store or os.environ.get("DRIFTTRIO_STORE") or DEFAULT_STORE
+    if args.command == "rooms":
+        try:
+            return trio.run(_rooms, args, store)
+        except (ConfigError, OSError) as exc:
+            print(f"drifttrio: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, ConfigError) else 1
     try:
         config = Config.from_env(
-            store=args.store or os.environ.get("DRIFTTRIO_STORE") or DEFAULT_STORE,
+            store=store,
             slow_client_policy=args.slow_client_policy,
             broadcast_compact=False if args.no_broadcast_compact else None,
+            log_format=args.log_format,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            public_metrics=args.public_metrics,
+            inspector=False if args.no_inspector else None,
+            shutdown_timeout=args.shutdown_timeout,
         )
+        configure_logging(config.log_format, args.log_level)
         trio.run(_serve_until_signal, config, args.host, args.port, args.transport)
     except ConfigError as exc:
         print(f"drifttrio: {exc}", file=sys.stderr)

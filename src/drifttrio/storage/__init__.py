@@ -5,12 +5,13 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from .._errors import ConfigError
+from .base import RoomInfo as RoomInfo
 from .base import RoomSnapshot as RoomSnapshot
 from .base import Storage as Storage
 from .memory import MemoryStorage as MemoryStorage
 from .sqlite import SqliteStorage as SqliteStorage
 
-__all__ = ["MemoryStorage", "RoomSnapshot", "SqliteStorage", "Storage", "open_storage"]
+__all__ = ["MemoryStorage", "RoomInfo", "RoomSnapshot", "SqliteStorage", "Storage", "open_storage"]
 
 
 def open_storage(url: str) -> Storage:

@@ -15,7 +15,7 @@ import attrs
 
 from ..core.room_state import Stream, StreamChange
 
-__all__ = ["RoomSnapshot", "Storage"]
+__all__ = ["RoomInfo", "RoomSnapshot", "Storage"]
 
 
 @attrs.frozen
@@ -24,6 +24,16 @@ class RoomSnapshot:
 
     seq: int
     streams: dict[str, Stream]
+
+
+@attrs.frozen
+class RoomInfo:
+    """One stored room, as listed by :meth:`Storage.list_rooms`."""
+
+    room_id: str
+    seq: int
+    #: Unix time of the last push, join or eviction.
+    last_active: float
 
 
 class Storage(Protocol):
@@ -52,6 +62,12 @@ class Storage(Protocol):
 
     async def count_rooms(self) -> int:
         """How many rooms are stored."""
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        """Every stored room, by id (for the ``drifttrio rooms`` admin commands)."""
+
+    async def import_room(self, room_id: str, snapshot: RoomSnapshot) -> None:
+        """Atomically replace the room (creating it if needed) with ``snapshot``."""
 
     async def aclose(self) -> None:
         """Release resources."""

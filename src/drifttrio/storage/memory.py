@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from .._errors import RoomNotFound
 from ..core.room_state import Stream, StreamChange
-from .base import RoomSnapshot
+from .base import RoomInfo, RoomSnapshot
 
 __all__ = ["MemoryStorage"]
 
@@ -72,6 +72,21 @@ class MemoryStorage:
 
     async def count_rooms(self) -> int:
         return len(self._rooms)
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        return [
+            RoomInfo(room_id, room.seq, room.last_active)
+            for room_id, room in sorted(self._rooms.items())
+        ]
+
+    async def import_room(self, room_id: str, snapshot: RoomSnapshot) -> None:
+        room = _Room(self._clock())
+        room.seq = snapshot.seq
+        room.streams = {
+            key: Stream(list(stream.entries), stream.compacted)
+            for key, stream in snapshot.streams.items()
+        }
+        self._rooms[room_id] = room
 
     async def delete_room(self, room_id: str) -> None:
         self._rooms.pop(room_id, None)

@@ -25,7 +25,7 @@ import trio
 from .._errors import ConfigError, RoomNotFound, StorageError
 from ..core.room_state import Stream, StreamChange
 from ..protocol.messages import SeqValue, Value
-from .base import RoomSnapshot
+from .base import RoomInfo, RoomSnapshot
 
 __all__ = ["SqliteStorage"]
 
@@ -235,6 +235,40 @@ class SqliteStorage:
     async def count_rooms(self) -> int:
         row = await self._run(lambda db: db.execute("SELECT count(*) FROM rooms").fetchone())
         return int(row[0])
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        rows = await self._run(
+            lambda db: db.execute("SELECT id, seq, last_active FROM rooms ORDER BY id").fetchall()
+        )
+        return [RoomInfo(room_id, seq, last_active) for room_id, seq, last_active in rows]
+
+    async def import_room(self, room_id: str, snapshot: RoomSnapshot) -> None:
+        now = self._clock()
+        streams = [(key, stream.compacted) for key, stream in snapshot.streams.items()]
+        entries = [
+            (key, entry.seq, _encode(entry.value))
+            for key, stream in snapshot.streams.items()
+            for entry in stream.entries
+        ]
+
+        def replace(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+            db.execute(
+                "INSERT INTO rooms (id, seq, created, last_active) VALUES (?, ?, ?, ?)",
+                (room_id, snapshot.seq, now, now),
+            )
+            db.executemany(
+                "INSERT INTO streams (room, key, compacted) VALUES (?, ?, ?)",
+                [(room_id, key, compacted) for key, compacted in streams],
+            )
+            db.executemany(
+                "INSERT INTO entries (room, key, seq, value) VALUES (?, ?, ?, ?)",
+                [(room_id, *entry) for entry in entries],
+            )
+            db.execute("COMMIT")
+
+        await self._run(replace)
 
     async def aclose(self) -> None:
         db, self._db = self._db, None

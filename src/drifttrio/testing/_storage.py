@@ -11,7 +11,7 @@ import trio
 
 from .._errors import ConfigError, StorageError
 from ..core.room_state import StreamChange
-from ..storage import MemoryStorage, RoomSnapshot, SqliteStorage, Storage
+from ..storage import MemoryStorage, RoomInfo, RoomSnapshot, SqliteStorage, Storage
 
 __all__ = ["FaultyStorage", "Operation", "StoreName", "make_storage"]
 
@@ -121,6 +121,12 @@ class FaultyStorage:
 
     async def count_rooms(self) -> int:
         return await self.inner.count_rooms()
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        return await self.inner.list_rooms()
+
+    async def import_room(self, room_id: str, snapshot: RoomSnapshot) -> None:
+        await self.inner.import_room(room_id, snapshot)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
