@@ -17,6 +17,15 @@
 //   {"op": "wait_log", "page": "b", "count": 3}             until the log has 3 entries
 //   {"op": "wait_state", "page": "b", "text": "<shown>"}     until the state shows this
 //   {"op": "screenshot", "page": "b", "path": "x.png"}
+//   {"op": "wait_log_text", "page": "b", "text": "..."}     until a log entry contains it
+//
+// The room inspector (served by drifttrio at /ui/):
+//
+//   {"op": "inspect", "page": "i", "room_of": "a"}          open it on a room (or "room")
+//   {"op": "wait_key", "page": "i", "key": "chat", "retained": 2}  until the key shows n values
+//   {"op": "wait_live", "page": "i", "count": 3}            until n live messages are listed
+//   {"op": "inspect_push", "page": "i", "key": "k", "action": "append", "value": "<json>"}
+//   {"op": "time_travel", "page": "i", "key": "k", "index": 0}  select the key, move the slider
 //
 // Prints one JSON line: for every page what its DOM shows (room, mode, status,
 // state, log entries with their seq, frame counts, errors), anything a page
@@ -61,6 +70,24 @@ function fail(message) {
 async function snapshot(page) {
   return page.evaluate(() => {
     const text = (id) => document.getElementById(id).textContent;
+    if (document.getElementById('keys')) {
+      return {
+        inspector: true,
+        status: text('status'),
+        state_attr: document.getElementById('status').dataset.state,
+        room: text('room'),
+        seq: text('seq'),
+        keys: Array.from(document.querySelectorAll('#keys tbody tr'), (tr) => ({
+          key: tr.dataset.key,
+          retained: Number(tr.dataset.retained),
+        })),
+        live: Array.from(document.querySelectorAll('#live li'), (li) => li.textContent),
+        at_seq: text('at-seq'),
+        value_at: text('value-at'),
+        stream_at: Array.from(document.querySelectorAll('#stream-at li'), (li) => li.textContent),
+        push_result: text('push-result'),
+      };
+    }
     return {
       status: text('status'),
       state_attr: document.getElementById('status').dataset.state,
@@ -158,6 +185,70 @@ async function main(config) {
             { polling: 20 },
           );
           break;
+        case 'wait_log_text':
+          await (await pageOf(step.page)).waitForFunction(
+            (text) => Array.from(document.querySelectorAll('#log li')).some((li) => li.textContent.includes(text)),
+            step.text,
+            { polling: 20 },
+          );
+          break;
+        case 'inspect': {
+          const room = step.room_of
+            ? await (await pageOf(step.room_of)).textContent('#room')
+            : step.room;
+          pages[step.page] = await context.newPage();
+          const page = await pageOf(step.page);
+          const errors = (consoleErrors[step.page] = []);
+          page.on('console', (msg) => {
+            trace(`${step.page} console.${msg.type()}: ${msg.text()}`);
+            if (msg.type() === 'error' || msg.type() === 'warning') errors.push(msg.text());
+          });
+          page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}`));
+          await page.goto(`${config.server}/ui/?room=${encodeURIComponent(room)}`);
+          await page.waitForSelector('#status[data-state="live"], #status[data-state="failed"]');
+          if ((await page.getAttribute('#status', 'data-state')) !== 'live') {
+            throw new Error(`inspector ${step.page} did not open: ${await page.textContent('#status')}`);
+          }
+          break;
+        }
+        case 'wait_key':
+          await (await pageOf(step.page)).waitForFunction(
+            ([key, n]) => Array.from(document.querySelectorAll('#keys tbody tr')).some(
+              (tr) => tr.dataset.key === key && Number(tr.dataset.retained) >= n,
+            ),
+            [step.key, step.retained],
+            { polling: 20 },
+          );
+          break;
+        case 'wait_live':
+          await (await pageOf(step.page)).waitForFunction(
+            (n) => document.querySelectorAll('#live li').length >= n,
+            step.count,
+            { polling: 20 },
+          );
+          break;
+        case 'inspect_push': {
+          const page = await pageOf(step.page);
+          await page.fill('#push-key', step.key);
+          await page.selectOption('#push-action', step.action);
+          if (step.seq !== undefined) await page.fill('#push-seq', String(step.seq));
+          await page.fill('#push-value', step.value);
+          await page.click('#push-send');
+          break;
+        }
+        case 'time_travel': {
+          const page = await pageOf(step.page);
+          await page.click(`#keys tbody tr[data-key="${step.key}"]`);
+          await page.$eval(
+            '#seq-slider',
+            (el, index) => {
+              el.value = String(index);
+              el.dispatchEvent(new Event('input'));
+            },
+            step.index,
+          );
+          break;
+        }
         case 'screenshot':
           await (await pageOf(step.page)).screenshot({ path: step.path, fullPage: true });
           break;

@@ -1,0 +1,70 @@
+"""The room inspector (/ui, served by drifttrio itself) in headless Chromium.
+
+It opens a room that already holds values, shows its keys and retained streams,
+updates live when a page on the npm client pushes, browses a key at an older
+seq, and its push form delivers to that npm-client page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drifttrio import RunningServer
+from drifttrio.protocol.messages import Replace
+
+pytestmark = pytest.mark.browser
+
+Drive = Callable[[RunningServer, list[dict[str, Any]]], Awaitable[dict[str, Any]]]
+
+
+async def test_inspector_live_room(server: RunningServer, drive: Drive, artifacts: Path) -> None:
+    hub = server.hub
+    room = await hub.create_room()
+    await hub.push(room, "chat", {"text": "first"})  # seq 1
+    await hub.push(room, "chat", {"text": "second"})  # seq 2
+    await hub.push(room, "settings", {"theme": "dark"}, Replace())  # seq 3
+    shot = artifacts / "inspector.png"
+    result = await drive(
+        server,
+        [
+            {"op": "open", "page": "app", "room": room},  # the npm client
+            {"op": "inspect", "page": "ui", "room": room},
+            {"op": "wait_key", "page": "ui", "key": "chat", "retained": 2},
+            {"op": "wait_key", "page": "ui", "key": "settings", "retained": 1},
+            # Another client pushes: the inspector updates live.
+            {"op": "push", "page": "app", "value": json.dumps({"text": "from npm"})},
+            {"op": "wait_key", "page": "ui", "key": "chat", "retained": 3},
+            # The inspector's push form reaches the npm-client page.
+            {
+                "op": "inspect_push",
+                "page": "ui",
+                "key": "chat",
+                "action": "append",
+                "value": json.dumps({"text": "from the inspector"}),
+            },
+            {"op": "wait_log_text", "page": "app", "text": "from the inspector"},
+            {"op": "wait_key", "page": "ui", "key": "chat", "retained": 4},
+            # Time travel: the chat stream as it was at its first retained seq.
+            {"op": "time_travel", "page": "ui", "key": "chat", "index": 0},
+            {"op": "screenshot", "page": "ui", "path": str(shot)},
+        ],
+    )
+    ui = result["pages"]["ui"]
+    assert ui["state_attr"] == "live", ui["status"]
+    assert ui["room"] == room
+    assert {k["key"]: k["retained"] for k in ui["keys"]} == {"chat": 4, "settings": 1}
+    assert ui["at_seq"].startswith("seq 1 ")
+    assert ui["stream_at"] == ['#1 {"text":"first"}']
+    assert json.loads(ui["value_at"]) == {"text": "first"}
+    assert any('"from npm"' in line for line in ui["live"])
+    assert result["console_errors"] == {"app": [], "ui": []}
+    app_log = [entry["text"] for entry in result["pages"]["app"]["log"]]
+    assert app_log[-1] == '#5 {"text":"from the inspector"}'
+    stored = await hub.get(room, "chat")
+    assert [entry.value for entry in stored][-1] == {"text": "from the inspector"}
+    assert shot.stat().st_size > 10_000
