@@ -164,6 +164,8 @@ async def serve_stream(
                 )
                 return
             await _http(app, config, conn, wire, event, {**base, "scheme": scheme})
+            if conn.their_state is h11.SEND_BODY and conn.our_state is h11.DONE:
+                await _discard_body(conn, wire, config)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -183,6 +185,20 @@ def _head_size(request: h11.Request) -> int:
     """The request head's size on the wire (near enough: line and header separators)."""
     size = len(request.method) + len(request.target) + 12
     return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
+
+
+async def _discard_body(conn: h11.Connection, wire: _Wire, config: Config) -> None:
+    """Read what is left of a request body the app did not read (a GET's empty
+    one, say), so the connection can serve the next request: at most
+    ``max_message_bytes`` within ``handshake_timeout``, else it is closed."""
+    left = config.max_message_bytes
+    with trio.move_on_after(config.handshake_timeout):
+        while conn.their_state is h11.SEND_BODY and left >= 0:
+            event = await _next_event(conn, wire)
+            if isinstance(event, h11.Data):
+                left -= len(event.data)
+            elif not isinstance(event, h11.EndOfMessage):
+                return
 
 
 def _has_partial_request(conn: h11.Connection) -> bool:
