@@ -63,8 +63,8 @@ _RECEIVE_SIZE = 65536
 #: at least: a flood of empty continuation frames is closed with 1009 too.
 FRAGMENT_COST = 64
 
-#: After closing on a protocol error, read and discard the peer's data for at most
-#: this long (and this much), so the close frame is not lost to a TCP reset.
+#: Before closing a connection, read and discard the peer's data for at most this
+#: long (and this much), so our last words are not lost to a TCP reset.
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 4 * 1024 * 1024
 
@@ -86,6 +86,8 @@ class _Wire:
         self.write_timeout = write_timeout
         self.lock = trio.StrictFIFOLock()
         self.closed = False
+        #: We end the conversation while the peer may still be sending: linger.
+        self.cut_short = False
 
     async def send(self, data: bytes) -> None:
         if self.closed:
@@ -117,6 +119,26 @@ class _Wire:
     async def abort(self) -> None:
         self.closed = True
         await trio.aclose_forcefully(self.stream)
+
+    async def linger(self) -> None:
+        """Before closing: stop sending, then read and discard what the peer still
+        sends (bounded), so what we sent last is not lost to a TCP reset caused by
+        unread data (a 413 before the body, a close frame after a protocol error)."""
+        if self.closed or not self.cut_short:
+            return
+        with trio.move_on_after(min(_LINGER_SECONDS, self.write_timeout)):
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                try:
+                    async with self.lock:
+                        await self.stream.send_eof()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            discarded = 0
+            while discarded < _LINGER_BYTES:
+                data = await self.receive()
+                if not data:
+                    break
+                discarded += len(data)
 
 
 async def serve_stream(
@@ -178,6 +200,7 @@ async def serve_stream(
         pass
     finally:
         with trio.CancelScope(shield=True):
+            await wire.linger()
             await wire.abort()
 
 
@@ -201,6 +224,16 @@ async def _discard_body(conn: h11.Connection, wire: _Wire, config: Config) -> No
                 return
 
 
+def _request_complete(conn: h11.Connection) -> bool:
+    """Whether the request has been received whole, consuming what is already
+    buffered of a body the app did not read (a GET's empty one, say)."""
+    while conn.their_state is h11.SEND_BODY:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            return False
+    return True
+
+
 def _has_partial_request(conn: h11.Connection) -> bool:
     return bool(conn.trailing_data[0]) or conn.their_state is not h11.IDLE
 
@@ -214,6 +247,7 @@ async def _next_event(conn: h11.Connection, wire: _Wire) -> Any:
 
 
 async def _plain_response(conn: h11.Connection, wire: _Wire, status: int, body: bytes) -> None:
+    wire.cut_short = True
     try:
         data = conn.send(
             h11.Response(
@@ -292,6 +326,12 @@ async def _http(
         if kind == "http.response.start":
             response_started = True
             headers = list(message.get("headers") or [])
+            if not _request_complete(conn):
+                # The rest of the body (a 413's, say) will not be read: say so, and
+                # close after the response instead of leaving the client to reuse
+                # a connection the server is about to drop.
+                headers.append((b"connection", b"close"))
+                wire.cut_short = True
             await wire.send(
                 conn.send(h11.Response(status_code=message["status"], headers=headers)) or b""
             )
@@ -417,16 +457,10 @@ class _WebSocketSession:
             await self._send_bytes(self.ws.send(Pong(payload=payload)))
 
     async def _fail(self, code: int, reason: str) -> None:
-        """Close on the peer's protocol error, then linger so the close frame arrives."""
+        """Close on the peer's protocol error (serve_stream lingers before closing)."""
         await self._close(code, reason)
+        self.wire.cut_short = True
         self.gone = True
-        discarded = 0
-        with trio.move_on_after(min(_LINGER_SECONDS, self.wire.write_timeout)):
-            while discarded < _LINGER_BYTES:
-                data = await self.wire.receive()
-                if not data:
-                    break
-                discarded += len(data)
 
     def _disconnect(self, code: int) -> dict[str, Any]:
         self.gone = True
