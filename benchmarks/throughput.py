@@ -31,6 +31,10 @@ SERVERS: dict[str, list[str]] = {
     "drifttrio serve (own transport)": [
         sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0", "--store", "memory",
     ],
+    "drifttrio serve (own transport, SQLite)": [
+        sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0", "--store",
+        "sqlite:///" + str(Path(os.environ.get("TMPDIR", "/tmp")) / "drifttrio-bench.db"),
+    ],
     "drifttrio serve --transport hypercorn": [
         sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0", "--store", "memory",
         "--transport", "hypercorn",
