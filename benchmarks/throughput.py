@@ -29,18 +29,45 @@ URL = re.compile(rb"(http://127\.0\.0\.1:\d+)")
 
 SERVERS: dict[str, list[str]] = {
     "drifttrio serve (own transport)": [
-        sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0", "--store", "memory",
+        sys.executable,
+        "-m",
+        "drifttrio.cli",
+        "serve",
+        "--port",
+        "0",
+        "--store",
+        "memory",
     ],
     "drifttrio serve (own transport, SQLite)": [
-        sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0", "--store",
+        sys.executable,
+        "-m",
+        "drifttrio.cli",
+        "serve",
+        "--port",
+        "0",
+        "--store",
         "sqlite:///" + str(Path(os.environ.get("TMPDIR", "/tmp")) / "drifttrio-bench.db"),
     ],
     "drifttrio serve --transport hypercorn": [
-        sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0", "--store", "memory",
-        "--transport", "hypercorn",
+        sys.executable,
+        "-m",
+        "drifttrio.cli",
+        "serve",
+        "--port",
+        "0",
+        "--store",
+        "memory",
+        "--transport",
+        "hypercorn",
     ],
     "hypercorn -k trio drifttrio.asgi:app": [
-        sys.executable, "-m", "hypercorn", "-k", "trio", "--bind", "127.0.0.1:0",
+        sys.executable,
+        "-m",
+        "hypercorn",
+        "-k",
+        "trio",
+        "--bind",
+        "127.0.0.1:0",
         "drifttrio.asgi:app",
     ],
     "minimal relay on Node ws (yardstick)": ["node", str(HERE / "minimal_relay.js")],
@@ -57,7 +84,9 @@ def start(argv: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     # One publisher at full speed is what the per-connection rate limit exists to stop:
     # switch it off to measure the relay itself.
     env = {**os.environ, "DRIFTTRIO_STORE": "memory", "DRIFTTRIO_RATE_LIMIT_PER_SECOND": "0"}
-    proc = subprocess.Popen(pinned(0, argv), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        pinned(0, argv), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env
+    )
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -75,9 +104,24 @@ def start(argv: list[str]) -> tuple[subprocess.Popen[bytes], str]:
 
 def run_load(url: str, subscribers: int, seconds: float, window: int) -> float:
     out = subprocess.run(
-        pinned(1, ["node", str(HERE / "loadgen.js"), "--url", url, "--subscribers",
-                   str(subscribers), "--seconds", str(seconds), "--window", str(window)]),
-        capture_output=True, check=True, timeout=seconds + 60,
+        pinned(
+            1,
+            [
+                "node",
+                str(HERE / "loadgen.js"),
+                "--url",
+                url,
+                "--subscribers",
+                str(subscribers),
+                "--seconds",
+                str(seconds),
+                "--window",
+                str(window),
+            ],
+        ),
+        capture_output=True,
+        check=True,
+        timeout=seconds + 60,
     )
     return float(json.loads(out.stdout.decode().strip().splitlines()[-1])["per_second"])
 
@@ -111,9 +155,13 @@ def main() -> None:
                 proc.wait(timeout=30)
 
     first = next(iter(servers))
-    header = f"| server | " + " | ".join(f"M={m} median msg/s (ratio)" for m in args.subscribers) + " |"
-    print(f"\nmessages delivered per second; 1 publisher, {args.window} pushes in flight, "
-          f"{args.runs} runs x {args.seconds:g} s, median; ratio to {first!r}\n")
+    header = (
+        "| server | " + " | ".join(f"M={m} median msg/s (ratio)" for m in args.subscribers) + " |"
+    )
+    print(
+        f"\nmessages delivered per second; 1 publisher, {args.window} pushes in flight, "
+        f"{args.runs} runs x {args.seconds:g} s, median; ratio to {first!r}\n"
+    )
     print(header)
     print("|" + "---|" * (len(args.subscribers) + 1))
     for name in servers:
@@ -121,7 +169,9 @@ def main() -> None:
         for m in args.subscribers:
             med = statistics.median(results[name][m])
             base = statistics.median(results[first][m])
-            cells.append(f"{med:,.0f} ({med / base:.2f}x) [{min(results[name][m]):,.0f}-{max(results[name][m]):,.0f}]")
+            cells.append(
+                f"{med:,.0f} ({med / base:.2f}x) [{min(results[name][m]):,.0f}-{max(results[name][m]):,.0f}]"
+            )
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
