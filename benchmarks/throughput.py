@@ -169,9 +169,8 @@ def main() -> None:
         for m in args.subscribers:
             med = statistics.median(results[name][m])
             base = statistics.median(results[first][m])
-            cells.append(
-                f"{med:,.0f} ({med / base:.2f}x) [{min(results[name][m]):,.0f}-{max(results[name][m]):,.0f}]"
-            )
+            low, high = min(results[name][m]), max(results[name][m])
+            cells.append(f"{med:,.0f} ({med / base:.2f}x) [{low:,.0f}-{high:,.0f}]")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

@@ -153,9 +153,7 @@ class DriftTestServer:
         finally:
             done.set()
 
-    async def open_stream(
-        self, host: str = "", port: int = 0, tls: bool = False, /
-    ) -> Endpoint:
+    async def open_stream(self, host: str = "", port: int = 0, tls: bool = False, /) -> Endpoint:
         """A new raw in-memory connection to the server (the arguments are ignored).
 
         Its signature is a :data:`drifttrio.client.StreamOpener`:
