@@ -691,7 +691,7 @@ async def asgi_request(
         "root_path": root_path,
         "query_string": b"",
         "headers": headers if headers is not None else [(b"host", b"drift.example")],
-        "server": ("10.0.0.1", 8000),
+        "server": ("10.0.0.1", 4321),
         "client": ("10.0.0.2", 5555),
     }
     with trio.fail_after(TIMEOUT):
@@ -736,7 +736,7 @@ async def test_urls_from_scheme_and_host() -> None:
         assert info["http_url"].startswith("https://drift.example/room/")
         # A Host header that is not a host is not echoed back into the URLs.
         _, _, info = await asgi_request(app, "POST", "/new", headers=[(b"host", b"evil/x?y")])
-        assert info["socket_url"].startswith("ws://10.0.0.1:8000/room/")
+        assert info["socket_url"].startswith("ws://10.0.0.1:4321/room/")
         _, _, info = await asgi_request(app, "POST", "/new", headers=[(b"host", b"[::1]:9")])
         assert info["http_url"].startswith("http://[::1]:9/room/")
 
