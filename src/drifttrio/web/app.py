@@ -1,4 +1,5 @@
-"""The ASGI application: HTTP routes, CORS and the WebSocket route.
+"""The ASGI application: HTTP routes, CORS and the WebSocket route (the session
+itself, reader and writer, is in :mod:`drifttrio.web.session`).
 
 Runs under hypercorn's trio worker (``hypercorn -k trio drifttrio.asgi:app``) or
 embedded (:func:`drifttrio.open_server`). When it owns its hub, the hub lives in
@@ -10,9 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from contextlib import suppress
 from typing import Any, TypeAlias
 from urllib.parse import unquote
 
@@ -21,15 +20,16 @@ import trio
 
 from .. import __version__
 from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, StorageError
-from ..protocol.codec import CBOR, JSON, decode_client_message, decode_json_client_message
-from ..protocol.messages import ClientMessage, Error, Get, Ping, Push
+from ..protocol.codec import CBOR, JSON, decode_json_client_message
+from ..protocol.messages import Error, Push
 from ..runtime.config import Config
-from ..runtime.connection import Connection, Frame
+from ..runtime.connection import Connection
 from ..runtime.hub import Hub
 from ..runtime.redact import room_tag
-from ..runtime.room import Command, GetCommand, Join, Leave, PingCommand, PushCommand, Room
-from .limits import ConnectionCounter, KeyedRateLimiter, TokenBucket
+from ..runtime.room import Join
+from .limits import ConnectionCounter, KeyedRateLimiter
 from .ops import handle_ops, is_ops_path
+from .session import READ_ONLY_REFUSAL, Session, command_for
 from .tokens import READ, WRITE, issue_room_token, token_expiry, verify_room_token
 from .transport import FRAMES_EXTENSION
 
@@ -43,11 +43,8 @@ Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
-_CLOSE_DRAIN_SECONDS = 1.0
-_MAX_REFUSED_IN_A_ROW = 100
 #: Scope key: the capability a room token granted (absent when tokens are off).
 _ACCESS_KEY = "drifttrio.access"
-_READ_ONLY = "read-only token: push refused"
 _ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send|/token)?/?")
 #: The ``reason`` label of a close code the server chose.
 _CLOSE_REASONS = {
@@ -82,15 +79,6 @@ def _flag(params: dict[str, str], name: str) -> bool:
     return params.get(name, "").lower() in ("true", "1", "yes")
 
 
-def _command(message: ClientMessage, origin: Any) -> Command:
-    if isinstance(message, Push):
-        return PushCommand(message.key, message.value, message.action, origin)
-    if isinstance(message, Get):
-        return GetCommand(message.key, message.seq, origin)
-    assert isinstance(message, Ping)
-    return PingCommand(message.nonce, origin)
-
-
 class DriftApp:
     """The drifttrio ASGI application."""
 
@@ -107,7 +95,6 @@ class DriftApp:
             cfg.new_rooms_per_minute / 60.0, max(cfg.new_rooms_per_minute, 1.0)
         )
         #: Members whose room token is read-only: their pushes get ``error``.
-        self._read_only: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -417,10 +404,10 @@ class DriftApp:
             await self._error(send, exc.status, exc.message)
             return
         if isinstance(message, Push) and scope.get(_ACCESS_KEY) == READ:
-            await self._error(send, 403, _READ_ONLY)
+            await self._error(send, 403, READ_ONLY_REFUSAL)
             return
         try:
-            reply = await hub.request(room_id, lambda origin: _command(message, origin))
+            reply = await hub.request(room_id, lambda origin: command_for(message, origin))
         except RoomNotFound:
             await self._error(send, 404, "room not found")
             return
@@ -512,8 +499,6 @@ class DriftApp:
             framed=framed,
             transport="drifttrio" if framed else "asgi",
         )
-        if scope.get(_ACCESS_KEY) == READ:
-            self._read_only.add(conn)
         # Join before accepting, so a client that sees the handshake complete is
         # already a member and misses nothing pushed after it.
         try:
@@ -535,171 +520,24 @@ class DriftApp:
             "connection opened",
             extra={"fields": _open_fields(conn, tag, _client_ip(scope))},
         )
-        outcome: list[Any] = [None, "", False]
+        session = Session(
+            self.config, conn, room, receive, send, read_only=scope.get(_ACCESS_KEY) == READ
+        )
+        code: int | None = None
+        reason, by_peer = "", False
         try:
-            await self._session(conn, room, receive, send, outcome)
+            code, reason, by_peer = await session.run()
         finally:
             gauge.dec()
-            code, reason, by_peer = outcome
-            label = "client" if by_peer else _CLOSE_REASONS.get(code, "room_closed")
+            if by_peer:
+                label = "client"
+            else:
+                label = "room_closed" if code is None else _CLOSE_REASONS.get(code, "room_closed")
             metrics.closed(code, label)
             conn_log.info(
                 "connection closed",
                 extra={"fields": _close_fields(conn, tag, code, reason, label)},
             )
-
-    async def _session(
-        self,
-        conn: Connection,
-        room: Room,
-        receive: Receive,
-        send: Send,
-        outcome: list[Any] | None = None,
-    ) -> None:
-        """Run one member: a reader (this task) and a writer, until either side ends.
-
-        ``outcome`` receives the close code, the reason, and whether the peer closed.
-        """
-        close_code: int | None = None
-        reason = ""
-        peer_gone = False
-        outcome = outcome if outcome is not None else [None, "", False]
-        try:
-            await send({"type": "websocket.accept"})
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, conn, send, nursery.cancel_scope)
-                nursery.start_soon(_cancel_when_kicked, conn, nursery.cancel_scope)
-                close_code, reason = await self._reader(conn, room, receive)
-                peer_gone = close_code is None
-                if peer_gone:
-                    outcome[:] = [conn.peer_close_code, "", True]
-                if not peer_gone:
-                    # We chose to close (e.g. 4000): let the writer flush the errors
-                    # explaining why; it cancels the nursery when drained.
-                    conn.outbox.close()
-                    with trio.move_on_after(self.config.write_timeout):
-                        await trio.sleep_forever()
-                nursery.cancel_scope.cancel()
-        finally:
-            conn.closed = True
-            with trio.move_on_after(self.config.write_timeout) as scope:
-                scope.shield = True
-                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await room.inbox.send(Leave(conn))
-                if conn.close_code is not None:
-                    close_code, reason = conn.close_code, conn.close_reason
-                if close_code is not None:
-                    outcome[:] = [close_code, reason, False]
-                    await send({"type": "websocket.close", "code": close_code, "reason": reason})
-            # Keep reading for a moment: hypercorn waits (shielded) to hand this app
-            # frames the peer sent before our close, and would stall its connection.
-            with trio.move_on_after(min(_CLOSE_DRAIN_SECONDS, self.config.write_timeout)) as drain:
-                drain.shield = True
-                while not peer_gone:
-                    peer_gone = (await receive())["type"] == "websocket.disconnect"
-
-    async def _reader(
-        self, conn: Connection, room: Room, receive: Receive
-    ) -> tuple[int | None, str]:
-        limits = self.config.decode_limits
-        metrics = conn.metrics
-        assert metrics is not None
-        bytes_in = metrics.bytes_in[conn.labels[1]]
-        max_bytes = self.config.max_message_bytes
-        max_errors = self.config.max_consecutive_errors
-        errors = 0
-        bucket = TokenBucket(self.config.rate_limit_per_second, self.config.rate_limit_burst)
-        refused = 0
-        while True:
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                conn.peer_close_code = message.get("code")
-                return None, ""  # websocket.disconnect: the peer is gone
-            conn.messages_in += 1
-            if not bucket.take():
-                metrics.rejected["rate_limit"].inc()
-                metrics.errors["rate_limited"].inc()
-                refused += 1
-                if refused >= _MAX_REFUSED_IN_A_ROW:
-                    return CloseCode.RATE_LIMITED, "rate limit exceeded"
-                rate = self.config.rate_limit_per_second
-                conn.send_message(
-                    Error(f"rate limit: more than {rate:g} messages/s; message dropped")
-                )
-                continue
-            refused = 0
-            data: str | bytes | None = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            conn.bytes_in += len(data)
-            bytes_in.inc(len(data))
-            if len(data) > max_bytes or (
-                isinstance(data, str)
-                and len(data) * 4 > max_bytes
-                and len(data.encode()) > max_bytes
-            ):
-                metrics.rejected["max_message_bytes"].inc()
-                return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
-            try:
-                client_message = decode_client_message(data, limits)
-            except ProtocolError as exc:
-                metrics.messages_in["invalid"].inc()
-                metrics.errors["invalid"].inc()
-                errors += 1
-                conn.send_message(Error(exc.message))
-                if max_errors and errors >= max_errors:
-                    return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
-                continue
-            if isinstance(client_message, Push) and conn in self._read_only:
-                errors += 1
-                conn.send_message(Error(_READ_ONLY))
-                if max_errors and errors >= max_errors:
-                    return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
-                continue
-            errors = 0
-            command = _command(client_message, conn)
-            try:
-                # Without yielding while there is room: every message already read
-                # reaches the room before it wakes, so it applies (and commits, and
-                # fans out) them as one batch. A full inbox makes this reader wait.
-                room.inbox.send_nowait(command)
-            except trio.WouldBlock:
-                try:
-                    await room.inbox.send(command)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return CloseCode.GOING_AWAY, "room closed"
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return CloseCode.GOING_AWAY, "room closed"
-
-    async def _writer(self, conn: Connection, send: Send, scope: trio.CancelScope) -> None:
-        assert conn.metrics is not None
-        bytes_out = conn.metrics.bytes_out[conn.labels[1]]
-        try:
-            while True:
-                frames = await conn.outbox.receive_batch()
-                conn.messages_out += len(frames)
-                if conn.framed:
-                    # Complete frames, built once per broadcast: one write for the lot.
-                    data = b"".join(f for f in frames if isinstance(f, bytes))
-                    size = len(data)
-                    await send({"type": "drifttrio.websocket.send_frames", "data": data})
-                else:
-                    size = sum(len(f) for f in frames if isinstance(f, str | bytes))
-                    await self._send_frames(send, frames)
-                conn.bytes_out += size
-                bytes_out.inc(size)
-        except trio.EndOfChannel:
-            pass
-        finally:
-            scope.cancel()
-
-    @staticmethod
-    async def _send_frames(send: Send, frames: Iterable[Frame]) -> None:
-        for frame in frames:
-            if isinstance(frame, str):
-                await send({"type": "websocket.send", "text": frame})
-            elif isinstance(frame, bytes):
-                await send({"type": "websocket.send", "bytes": frame})
 
 
 def _open_fields(conn: Connection, tag: str, client: str) -> dict[str, Any]:
@@ -744,8 +582,3 @@ def _bearer_matches(scope: Scope, key: str) -> bool:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), key)
     return False
-
-
-async def _cancel_when_kicked(conn: Connection, scope: trio.CancelScope) -> None:
-    await conn.kicked.wait()
-    scope.cancel()

@@ -1,0 +1,217 @@
+"""One WebSocket member's session, independent of the ASGI server under it.
+
+A reader (this task) decodes client frames, applies the per-connection limits
+(rate limit, size, consecutive errors, read-only tokens) and hands commands to
+the room; a writer drains the member's outbox to the socket, in one write per
+batch when the transport takes pre-built frames. Either side ending ends both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextlib import suppress
+from typing import Any, TypeAlias
+
+import trio
+
+from .._errors import CloseCode, ProtocolError
+from ..protocol.codec import decode_client_message
+from ..protocol.messages import ClientMessage, Error, Get, Ping, Push
+from ..runtime.config import Config
+from ..runtime.connection import Connection, Frame
+from ..runtime.room import Command, GetCommand, Leave, PingCommand, PushCommand, Room
+from .limits import TokenBucket
+
+__all__ = ["READ_ONLY_REFUSAL", "Session", "command_for"]
+
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+
+_CLOSE_DRAIN_SECONDS = 1.0
+_MAX_REFUSED_IN_A_ROW = 100
+READ_ONLY_REFUSAL = "read-only token: push refused"
+
+
+def command_for(message: ClientMessage, origin: Any) -> Command:
+    """The room command for a decoded client message from ``origin``."""
+    if isinstance(message, Push):
+        return PushCommand(message.key, message.value, message.action, origin)
+    if isinstance(message, Get):
+        return GetCommand(message.key, message.seq, origin)
+    assert isinstance(message, Ping)
+    return PingCommand(message.nonce, origin)
+
+
+class Session:
+    """Run one joined member over ASGI ``receive`` / ``send``."""
+
+    def __init__(
+        self,
+        config: Config,
+        conn: Connection,
+        room: Room,
+        receive: Receive,
+        send: Send,
+        *,
+        read_only: bool = False,
+    ) -> None:
+        self.config = config
+        self.conn = conn
+        self.room = room
+        self.receive = receive
+        self.send = send
+        #: A read-only room token: pushes are refused with ``error``.
+        self.read_only = read_only
+
+    async def run(self) -> tuple[int | None, str, bool]:
+        """Run until either side ends; return the close code, its reason, and
+        whether the peer closed (then the code is the peer's, if it sent one)."""
+        conn, room, receive, send = self.conn, self.room, self.receive, self.send
+        close_code: int | None = None
+        reason = ""
+        peer_gone = False
+        outcome: list[Any] = [None, "", False]
+        try:
+            await send({"type": "websocket.accept"})
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, nursery.cancel_scope)
+                nursery.start_soon(_cancel_when_kicked, conn, nursery.cancel_scope)
+                close_code, reason = await self._reader()
+                peer_gone = close_code is None
+                if peer_gone:
+                    outcome[:] = [conn.peer_close_code, "", True]
+                if not peer_gone:
+                    # We chose to close (e.g. 4000): let the writer flush the errors
+                    # explaining why; it cancels the nursery when drained.
+                    conn.outbox.close()
+                    with trio.move_on_after(self.config.write_timeout):
+                        await trio.sleep_forever()
+                nursery.cancel_scope.cancel()
+        finally:
+            conn.closed = True
+            with trio.move_on_after(self.config.write_timeout) as scope:
+                scope.shield = True
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await room.inbox.send(Leave(conn))
+                if conn.close_code is not None:
+                    close_code, reason = conn.close_code, conn.close_reason
+                if close_code is not None:
+                    outcome[:] = [close_code, reason, False]
+                    await send({"type": "websocket.close", "code": close_code, "reason": reason})
+            # Keep reading for a moment: hypercorn waits (shielded) to hand this app
+            # frames the peer sent before our close, and would stall its connection.
+            with trio.move_on_after(min(_CLOSE_DRAIN_SECONDS, self.config.write_timeout)) as drain:
+                drain.shield = True
+                while not peer_gone:
+                    peer_gone = (await receive())["type"] == "websocket.disconnect"
+        code, why, by_peer = outcome
+        return code, why, by_peer
+
+    async def _reader(self) -> tuple[int | None, str]:
+        conn, room, receive = self.conn, self.room, self.receive
+        limits = self.config.decode_limits
+        metrics = conn.metrics
+        assert metrics is not None
+        bytes_in = metrics.bytes_in[conn.labels[1]]
+        max_bytes = self.config.max_message_bytes
+        max_errors = self.config.max_consecutive_errors
+        errors = 0
+        bucket = TokenBucket(self.config.rate_limit_per_second, self.config.rate_limit_burst)
+        refused = 0
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                conn.peer_close_code = message.get("code")
+                return None, ""  # websocket.disconnect: the peer is gone
+            conn.messages_in += 1
+            if not bucket.take():
+                metrics.rejected["rate_limit"].inc()
+                metrics.errors["rate_limited"].inc()
+                refused += 1
+                if refused >= _MAX_REFUSED_IN_A_ROW:
+                    return CloseCode.RATE_LIMITED, "rate limit exceeded"
+                rate = self.config.rate_limit_per_second
+                conn.send_message(
+                    Error(f"rate limit: more than {rate:g} messages/s; message dropped")
+                )
+                continue
+            refused = 0
+            data: str | bytes | None = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            conn.bytes_in += len(data)
+            bytes_in.inc(len(data))
+            if len(data) > max_bytes or (
+                isinstance(data, str)
+                and len(data) * 4 > max_bytes
+                and len(data.encode()) > max_bytes
+            ):
+                metrics.rejected["max_message_bytes"].inc()
+                return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
+            try:
+                client_message = decode_client_message(data, limits)
+            except ProtocolError as exc:
+                metrics.messages_in["invalid"].inc()
+                metrics.errors["invalid"].inc()
+                errors += 1
+                conn.send_message(Error(exc.message))
+                if max_errors and errors >= max_errors:
+                    return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
+                continue
+            if isinstance(client_message, Push) and self.read_only:
+                errors += 1
+                conn.send_message(Error(READ_ONLY_REFUSAL))
+                if max_errors and errors >= max_errors:
+                    return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
+                continue
+            errors = 0
+            command = command_for(client_message, conn)
+            try:
+                # Without yielding while there is room: every message already read
+                # reaches the room before it wakes, so it applies (and commits, and
+                # fans out) them as one batch. A full inbox makes this reader wait.
+                room.inbox.send_nowait(command)
+            except trio.WouldBlock:
+                try:
+                    await room.inbox.send(command)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return CloseCode.GOING_AWAY, "room closed"
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return CloseCode.GOING_AWAY, "room closed"
+
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        conn, send = self.conn, self.send
+        assert conn.metrics is not None
+        bytes_out = conn.metrics.bytes_out[conn.labels[1]]
+        try:
+            while True:
+                frames = await conn.outbox.receive_batch()
+                conn.messages_out += len(frames)
+                if conn.framed:
+                    # Complete frames, built once per broadcast: one write for the lot.
+                    data = b"".join(f for f in frames if isinstance(f, bytes))
+                    size = len(data)
+                    await send({"type": "drifttrio.websocket.send_frames", "data": data})
+                else:
+                    size = sum(len(f) for f in frames if isinstance(f, str | bytes))
+                    await _send_frames(send, frames)
+                conn.bytes_out += size
+                bytes_out.inc(size)
+        except trio.EndOfChannel:
+            pass
+        finally:
+            scope.cancel()
+
+
+async def _send_frames(send: Send, frames: Iterable[Frame]) -> None:
+    for frame in frames:
+        if isinstance(frame, str):
+            await send({"type": "websocket.send", "text": frame})
+        elif isinstance(frame, bytes):
+            await send({"type": "websocket.send", "bytes": frame})
+
+
+async def _cancel_when_kicked(conn: Connection, scope: trio.CancelScope) -> None:
+    await conn.kicked.wait()
+    scope.cancel()
