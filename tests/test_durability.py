@@ -20,12 +20,8 @@ import errno
 import inspect
 import itertools
 import json
-import os
-import re
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import partial
@@ -43,6 +39,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from _procs import ChildProcess, drifttrio_command, start_child
 from drifttrio import (
     CloseCode,
     Config,
@@ -284,66 +281,15 @@ async def test_restart_keeps_rooms_streams_and_seqs(tmp_path: Path) -> None:
 # -- the real command line: default store, crash --------------------------------------------------
 
 
-def _drifttrio_command() -> list[str]:
-    script = Path(sys.executable).with_name("drifttrio")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "drifttrio.cli"]
-
-
-class ServerProcess:
-    """``drifttrio serve --port 0`` in a subprocess; its stderr read line by line."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self._changed = trio.Event()
-
-    async def pump(self) -> None:
-        assert self.process.stderr is not None
-        buffer = b""
-        async for chunk in self.process.stderr:
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            self.lines.extend(line.decode(errors="replace") for line in complete)
-            self._changed.set()
-            self._changed = trio.Event()
-        self.lines.append(buffer.decode(errors="replace"))
-        self._changed.set()
-
-    async def wait_for_line(self, pattern: str) -> re.Match[str]:
-        regex = re.compile(pattern)
-        with trio.fail_after(TIMEOUT):
-            while True:
-                for line in self.lines:
-                    if match := regex.search(line):
-                        return match
-                if self.process.poll() is not None:
-                    raise AssertionError("the server exited:\n" + "\n".join(self.lines))
-                await self._changed.wait()
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-
 @asynccontextmanager
-async def server_process(cwd: Path, *args: str) -> AsyncIterator[tuple[ServerProcess, str]]:
+async def server_process(cwd: Path, *args: str) -> AsyncIterator[tuple[ChildProcess, str]]:
     """Start ``drifttrio serve --port 0 ARGS`` in ``cwd``; yield it and its base URL.
     Killed on exit if still running."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTTRIO_")}
-    env["PYTHONUNBUFFERED"] = "1"
     async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(
-            [*_drifttrio_command(), "serve", "--port", "0", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=cwd,
+        child = await start_child(
+            nursery, [*drifttrio_command(), "serve", "--port", "0", *args], cwd
         )
-        child = ServerProcess(process)
-        nursery.start_soon(child.pump)
+        process = child.process
         try:
             match = await child.wait_for_line(r"drifttrio listening on (http://127\.0\.0\.1:\d+)")
             yield child, match.group(1)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import re
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +25,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from _procs import drifttrio_command, start_child
 from drifttrio import CloseCode, Config, DriftApp, RunningServer, open_hub, open_server
 from drifttrio.protocol import Relay
 from drifttrio.server import TRANSPORTS
@@ -744,60 +743,6 @@ async def test_urls_from_scheme_and_host() -> None:
 # -- the real command line and hypercorn -----------------------------------------------------------
 
 
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTTRIO_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class ChildProcess:
-    """A subprocess whose stderr is read line by line in the background."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self._changed = trio.Event()
-
-    async def pump(self) -> None:
-        assert self.process.stderr is not None
-        buffer = b""
-        async for chunk in self.process.stderr:
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            self.lines.extend(line.decode(errors="replace") for line in complete)
-            self._changed.set()
-            self._changed = trio.Event()
-        if buffer:
-            self.lines.append(buffer.decode(errors="replace"))
-        self._changed.set()
-
-    async def wait_for_line(self, pattern: str) -> re.Match[str]:
-        regex = re.compile(pattern)
-        with trio.fail_after(30):
-            while True:
-                for line in self.lines:
-                    if match := regex.search(line):
-                        return match
-                if self.process.returncode is not None or self.process.poll() is not None:
-                    raise AssertionError("process exited:\n" + "\n".join(self.lines))
-                await self._changed.wait()
-
-
-async def start_child(nursery: trio.Nursery, argv: list[str], cwd: Path) -> ChildProcess:
-    # cwd: the default store is ./drifttrio.db; keep it in the test's directory.
-    process = await trio.lowlevel.open_process(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=_child_env(),
-        cwd=cwd,
-    )
-    child = ChildProcess(process)
-    nursery.start_soon(child.pump)
-    return child
-
-
 async def exercise(base_url: str, prefix: str = "") -> None:
     """A short real session against a server at ``base_url``."""
     async with httpx.AsyncClient(trust_env=False, timeout=TIMEOUT) as client:
@@ -812,18 +757,9 @@ async def exercise(base_url: str, prefix: str = "") -> None:
         assert response.json() == {"type": "init", "key": "k", "data": [{"value": [1], "seq": 1}]}
 
 
-def _drifttrio_command() -> list[str]:
-    script = Path(sys.executable).with_name("drifttrio")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "drifttrio.cli"]
-
-
 async def test_cli_serve_and_sigterm(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
-        child = await start_child(
-            nursery, [*_drifttrio_command(), "serve", "--port", "0"], tmp_path
-        )
+        child = await start_child(nursery, [*drifttrio_command(), "serve", "--port", "0"], tmp_path)
         try:
             match = await child.wait_for_line(r"drifttrio listening on (http://127\.0\.0\.1:\d+)")
             await exercise(match.group(1))

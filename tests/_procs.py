@@ -1,0 +1,83 @@
+"""Child processes for end-to-end tests: the real ``drifttrio`` command line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+__all__ = ["ChildProcess", "child_env", "drifttrio_command", "start_child"]
+
+TIMEOUT = 30  # a guard against hangs, never a way to wait for something
+
+
+def drifttrio_command() -> list[str]:
+    """The installed ``drifttrio`` script, or the module when it is not installed."""
+    script = Path(sys.executable).with_name("drifttrio")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "drifttrio.cli"]
+
+
+def child_env() -> dict[str, str]:
+    """This environment without ``DRIFTTRIO_*`` settings, unbuffered."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTTRIO_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ChildProcess:
+    """A subprocess whose stderr is read line by line in the background."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+
+    async def pump(self) -> None:
+        assert self.process.stderr is not None
+        buffer = b""
+        async for chunk in self.process.stderr:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            self.lines.extend(line.decode(errors="replace") for line in complete)
+            self._changed.set()
+            self._changed = trio.Event()
+        if buffer:
+            self.lines.append(buffer.decode(errors="replace"))
+        self._changed.set()
+
+    async def wait_for_line(self, pattern: str) -> re.Match[str]:
+        """The first line matching ``pattern``, waiting for it to be written."""
+        regex = re.compile(pattern)
+        with trio.fail_after(TIMEOUT):
+            while True:
+                for line in self.lines:
+                    if match := regex.search(line):
+                        return match
+                if self.process.poll() is not None:
+                    raise AssertionError("the process exited:\n" + self.log)
+                await self._changed.wait()
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+async def start_child(nursery: trio.Nursery, argv: list[str], cwd: Path) -> ChildProcess:
+    """Start ``argv`` in ``cwd`` (the default store is ./drifttrio.db: keep it there)."""
+    process = await trio.lowlevel.open_process(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        cwd=cwd,
+    )
+    child = ChildProcess(process)
+    nursery.start_soon(child.pump)
+    return child
