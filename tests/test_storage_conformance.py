@@ -20,14 +20,20 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import secrets
+
 import attrs
 import pytest
+import trio
 
 from drifttrio import RoomNotFound
 from drifttrio.core import RoomState, Stream, StreamChange
 from drifttrio.protocol import Action, Append, Compact, Relay, Replace, SeqValue
 from drifttrio.protocol.messages import Value
 from drifttrio.storage import MemoryStorage, RoomSnapshot, SqliteStorage, Storage
+from drifttrio.storage.redis import RedisStorage
+
+from _redis import RedisServer
 
 
 class FakeClock:
@@ -53,6 +59,8 @@ class Backend:
     #: Whether the data outlives the storage object (then :meth:`reopen` makes a new one).
     durable: bool
     _open: Callable[[], Storage]
+    #: Where a networked backend's ``run`` task lives (it is started on reopen).
+    nursery: trio.Nursery | None = None
 
     async def reopen(self) -> Storage:
         """What a restart does: close the storage, open a new one on the same data.
@@ -60,6 +68,10 @@ class Backend:
         if self.durable:
             await self.storage.aclose()
             self.storage = self._open()
+            run = getattr(self.storage, "run", None)
+            if run is not None:
+                assert self.nursery is not None
+                await self.nursery.start(run)
         return self.storage
 
 
@@ -87,15 +99,41 @@ async def sqlite_backend(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Back
         await backend.storage.aclose()
 
 
-#: Every backend the suite runs against. A Redis backend slots in here.
+@asynccontextmanager
+async def redis_backend(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Backend]:
+    """A real redis-server (session-wide); each test has its own key prefix. A reopen
+    is a new storage object, with its own connections, on the same keys."""
+    server = _REDIS.get("server")
+    assert isinstance(server, RedisServer)
+    url = f"{server.url}?prefix=t{secrets.token_hex(6)}"
+    async with trio.open_nursery() as nursery:
+
+        def open_() -> Storage:
+            return RedisStorage(url, clock=clock)
+
+        backend = Backend("redis", open_(), clock, True, open_, nursery)
+        await nursery.start(backend.storage.run)  # type: ignore[attr-defined]
+        try:
+            yield backend
+        finally:
+            await backend.storage.aclose()
+
+
+#: Every backend the suite runs against.
 BACKENDS: dict[str, BackendFactory] = {
     "memory": memory_backend,
     "sqlite": sqlite_backend,
+    "redis": redis_backend,
 }
+
+#: The session's redis-server, set by the ``backend`` fixture when a test needs it.
+_REDIS: dict[str, object] = {}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "redis":
+        _REDIS["server"] = request.getfixturevalue("redis_server")
     factory = BACKENDS[request.param]
     async with factory(tmp_path, FakeClock()) as made:
         yield made
@@ -544,7 +582,8 @@ def test_every_backend_is_in_the_suite() -> None:
     import drifttrio.storage as package
 
     backends = {name for name in package.__all__ if name.endswith("Storage") and name != "Storage"}
-    assert backends == {"MemoryStorage", "SqliteStorage"}, (
+    backends.add("RedisStorage")  # in drifttrio.storage.redis (an optional extra)
+    assert backends == {"MemoryStorage", "SqliteStorage", "RedisStorage"}, (
         "a new storage backend: add its factory to BACKENDS and update this set"
     )
-    assert set(BACKENDS) == {"memory", "sqlite"}
+    assert set(BACKENDS) == {"memory", "sqlite", "redis"}

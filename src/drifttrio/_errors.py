@@ -32,6 +32,7 @@ class CloseCode:
     POLICY_VIOLATION = 1008  # upgrade refused on an ASGI server without HTTP rejections
     MESSAGE_TOO_BIG = 1009  # a frame above max_message_bytes
     INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # a shared store (Redis) became unreachable or lost events
     TOO_MANY_ERRORS = 4000  # max_consecutive_errors undecodable/invalid messages in a row
     SLOW_CLIENT = 4008  # the connection's outbox filled up (slow-client policy "disconnect")
     RATE_LIMITED = 4029  # 100 messages in a row refused by the connection's rate limit

@@ -221,6 +221,23 @@ class RoomState:
             entry if self.broadcast_compact else None, change, size if size > 1 else None
         )
 
+    def apply_event(
+        self, action: Literal["relay", "replace", "append", "compact"], key: str, entry: SeqValue
+    ) -> PushOutcome:
+        """Mirror a push that a shared store already accepted (it checked the caps
+        and assigned ``entry.seq``); never raises."""
+        if action == "relay":
+            self.seq = max(self.seq, entry.seq)
+            return PushOutcome(entry, None, None)
+        change = StreamChange(action, key, entry)
+        size = value_size(entry.value) if self.limits.max_room_bytes else 0
+        stream = self.streams.setdefault(key, Stream())
+        self.bytes += stream.apply(change, size)
+        if action == "compact":
+            return PushOutcome(entry if self.broadcast_compact else None, change, None)
+        self.seq = max(self.seq, entry.seq)
+        return PushOutcome(entry, change, None)
+
     def get(self, key: str, since: int = 0) -> list[SeqValue]:
         """Retained values of ``key`` with seq greater than ``since``, ascending."""
         stream = self.streams.get(key)

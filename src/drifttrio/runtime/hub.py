@@ -78,6 +78,10 @@ class Hub:
         """Host the room tasks until cancelled."""
         try:
             async with trio.open_nursery() as nursery:
+                run_storage = getattr(self.storage, "run", None)
+                if run_storage is not None:
+                    # A networked store (Redis) connects and carries its event feed here.
+                    await nursery.start(run_storage)
                 self._nursery = nursery
                 if self.config.room_ttl_seconds > 0:
                     nursery.start_soon(self._expire_idle_rooms)
@@ -94,6 +98,10 @@ class Hub:
         while True:
             await trio.sleep(min(ttl / 4, 300.0))
             try:
+                if getattr(self.storage, "shared", False):
+                    # Other nodes expire rooms too, and cannot see this node's members.
+                    for room_id in list(self.rooms):
+                        await self.storage.touch(room_id)
                 expired = await self.storage.expire(ttl, keep=[*self.rooms, *self._touching])
             except Exception as exc:
                 log.warning("room expiry failed: %r", exc)
@@ -153,16 +161,7 @@ class Hub:
                 raise RuntimeError("the hub is not running: start Hub.run in a nursery first")
             loading = self._loading[room_id] = trio.Event()
             try:
-                snapshot = await self.storage.load_room(room_id)
-                if snapshot is None:
-                    raise RoomNotFound(room_id)
-                state = RoomState(
-                    snapshot.seq,
-                    snapshot.streams,
-                    broadcast_compact=self.config.broadcast_compact,
-                    limits=self.config.room_limits,
-                )
-                room = Room(room_id, state, self.storage, self.config, self._forget, self.metrics)
+                room = await self._load(room_id)
                 await self._nursery.start(room.run)
                 self.rooms[room_id] = room
                 if self.closing:  # loaded while the drain started: drain it too
@@ -171,6 +170,27 @@ class Hub:
             finally:
                 del self._loading[room_id]
                 loading.set()
+
+    async def _load(self, room_id: str) -> Room:
+        if getattr(self.storage, "shared", False):
+            # Redis orders the room: follow its events, then load it (shared_room.py).
+            from .shared_room import SharedRoom, open_shared_room
+
+            shared = SharedRoom(
+                room_id, RoomState(), self.storage, self.config, self._forget, self.metrics
+            )
+            await open_shared_room(shared)
+            return shared
+        snapshot = await self.storage.load_room(room_id)
+        if snapshot is None:
+            raise RoomNotFound(room_id)
+        state = RoomState(
+            snapshot.seq,
+            snapshot.streams,
+            broadcast_compact=self.config.broadcast_compact,
+            limits=self.config.room_limits,
+        )
+        return Room(room_id, state, self.storage, self.config, self._forget, self.metrics)
 
     def _forget(self, room: Room) -> None:
         if self.rooms.get(room.room_id) is room:

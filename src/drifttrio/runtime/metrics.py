@@ -157,6 +157,11 @@ class Metrics:
             registry=r,
         )
         self.rejected = {k: rejected.labels(k) for k in LIMITS}
+        self.shared_resyncs = Counter(
+            "drifttrio_shared_resyncs",
+            "Times a shared room (Redis) read missed events back from the room's log",
+            registry=r,
+        )
         self.storage_failures = Counter(
             "drifttrio_storage_failures",
             "Commits the store refused (batch rolled back)",

@@ -38,9 +38,27 @@ from .connection import Connection, Frame
 from .metrics import Metrics
 from .redact import room_tag
 
-__all__ = ["GetCommand", "Join", "Leave", "PingCommand", "PushCommand", "Reply", "Room"]
+__all__ = [
+    "GetCommand",
+    "Join",
+    "Leave",
+    "PingCommand",
+    "PushCommand",
+    "Reply",
+    "Room",
+    "RoomEnded",
+]
 
 log = logging.getLogger("drifttrio.room")
+
+
+class RoomEnded(Exception):
+    """Raised inside a room task to end the room and close its members with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class Reply:
@@ -175,6 +193,9 @@ class Room:
                     await self._handle_batch(batch)
                 finally:
                     self._flush_counts()
+        except RoomEnded as exc:
+            log.warning("room %s ended: %s", room_tag(self.room_id), exc.reason)
+            close_code = exc.code
         except Exception:
             # Storage failing even to reload, or a bug: end this room alone. Members
             # reconnect and the hub loads the room again from what was committed.

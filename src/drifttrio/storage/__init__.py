@@ -20,9 +20,14 @@ def open_storage(url: str) -> Storage:
         return MemoryStorage()
     if url.startswith("sqlite:"):
         return _open_sqlite(url)
-    if url.startswith(("redis:", "rediss:")):
-        raise ConfigError(f"store {url!r}: the Redis backend is not available in this version")
-    raise ConfigError(f"unknown store {url!r}: expected memory, sqlite:///PATH or redis://...")
+    if url.startswith(("redis:", "rediss:", "redis+cluster:", "rediss+cluster:")):
+        from .redis import RedisStorage
+
+        return RedisStorage(url)
+    raise ConfigError(
+        f"unknown store {url!r}: expected memory, sqlite:///PATH, redis://HOST:PORT/DB"
+        " or redis+cluster://HOST:PORT[,HOST:PORT...]"
+    )
 
 
 def _open_sqlite(url: str) -> SqliteStorage:

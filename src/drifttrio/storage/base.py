@@ -24,6 +24,8 @@ class RoomSnapshot:
 
     seq: int
     streams: dict[str, Stream]
+    #: Events published for the room so far (shared backends; 0 elsewhere).
+    ev: int = 0
 
 
 @attrs.frozen

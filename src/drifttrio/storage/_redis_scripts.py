@@ -1,0 +1,251 @@
+"""The Lua scripts that make Redis the ordering point of shared rooms.
+
+Every key of a room ``R`` carries the hash tag ``{R}``, so a Redis Cluster keeps a
+room on one shard and each script runs atomically on it:
+
+* ``P:{R}`` - hash: ``seq`` (high-water seq), ``ev`` (events published so far),
+  ``bytes`` (retained CBOR bytes), ``created``, ``last`` (unix time of last activity);
+* ``P:{R}:keys`` - hash: stream key -> its compaction mark;
+* ``P:{R}:s:KEY`` - list: the stream's entries, each ``"SEQ|" + CBOR(value)``;
+* ``P:{R}:log`` - Redis stream: the last events, id ``EV-0``, for gap repair;
+* ``P:{R}:ev`` - the pub/sub channel every event batch is published on.
+
+An event record is ``"EV|SEQ|ACTION|KEYLEN|BLOBLEN|" + key + CBOR(value)``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["COMMIT", "CREATE", "DELETE", "IMPORT", "LOAD", "PUSH", "TOUCH"]
+
+# Shared Lua helpers: the seq and size of an entry, and the retained bytes of a list.
+_HELPERS: Final = r"""
+local function entry_seq(el)
+  local p = string.find(el, '|', 1, true)
+  return tonumber(string.sub(el, 1, p - 1)), #el - p
+end
+local function list_bytes(skey, upto)
+  -- bytes (and count) of the leading entries with seq <= upto (all if upto is nil)
+  local total, count = 0, 0
+  for _, el in ipairs(redis.call('LRANGE', skey, 0, -1)) do
+    local s, size = entry_seq(el)
+    if upto ~= nil and s > upto then break end
+    total = total + size
+    count = count + 1
+  end
+  return total, count
+end
+local function fmt(n) return string.format('%d', n) end
+"""
+
+#: KEYS: meta, keys, log, stream lists...; ARGV: now, log_max, publish command,
+#: channel, max_keys, max_values, max_bytes, floor_ev, n, then 5 per push:
+#: action, index of its stream list in KEYS, key, CBOR value, compact seq.
+#: Returns false if the room does not exist, ``{'behind', ev}`` if Redis holds fewer
+#: events than this node has seen (it lost data), else one result per push:
+#: ``{'ok', seq, stream_size, ev}``, ``{'noop'}`` or ``{'err', reason, numbers...}``.
+PUSH: Final = (
+    _HELPERS
+    + r"""
+local meta, keysh, log = KEYS[1], KEYS[2], KEYS[3]
+local seq = redis.call('HGET', meta, 'seq')
+if not seq then return false end
+seq = tonumber(seq)
+local ev = tonumber(redis.call('HGET', meta, 'ev') or '0')
+if ev < tonumber(ARGV[8]) then return {'behind', ev} end
+local bytes = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+local now, log_max, pub, chan = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local max_keys, max_values, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local n = tonumber(ARGV[9])
+local results, records = {}, {}
+
+local function new_key_refused(name)
+  if max_keys > 0 and redis.call('HEXISTS', keysh, name) == 0
+      and redis.call('HLEN', keysh) >= max_keys then
+    return {'err', 'keys', max_keys}
+  end
+  return nil
+end
+local function bytes_refused(after)
+  if max_bytes > 0 and after > max_bytes then
+    return {'err', 'bytes', max_bytes}
+  end
+  return nil
+end
+
+for i = 0, n - 1 do
+  local b = 10 + i * 5
+  local action, skey, name, blob = ARGV[b], KEYS[tonumber(ARGV[b + 1])], ARGV[b + 2], ARGV[b + 3]
+  local result, at = nil, nil
+  if action == 'relay' then
+    seq = seq + 1
+    at = seq
+    result = {'ok', seq, redis.call('LLEN', skey)}
+  elseif action == 'replace' or action == 'append' then
+    local refused = new_key_refused(name)
+    local len = redis.call('LLEN', skey)
+    if not refused and action == 'append' and max_values > 0 and len >= max_values then
+      refused = {'err', 'values', max_values}
+    end
+    local removed = 0
+    if not refused and action == 'replace' then removed = list_bytes(skey) end
+    if not refused then refused = bytes_refused(bytes - removed + #blob) end
+    if refused then
+      result = refused
+    else
+      seq = seq + 1
+      at = seq
+      if action == 'replace' then redis.call('DEL', skey) end
+      len = redis.call('RPUSH', skey, fmt(seq) .. '|' .. blob)
+      redis.call('HSETNX', keysh, name, '0')
+      bytes = bytes - removed + #blob
+      result = {'ok', seq, len}
+    end
+  else -- compact
+    local cseq = tonumber(ARGV[b + 4])
+    local mark = tonumber(redis.call('HGET', keysh, name) or '0')
+    if cseq < 1 then
+      result = {'err', 'compact_low', cseq}
+    elseif cseq > seq then
+      result = {'err', 'compact_high', cseq, seq}
+    elseif redis.call('HEXISTS', keysh, name) == 1 and cseq <= mark then
+      result = {'noop'}
+    else
+      local refused = new_key_refused(name)
+      local removed, count = list_bytes(skey, cseq)
+      if not refused then refused = bytes_refused(bytes - removed + #blob) end
+      if refused then
+        result = refused
+      else
+        if count > 0 then redis.call('LTRIM', skey, count, -1) end
+        local len = redis.call('LPUSH', skey, fmt(cseq) .. '|' .. blob)
+        redis.call('HSET', keysh, name, fmt(cseq))
+        bytes = bytes - removed + #blob
+        at = cseq
+        result = {'ok', cseq, len}
+      end
+    end
+  end
+  if at ~= nil then
+    ev = ev + 1
+    result[4] = ev
+    local record = string.format('%d|%d|%s|%d|%d|', ev, at, action, #name, #blob) .. name .. blob
+    redis.call('XADD', log, 'MAXLEN', '~', log_max, fmt(ev) .. '-0', 'p', record)
+    records[#records + 1] = record
+  end
+  results[#results + 1] = result
+end
+redis.call('HSET', meta, 'seq', fmt(seq), 'ev', fmt(ev), 'bytes', fmt(bytes), 'last', now)
+if #records > 0 then redis.call(pub, chan, table.concat(records)) end
+return results
+"""
+)
+
+#: KEYS: meta, keys; ARGV: the key prefix of stream lists. Returns false if the room
+#: does not exist, else ``{seq, ev, {key, mark, {entries...}}...}``.
+LOAD: Final = r"""
+local meta, keysh = KEYS[1], KEYS[2]
+local seq = redis.call('HGET', meta, 'seq')
+if not seq then return false end
+local out = {seq, redis.call('HGET', meta, 'ev') or '0'}
+local fields = redis.call('HGETALL', keysh)
+for i = 1, #fields, 2 do
+  out[#out + 1] = {fields[i], fields[i + 1], redis.call('LRANGE', ARGV[1] .. fields[i], 0, -1)}
+end
+return out
+"""
+
+#: KEYS: meta; ARGV: now. Creates the room if it does not exist.
+CREATE: Final = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'seq', '0', 'ev', '0', 'bytes', '0', 'created', ARGV[1],
+    'last', ARGV[1])
+end
+return 1
+"""
+
+#: KEYS: meta, keys, log; ARGV: stream list prefix, and optionally a cutoff: then the
+#: room is only deleted if its last activity is older than the cutoff. Returns 1 if
+#: deleted.
+DELETE: Final = r"""
+local meta, keysh, log = KEYS[1], KEYS[2], KEYS[3]
+if ARGV[2] then
+  local last = redis.call('HGET', meta, 'last')
+  if not last or tonumber(last) >= tonumber(ARGV[2]) then return 0 end
+end
+for _, name in ipairs(redis.call('HKEYS', keysh)) do redis.call('DEL', ARGV[1] .. name) end
+return redis.call('DEL', meta, keysh, log) > 0 and 1 or 0
+"""
+
+#: KEYS: meta; ARGV: now. Marks activity (if the room exists).
+TOUCH: Final = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'last', ARGV[1]) end
+return 1
+"""
+
+#: KEYS: meta, keys; ARGV: now, seq, stream list prefix, then 3 per change:
+#: kind, key, entry (``"SEQ|" + CBOR``). Applies changes without publishing
+#: (the plain :class:`Storage` interface). Returns false if the room does not exist.
+COMMIT: Final = (
+    _HELPERS
+    + r"""
+local meta, keysh = KEYS[1], KEYS[2]
+local seq = redis.call('HGET', meta, 'seq')
+if not seq then return false end
+local bytes = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+for i = 4, #ARGV, 3 do
+  local kind, name, entry = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local skey = ARGV[3] .. name
+  local at, size = entry_seq(entry)
+  redis.call('HSETNX', keysh, name, '0')
+  if kind == 'replace' then
+    bytes = bytes - list_bytes(skey)
+    redis.call('DEL', skey)
+    redis.call('RPUSH', skey, entry)
+  elseif kind == 'append' then
+    redis.call('RPUSH', skey, entry)
+  else
+    local removed, count = list_bytes(skey, at)
+    bytes = bytes - removed
+    if count > 0 then redis.call('LTRIM', skey, count, -1) end
+    redis.call('LPUSH', skey, entry)
+    local mark = tonumber(redis.call('HGET', keysh, name))
+    if at > mark then redis.call('HSET', keysh, name, fmt(at)) end
+  end
+  bytes = bytes + size
+end
+if tonumber(ARGV[2]) > tonumber(seq) then seq = ARGV[2] end
+redis.call('HSET', meta, 'seq', seq, 'bytes', fmt(bytes), 'last', ARGV[1])
+return 1
+"""
+)
+
+#: KEYS: meta, keys, log; ARGV: now, seq, stream list prefix, then 3 per stream:
+#: key, compaction mark, entries joined by nothing but counted: count, then entries.
+#: Replaces the room (creating it) with the given snapshot; the event count is kept.
+IMPORT: Final = (
+    _HELPERS
+    + r"""
+local meta, keysh, log = KEYS[1], KEYS[2], KEYS[3]
+local ev = redis.call('HGET', meta, 'ev') or '0'
+local created = redis.call('HGET', meta, 'created') or ARGV[1]
+for _, name in ipairs(redis.call('HKEYS', keysh)) do redis.call('DEL', ARGV[3] .. name) end
+redis.call('DEL', meta, keysh)
+local bytes, i = 0, 4
+while i <= #ARGV do
+  local name, mark, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  redis.call('HSET', keysh, name, mark)
+  for j = 1, count do
+    local entry = ARGV[i + 2 + j]
+    local _, size = entry_seq(entry)
+    bytes = bytes + size
+    redis.call('RPUSH', ARGV[3] .. name, entry)
+  end
+  i = i + 3 + count
+end
+redis.call('HSET', meta, 'seq', ARGV[2], 'ev', ev, 'bytes', fmt(bytes), 'created', created,
+  'last', ARGV[1])
+return 1
+"""
+)

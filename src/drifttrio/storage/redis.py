@@ -1,0 +1,539 @@
+"""The Redis backend: rooms shared by many drifttrio nodes.
+
+Redis is the ordering point of every room: one Lua script per batch of pushes
+assigns the room's next seqs, applies the actions to the retained streams, appends
+the events to the room's short log and publishes them, atomically
+(:mod:`._redis_scripts`). Each node mirrors the rooms it has members in by
+applying those events in order (:mod:`drifttrio.runtime.shared_room`).
+
+One pub/sub connection per node carries every room's events. When it breaks, each
+room that was following is told (its callback gets ``None``), ends, and closes its
+members with :data:`~drifttrio.CloseCode.STORE_UNAVAILABLE`; they reconnect, and
+the room is loaded again from Redis.
+
+Needs ``pip install drifttrio[redis]`` (coredis). Persistence: see
+``docs/deployment.md`` - without ``appendonly yes`` a Redis restart would take
+seqs back, so the node refuses to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+import cbor2
+import trio
+
+from .._errors import ConfigError, StorageError
+from ..core.room_state import Stream, StreamChange
+from ..protocol.messages import SeqValue, Value
+from . import _redis_scripts as scripts
+from .base import RoomInfo, RoomSnapshot
+
+__all__ = ["Event", "PushItem", "PushResult", "RedisStorage", "parse_records"]
+
+log = logging.getLogger("drifttrio.redis")
+
+#: Events kept in each room's log for nodes that missed some (``?log=N``).
+DEFAULT_LOG_LENGTH: Final = 1000
+
+
+@attrs.frozen
+class Event:
+    """One event of a shared room, in the order Redis assigned (``ev`` 1, 2, 3...)."""
+
+    ev: int
+    seq: int
+    action: Literal["relay", "replace", "append", "compact"]
+    key: str
+    value: Value
+
+
+@attrs.frozen
+class PushItem:
+    """One push, as the push script takes it."""
+
+    action: Literal["relay", "replace", "append", "compact"]
+    key: str
+    blob: bytes  # CBOR of the value
+    compact_seq: int = 0
+
+
+@attrs.frozen
+class PushResult:
+    """What the push script did with one :class:`PushItem`."""
+
+    status: Literal["ok", "noop", "error"]
+    seq: int = 0
+    stream_size: int = 0
+    ev: int = 0
+    error: str = ""
+
+
+#: Called with each batch of events published for a followed room, in order, or
+#: with ``None`` when the feed broke (events may have been missed).
+FeedCallback = Callable[[list[Event] | None], None]
+
+
+class DataLossError(StorageError):
+    """Redis holds fewer events for a room than this node has seen: it lost writes
+    (restarted without its append-only file). Seqs must not be reused: the room ends."""
+
+
+def encode_value(value: Value) -> bytes:
+    return cbor2.dumps(value)
+
+
+def _decode_value(blob: bytes) -> Value:
+    return Value(cbor2.loads(blob))
+
+
+def parse_records(data: bytes) -> list[Event]:
+    """Split a published batch (or a log entry) into events."""
+    events = []
+    pos = 0
+    while pos < len(data):
+        fields = []
+        for _ in range(5):
+            bar = data.index(b"|", pos)
+            fields.append(data[pos:bar])
+            pos = bar + 1
+        ev, seq, action, key_len, blob_len = fields
+        k, b = int(key_len), int(blob_len)
+        key = data[pos : pos + k].decode()
+        value = _decode_value(data[pos + k : pos + k + b])
+        pos += k + b
+        events.append(Event(int(ev), int(seq), action.decode(), key, value))  # type: ignore[arg-type]
+    return events
+
+
+def _entry(seq: int, blob: bytes) -> bytes:
+    return b"%d|" % seq + blob
+
+
+def _parse_entry(raw: bytes) -> SeqValue:
+    bar = raw.index(b"|")
+    return SeqValue(_decode_value(raw[bar + 1 :]), int(raw[:bar]))
+
+
+def _error_text(key: str, reason: str, numbers: list[int]) -> str:
+    """The same texts as :class:`~drifttrio.core.RoomState` gives for a refused push."""
+    if reason == "keys":
+        return f"room has reached its limit of {numbers[0]} keys"
+    if reason == "values":
+        return (
+            f"stream {key!r} has reached its limit of {numbers[0]} retained values:"
+            " compact or replace it"
+        )
+    if reason == "bytes":
+        return f"room has reached its limit of {numbers[0]} retained bytes"
+    if reason == "compact_low":
+        return f"compact seq must be at least 1, got {numbers[0]}"
+    if reason == "compact_high":
+        return f"compact seq {numbers[0]} is beyond the room's current seq {numbers[1]}"
+    return reason
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+class RedisStorage:
+    """Rooms in Redis (or a Redis Cluster); a room's keys share the hash tag ``{ROOM}``.
+
+    Start :meth:`run` in a nursery before use (the hub does). ``clock`` stamps
+    activity (for TTL expiry); tests pass a fake one.
+    """
+
+    #: Room tasks use :meth:`push_batch` and :meth:`follow` instead of :meth:`commit`.
+    shared: Final = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        try:
+            import coredis
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise ConfigError(
+                "the Redis store needs the redis extra: pip install 'drifttrio[redis]'"
+            ) from None
+        self.url = url
+        self._clock = clock
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        self.prefix = query.get("prefix", ["drifttrio"])[-1]
+        self.log_length = int(query.get("log", [str(DEFAULT_LOG_LENGTH)])[-1])
+        self.persistence = query.get("persistence", ["check"])[-1]
+        if self.persistence not in ("check", "unsafe"):
+            raise ConfigError(f"store {url!r}: persistence must be 'check' or 'unsafe'")
+        self.cluster = parts.scheme in ("redis+cluster", "rediss+cluster")
+        ssl = parts.scheme.startswith("rediss")
+        common: dict[str, Any] = {
+            "username": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password else None,
+            "ssl": ssl,
+            "decode_responses": False,
+            "connect_timeout": 2.0,
+            "stream_timeout": 10.0,
+        }
+        nodes = []
+        for hostport in (parts.netloc.rsplit("@", 1)[-1] or "127.0.0.1:6379").split(","):
+            host, _, port = hostport.rpartition(":")
+            if not host:
+                host, port = port, "6379"
+            try:
+                nodes.append((host.strip("[]"), int(port)))
+            except ValueError:
+                raise ConfigError(f"store {url!r}: bad host:port {hostport!r}") from None
+        self.client: Any
+        if self.cluster:
+            self.client = coredis.RedisCluster(
+                startup_nodes=[{"host": h, "port": p} for h, p in nodes], **common
+            )
+            self._publish = "SPUBLISH"
+        else:
+            if len(nodes) != 1:
+                raise ConfigError(f"store {url!r}: one host (use redis+cluster:// for several)")
+            db = parts.path.strip("/") or "0"
+            if not db.isdigit():
+                raise ConfigError(f"store {url!r}: the database must be a number")
+            self.client = coredis.Redis(host=nodes[0][0], port=nodes[0][1], db=int(db), **common)
+            self._publish = "PUBLISH"
+        self._scripts: dict[str, Any] = {}
+        self._followers: dict[bytes, FeedCallback] = {}
+        self._pubsub: Any = None
+        self._running = False
+        self._scope: trio.CancelScope | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, check persistence, and carry the rooms' events until cancelled."""
+        self._scope = trio.CancelScope()
+        try:
+            with self._scope:
+                await self._serve(task_status)
+        finally:
+            self._running = False
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            async with self.client:
+                await self.client.ping()
+                await self._check_persistence()
+                for name in ("PUSH", "LOAD", "CREATE", "DELETE", "TOUCH", "COMMIT", "IMPORT"):
+                    self._scripts[name] = self.client.register_script(getattr(scripts, name))
+                self._running = True
+                await self._feed(task_status)
+        except (ConfigError, StorageError):
+            raise
+        except Exception as exc:
+            if self._running:
+                raise
+            raise StorageError(f"cannot use Redis at {self._where()}: {exc!r}") from exc
+
+    def _where(self) -> str:
+        return urlsplit(self.url).netloc.rsplit("@", 1)[-1] or "127.0.0.1:6379"
+
+    async def _check_persistence(self) -> None:
+        """Refuse Redis that would forget seqs on restart; warn when it may lose a second."""
+        import coredis.exceptions
+
+        try:
+            settings = await self.client.config_get(["appendonly", "appendfsync"])
+        except coredis.exceptions.RedisError as exc:
+            log.warning(
+                "cannot read Redis persistence settings (%s): make sure it runs with"
+                " appendonly yes and appendfsync always, or seqs may be reused after a"
+                " Redis restart",
+                exc,
+            )
+            return
+        values = {_text(k): _text(v) for k, v in settings.items()}
+        if values.get("appendonly") != "yes":
+            message = (
+                f"Redis at {self._where()} runs with appendonly {values.get('appendonly')!r}:"
+                " after a restart it would forget pushes and reuse their seqs."
+                " Configure appendonly yes and appendfsync always"
+                " (or add ?persistence=unsafe to the store URL to accept that)"
+            )
+            if self.persistence != "unsafe":
+                raise ConfigError(message)
+            log.warning("%s", message)
+        elif values.get("appendfsync") != "always":
+            log.warning(
+                "Redis at %s runs with appendfsync %r: a Redis crash can lose up to a"
+                " second of acknowledged pushes, whose seqs are then reused."
+                " Use appendfsync always for drifttrio's guarantee",
+                self._where(),
+                values.get("appendfsync"),
+            )
+
+    async def _feed(self, task_status: trio.TaskStatus[None]) -> None:
+        """One pub/sub connection for all followed rooms; re-opened when it breaks."""
+        started = False
+        delay = 0.05
+        while True:
+            try:
+                pubsub = (
+                    self.client.sharded_pubsub(
+                        retry_policy=None, ignore_subscribe_messages=True, max_idle_seconds=5
+                    )
+                    if self.cluster
+                    else self.client.pubsub(
+                        retry_policy=None, ignore_subscribe_messages=True, max_idle_seconds=5
+                    )
+                )
+                async with pubsub:
+                    self._pubsub = pubsub
+                    delay = 0.05
+                    if not started:
+                        started = True
+                        task_status.started()
+                    while True:
+                        # (Not ``async for``: that ends while nothing is subscribed.)
+                        message = await pubsub.get_message()
+                        if message is None or message["type"] not in ("message", "smessage"):
+                            continue
+                        callback = self._followers.get(message["channel"])
+                        if callback is not None:
+                            callback(parse_records(message["data"]))
+            except Exception as exc:
+                if not started:
+                    raise
+                log.warning("Redis event feed broke (%r); reconnecting", exc)
+            finally:
+                self._pubsub = None
+                followers, self._followers = self._followers, {}
+                for callback in followers.values():
+                    callback(None)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def aclose(self) -> None:
+        """Stop :meth:`run` (which owns the connections)."""
+        self._running = False
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # -- keys ----------------------------------------------------------------------
+
+    def _meta(self, room_id: str) -> str:
+        return f"{self.prefix}:{{{room_id}}}"
+
+    def _keys(self, room_id: str) -> list[str]:
+        meta = self._meta(room_id)
+        return [meta, meta + ":keys", meta + ":log"]
+
+    def _stream_prefix(self, room_id: str) -> str:
+        return self._meta(room_id) + ":s:"
+
+    def channel(self, room_id: str) -> bytes:
+        return (self._meta(room_id) + ":ev").encode()
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if not self._running:
+            raise StorageError("the Redis storage is not running (start RedisStorage.run)")
+        import coredis.exceptions
+
+        try:
+            return await self._scripts[name](keys, args)
+        except coredis.exceptions.RedisError as exc:
+            raise StorageError(f"Redis: {exc}") from exc
+
+    async def _command(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if not self._running:
+            raise StorageError("the Redis storage is not running (start RedisStorage.run)")
+        import coredis.exceptions
+
+        try:
+            return await getattr(self.client, method)(*args, **kwargs)
+        except coredis.exceptions.RedisError as exc:
+            raise StorageError(f"Redis: {exc}") from exc
+
+    # -- shared rooms ---------------------------------------------------------------
+
+    async def follow(self, room_id: str, callback: FeedCallback) -> None:
+        """Deliver the room's published events to ``callback`` from now on."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise StorageError("Redis event feed is down")
+        channel = self.channel(room_id)
+        self._followers[channel] = callback
+        try:
+            await pubsub.subscribe(channel)
+        except Exception as exc:
+            self._followers.pop(channel, None)
+            raise StorageError(f"Redis: cannot subscribe: {exc!r}") from exc
+
+    async def unfollow(self, room_id: str, callback: FeedCallback) -> None:
+        channel = self.channel(room_id)
+        if self._followers.get(channel) is not callback:
+            return
+        del self._followers[channel]
+        pubsub = self._pubsub
+        if pubsub is not None:
+            try:
+                await pubsub.unsubscribe(channel)
+            except Exception as exc:
+                log.debug("unsubscribe failed: %r", exc)
+
+    async def push_batch(
+        self,
+        room_id: str,
+        items: Sequence[PushItem],
+        *,
+        seen_ev: int,
+        max_keys: int = 0,
+        max_values: int = 0,
+        max_bytes: int = 0,
+    ) -> list[PushResult]:
+        """Run the push script: assign seqs, retain, log and publish, atomically.
+
+        ``seen_ev`` is the last event this node applied; if Redis holds fewer, it lost
+        data and :class:`DataLossError` is raised. Raises
+        :class:`~drifttrio.RoomNotFound` if the room is gone, :class:`StorageError`
+        if Redis fails (then, unless the failure came after Redis ran the script,
+        nothing was applied).
+        """
+        from .._errors import RoomNotFound
+
+        keys = self._keys(room_id)
+        prefix = self._stream_prefix(room_id)
+        index: dict[str, int] = {}
+        for item in items:
+            if item.key not in index:
+                keys.append(prefix + item.key)
+                index[item.key] = len(keys)
+        args: list[Any] = [
+            repr(self._clock()),
+            self.log_length,
+            self._publish,
+            self.channel(room_id),
+            max_keys,
+            max_values,
+            max_bytes,
+            seen_ev,
+            len(items),
+        ]
+        for item in items:
+            args += [item.action, index[item.key], item.key, item.blob, item.compact_seq]
+        raw = await self._call("PUSH", keys, args)
+        if raw is None:
+            raise RoomNotFound(room_id)
+        if raw and raw[0] == b"behind":
+            raise DataLossError(
+                f"Redis holds {raw[1]} events for the room, this node saw {seen_ev}:"
+                " Redis lost writes"
+            )
+        results = []
+        for item, row in zip(items, raw, strict=True):
+            status = _text(row[0])
+            if status == "ok":
+                results.append(PushResult("ok", int(row[1]), int(row[2]), int(row[3])))
+            elif status == "noop":
+                results.append(PushResult("noop"))
+            else:
+                numbers = [int(n) for n in row[2:]]
+                results.append(
+                    PushResult("error", error=_error_text(item.key, _text(row[1]), numbers))
+                )
+        return results
+
+    async def read_events(self, room_id: str, first: int, last: int) -> list[Event]:
+        """Events ``first..last`` from the room's log (fewer if they were trimmed)."""
+        entries = await self._command("xrange", self._keys(room_id)[2], f"{first}-0", f"{last}-0")
+        events: list[Event] = []
+        for entry in entries:
+            events.extend(parse_records(entry.field_values[b"p"]))
+        return events
+
+    # -- the Storage interface ----------------------------------------------------
+
+    async def create_room(self, room_id: str) -> None:
+        await self._call("CREATE", self._keys(room_id)[:1], [repr(self._clock())])
+
+    async def room_exists(self, room_id: str) -> bool:
+        return bool(await self._command("exists", [self._meta(room_id)]))
+
+    async def load_room(self, room_id: str) -> RoomSnapshot | None:
+        raw = await self._call("LOAD", self._keys(room_id)[:2], [self._stream_prefix(room_id)])
+        if raw is None:
+            return None
+        streams: dict[str, Stream] = {}
+        for name, mark, entries in raw[2:]:
+            streams[_text(name)] = Stream([_parse_entry(e) for e in entries], int(mark))
+        return RoomSnapshot(int(raw[0]), streams, ev=int(raw[1]))
+
+    async def commit(self, room_id: str, seq: int, changes: Sequence[StreamChange]) -> None:
+        from .._errors import RoomNotFound
+
+        args: list[Any] = [repr(self._clock()), seq, self._stream_prefix(room_id)]
+        for change in changes:
+            entry = change.entry
+            args += [change.kind, change.key, _entry(entry.seq, encode_value(entry.value))]
+        if await self._call("COMMIT", self._keys(room_id)[:2], args) is None:
+            raise RoomNotFound(room_id)
+
+    async def delete_room(self, room_id: str) -> None:
+        await self._call("DELETE", self._keys(room_id), [self._stream_prefix(room_id)])
+
+    async def touch(self, room_id: str) -> None:
+        await self._call("TOUCH", self._keys(room_id)[:1], [repr(self._clock())])
+
+    async def _room_ids(self) -> list[str]:
+        """Every stored room (a SCAN over all primaries: O(rooms))."""
+        import coredis.exceptions
+
+        head = f"{self.prefix}:{{"
+        ids = []
+        try:
+            async for raw in self.client.scan_iter(match=head + "*", type_="hash"):
+                name = _text(raw)
+                if name.endswith("}") and name.startswith(head):
+                    ids.append(name[len(head) : -1])
+        except coredis.exceptions.RedisError as exc:
+            raise StorageError(f"Redis: {exc}") from exc
+        return sorted(ids)
+
+    async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
+        """Delete rooms idle longer than ``idle_seconds`` (except ``keep``). Other nodes
+        do not know this node's live rooms: the hub touches them first."""
+        cutoff = self._clock() - idle_seconds
+        keep_set = set(keep)
+        expired = []
+        for room_id in await self._room_ids():
+            if room_id in keep_set:
+                continue
+            last = await self._command("hget", self._meta(room_id), "last")
+            if last is None or float(last) >= cutoff:
+                continue
+            args = [self._stream_prefix(room_id), repr(cutoff)]
+            if await self._call("DELETE", self._keys(room_id), args):
+                expired.append(room_id)
+        return expired
+
+    async def count_rooms(self) -> int:
+        return len(await self._room_ids())
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        infos = []
+        for room_id in await self._room_ids():
+            seq, last = await self._command("hmget", self._meta(room_id), ["seq", "last"])
+            if seq is not None:
+                infos.append(RoomInfo(room_id, int(seq), float(last or 0)))
+        return infos
+
+    async def import_room(self, room_id: str, snapshot: RoomSnapshot) -> None:
+        args: list[Any] = [repr(self._clock()), snapshot.seq, self._stream_prefix(room_id)]
+        for key, stream in snapshot.streams.items():
+            args += [key, stream.compacted, len(stream.entries)]
+            args += [_entry(e.seq, encode_value(e.value)) for e in stream.entries]
+        await self._call("IMPORT", self._keys(room_id), args)
