@@ -68,14 +68,17 @@ class ChildProcess:
         return "\n".join(self.lines)
 
 
-async def start_child(nursery: trio.Nursery, argv: list[str], cwd: Path) -> ChildProcess:
-    """Start ``argv`` in ``cwd`` (the default store is ./drifttrio.db: keep it there)."""
+async def start_child(
+    nursery: trio.Nursery, argv: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> ChildProcess:
+    """Start ``argv`` in ``cwd`` (the default store is ./drifttrio.db: keep it there),
+    with ``env`` added to :func:`child_env`."""
     process = await trio.lowlevel.open_process(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=child_env(),
+        env={**child_env(), **(env or {})},
         cwd=cwd,
     )
     child = ChildProcess(process)

@@ -71,15 +71,22 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary,
-                "--bind", "127.0.0.1",
-                "--port", str(port),
-                "--dir", str(self.directory),
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--save", "",
-                "--logfile", "",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                "",
                 *self.extra,
-            ],  # fmt: skip
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -130,9 +137,11 @@ class RedisCluster:
         self.servers = [
             RedisServer(
                 directory / f"node{i}",
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", str(directory / f"node{i}" / "nodes.conf"),
-            )  # fmt: skip
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(directory / f"node{i}" / "nodes.conf"),
+            )
             for i in range(size)
         ]
 
@@ -146,10 +155,14 @@ class RedisCluster:
             server.start()
         subprocess.run(
             [
-                "redis-cli", "--cluster", "create",
+                "redis-cli",
+                "--cluster",
+                "create",
                 *(f"127.0.0.1:{s.port}" for s in self.servers),
-                "--cluster-replicas", "0", "--cluster-yes",
-            ],  # fmt: skip
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
             check=True,
             capture_output=True,
             timeout=TIMEOUT,

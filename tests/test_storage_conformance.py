@@ -15,25 +15,23 @@ from __future__ import annotations
 
 import math
 import random
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import secrets
-
 import attrs
 import pytest
 import trio
 
+from _redis import RedisServer
 from drifttrio import RoomNotFound
 from drifttrio.core import RoomState, Stream, StreamChange
 from drifttrio.protocol import Action, Append, Compact, Relay, Replace, SeqValue
 from drifttrio.protocol.messages import Value
 from drifttrio.storage import MemoryStorage, RoomSnapshot, SqliteStorage, Storage
 from drifttrio.storage.redis import RedisStorage
-
-from _redis import RedisServer
 
 
 class FakeClock:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import suppress
+from typing import cast
 
 import attrs
 import trio
@@ -27,7 +28,7 @@ from .._errors import CloseCode, RoomNotFound
 from ..core.room_state import RoomState
 from ..protocol.messages import Compact, Error, Init, SeqValue, StreamSize
 from ..storage.base import RoomSnapshot
-from ..storage.redis import DataLossError, Event, PushItem, RedisStorage, encode_value
+from ..storage.redis import ActionName, DataLossError, Event, PushItem, RedisStorage, encode_value
 from .room import (
     Command,
     GetCommand,
@@ -107,7 +108,7 @@ class SharedRoom(Room):
                 scope.shield = True
                 await self.storage.unfollow(self.room_id, self.on_feed)
 
-    async def _handle_batch(self, commands: list[Command]) -> None:  # type: ignore[override]
+    async def _handle_batch(self, commands: list[Command]) -> None:
         pushes: list[PushCommand] = []
         for command in commands:
             if isinstance(command, PushCommand):
@@ -137,7 +138,7 @@ class SharedRoom(Room):
     async def _push(self, pushes: list[PushCommand]) -> None:
         items = []
         for command in pushes:
-            kind = command.action.TAG
+            kind = cast(ActionName, command.action.TAG)
             self._in[kind] = self._in.get(kind, 0) + 1
             compact_seq = command.action.seq if isinstance(command.action, Compact) else 0
             items.append(PushItem(kind, command.key, encode_value(command.value), compact_seq))
@@ -169,7 +170,7 @@ class SharedRoom(Room):
         effects: list[_Effect] = []
         for command, result in zip(pushes, results, strict=True):
             if result.status == "ok":
-                kind = command.action.TAG
+                kind = cast(ActionName, command.action.TAG)
                 events.append(Event(result.ev, result.seq, kind, command.key, command.value))
                 if result.stream_size > 1:
                     effects.append((command.origin, StreamSize(command.key, result.stream_size)))
@@ -206,7 +207,9 @@ class SharedRoom(Room):
         try:
             missing = await self.storage.read_events(self.room_id, self.ev + 1, upto)
         except Exception as exc:
-            raise RoomEnded(CloseCode.TRY_AGAIN_LATER, f"cannot read missed events: {exc!r}")
+            raise RoomEnded(
+                CloseCode.TRY_AGAIN_LATER, f"cannot read missed events: {exc!r}"
+            ) from None
         for event in missing:
             if event.ev == self.ev + 1:
                 self._apply_event(event)

@@ -34,12 +34,15 @@ from ..protocol.messages import SeqValue, Value
 from . import _redis_scripts as scripts
 from .base import RoomInfo, RoomSnapshot
 
-__all__ = ["Event", "PushItem", "PushResult", "RedisStorage", "parse_records"]
+__all__ = ["ActionName", "Event", "PushItem", "PushResult", "RedisStorage", "parse_records"]
 
 log = logging.getLogger("drifttrio.redis")
 
 #: Events kept in each room's log for nodes that missed some (``?log=N``).
 DEFAULT_LOG_LENGTH: Final = 1000
+
+
+ActionName = Literal["relay", "replace", "append", "compact"]
 
 
 @attrs.frozen
@@ -48,7 +51,7 @@ class Event:
 
     ev: int
     seq: int
-    action: Literal["relay", "replace", "append", "compact"]
+    action: ActionName
     key: str
     value: Value
 
@@ -57,7 +60,7 @@ class Event:
 class PushItem:
     """One push, as the push script takes it."""
 
-    action: Literal["relay", "replace", "append", "compact"]
+    action: ActionName
     key: str
     blob: bytes  # CBOR of the value
     compact_seq: int = 0
@@ -136,6 +139,13 @@ def _error_text(key: str, reason: str, numbers: list[int]) -> str:
     if reason == "compact_high":
         return f"compact seq {numbers[0]} is beyond the room's current seq {numbers[1]}"
     return reason
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups: coredis and trio wrap."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _text(raw: Any) -> str:
@@ -232,12 +242,13 @@ class RedisStorage:
                     self._scripts[name] = self.client.register_script(getattr(scripts, name))
                 self._running = True
                 await self._feed(task_status)
-        except (ConfigError, StorageError):
-            raise
         except Exception as exc:
+            leaf = _leaf(exc)
+            if isinstance(leaf, ConfigError | StorageError):
+                raise leaf from None
             if self._running:
                 raise
-            raise StorageError(f"cannot use Redis at {self._where()}: {exc!r}") from exc
+            raise StorageError(f"cannot use Redis at {self._where()}: {leaf}") from exc
 
     def _where(self) -> str:
         return urlsplit(self.url).netloc.rsplit("@", 1)[-1] or "127.0.0.1:6379"
