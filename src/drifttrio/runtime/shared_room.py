@@ -28,7 +28,15 @@ from .._errors import CloseCode, RoomNotFound
 from ..core.room_state import RoomState
 from ..protocol.messages import Compact, Error, Init, SeqValue, StreamSize
 from ..storage.base import RoomSnapshot
-from ..storage.redis import ActionName, DataLossError, Event, PushItem, RedisStorage, encode_value
+from ..storage.redis import (
+    ActionName,
+    DataLossError,
+    Event,
+    PushItem,
+    RedisStorage,
+    encode_value,
+    parse_records,
+)
 from .room import (
     Command,
     GetCommand,
@@ -82,14 +90,19 @@ class SharedRoom(Room):
         self._committed_seq = snapshot.seq
         self.ev = snapshot.ev
 
-    def on_feed(self, events: list[Event] | None) -> None:
+    def on_feed(self, records: bytes | None) -> None:
         """The feed's callback (runs in the feed task): queue the events for the room."""
         if self.closed:
             return
-        if events is None:
+        events: list[Event] = []
+        if records is None:
             self._feed_lost = True
             notice: _FeedEvents | _FeedLost = _FeedLost()
         else:
+            # Our own pushes come back too: they are skipped without decoding.
+            events = parse_records(records, after=self.ev)
+            if not events:
+                return
             notice = _FeedEvents(events)
         try:
             self.inbox.send_nowait(notice)  # type: ignore[arg-type]

@@ -156,12 +156,11 @@ end
 return out
 """
 
-#: KEYS: meta; ARGV: now. Creates the room if it does not exist.
+#: KEYS: meta; ARGV: now. Creates the room if it does not exist; returns 1 if it did.
 CREATE: Final = r"""
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'seq', '0', 'ev', '0', 'bytes', '0', 'created', ARGV[1],
-    'last', ARGV[1])
-end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'seq', '0', 'ev', '0', 'bytes', '0', 'created', ARGV[1],
+  'last', ARGV[1])
 return 1
 """
 
@@ -224,10 +223,12 @@ return 1
 #: KEYS: meta, keys, log; ARGV: now, seq, stream list prefix, then 3 per stream:
 #: key, compaction mark, entries joined by nothing but counted: count, then entries.
 #: Replaces the room (creating it) with the given snapshot; the event count is kept.
+#: Returns 1 if the room was created.
 IMPORT: Final = (
     _HELPERS
     + r"""
 local meta, keysh, log = KEYS[1], KEYS[2], KEYS[3]
+local existed = redis.call('EXISTS', meta)
 local ev = redis.call('HGET', meta, 'ev') or '0'
 local created = redis.call('HGET', meta, 'created') or ARGV[1]
 for _, name in ipairs(redis.call('HKEYS', keysh)) do redis.call('DEL', ARGV[3] .. name) end
@@ -246,6 +247,6 @@ while i <= #ARGV do
 end
 redis.call('HSET', meta, 'seq', ARGV[2], 'ev', ev, 'bytes', fmt(bytes), 'created', created,
   'last', ARGV[1])
-return 1
+return 1 - existed
 """
 )

@@ -77,9 +77,9 @@ class PushResult:
     error: str = ""
 
 
-#: Called with each batch of events published for a followed room, in order, or
-#: with ``None`` when the feed broke (events may have been missed).
-FeedCallback = Callable[[list[Event] | None], None]
+#: Called with each batch of events published for a followed room (the raw records,
+#: for :func:`parse_records`), in order, or with ``None`` when the feed broke.
+FeedCallback = Callable[[bytes | None], None]
 
 
 class DataLossError(StorageError):
@@ -95,8 +95,9 @@ def _decode_value(blob: bytes) -> Value:
     return Value(cbor2.loads(blob))
 
 
-def parse_records(data: bytes) -> list[Event]:
-    """Split a published batch (or a log entry) into events."""
+def parse_records(data: bytes, after: int = 0) -> list[Event]:
+    """Split a published batch (or a log entry) into events, skipping (without
+    decoding their values) those numbered ``after`` or lower."""
     events = []
     pos = 0
     while pos < len(data):
@@ -105,12 +106,14 @@ def parse_records(data: bytes) -> list[Event]:
             bar = data.index(b"|", pos)
             fields.append(data[pos:bar])
             pos = bar + 1
-        ev, seq, action, key_len, blob_len = fields
+        ev_raw, seq, action, key_len, blob_len = fields
         k, b = int(key_len), int(blob_len)
-        key = data[pos : pos + k].decode()
-        value = _decode_value(data[pos + k : pos + k + b])
+        ev = int(ev_raw)
+        if ev > after:
+            key = data[pos : pos + k].decode()
+            value = _decode_value(data[pos + k : pos + k + b])
+            events.append(Event(ev, int(seq), action.decode(), key, value))  # type: ignore[arg-type]
         pos += k + b
-        events.append(Event(int(ev), int(seq), action.decode(), key, value))  # type: ignore[arg-type]
     return events
 
 
@@ -315,7 +318,7 @@ class RedisStorage:
                             continue
                         callback = self._followers.get(message["channel"])
                         if callback is not None:
-                            callback(parse_records(message["data"]))
+                            callback(message["data"])
             except Exception as exc:
                 if not started:
                     raise
@@ -468,8 +471,17 @@ class RedisStorage:
 
     # -- the Storage interface ----------------------------------------------------
 
+    @property
+    def _counter(self) -> str:
+        """How many rooms exist (kept beside the rooms: scripts can't span slots)."""
+        return f"{self.prefix}:rooms"
+
+    async def _count(self, delta: int) -> None:
+        await self._command("incrby", self._counter, delta)
+
     async def create_room(self, room_id: str) -> None:
-        await self._call("CREATE", self._keys(room_id)[:1], [repr(self._clock())])
+        if await self._call("CREATE", self._keys(room_id)[:1], [repr(self._clock())]):
+            await self._count(1)
 
     async def room_exists(self, room_id: str) -> bool:
         return bool(await self._command("exists", [self._meta(room_id)]))
@@ -494,7 +506,8 @@ class RedisStorage:
             raise RoomNotFound(room_id)
 
     async def delete_room(self, room_id: str) -> None:
-        await self._call("DELETE", self._keys(room_id), [self._stream_prefix(room_id)])
+        if await self._call("DELETE", self._keys(room_id), [self._stream_prefix(room_id)]):
+            await self._count(-1)
 
     async def touch(self, room_id: str) -> None:
         await self._call("TOUCH", self._keys(room_id)[:1], [repr(self._clock())])
@@ -528,11 +541,15 @@ class RedisStorage:
                 continue
             args = [self._stream_prefix(room_id), repr(cutoff)]
             if await self._call("DELETE", self._keys(room_id), args):
+                await self._count(-1)
                 expired.append(room_id)
         return expired
 
     async def count_rooms(self) -> int:
-        return len(await self._room_ids())
+        """O(1): a counter kept by create/delete/expire/import (a node dying between a
+        room's creation and the count can leave it off by one; ``list_rooms`` scans)."""
+        raw = await self._command("get", self._counter)
+        return max(0, int(raw or 0))
 
     async def list_rooms(self) -> list[RoomInfo]:
         infos = []
@@ -547,4 +564,5 @@ class RedisStorage:
         for key, stream in snapshot.streams.items():
             args += [key, stream.compacted, len(stream.entries)]
             args += [_entry(e.seq, encode_value(e.value)) for e in stream.entries]
-        await self._call("IMPORT", self._keys(room_id), args)
+        if await self._call("IMPORT", self._keys(room_id), args):
+            await self._count(1)
