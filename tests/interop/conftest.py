@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -44,10 +45,16 @@ def node() -> str:
     return exe
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[RunningServer]:
-    """A drifttrio server on 127.0.0.1 and a free port, default configuration."""
-    async with open_server(Config()) as running:
+@pytest.fixture(params=["memory", "redis"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
+    """A drifttrio server on 127.0.0.1 and a free port, default configuration; each
+    scenario runs on the in-process store and on a shared Redis store (a real
+    ``redis-server``, the ``redis_server`` fixture of tests/conftest.py)."""
+    store = "memory"
+    if request.param == "redis":
+        redis = request.getfixturevalue("redis_server")
+        store = f"{redis.url}?prefix=interop{secrets.token_hex(6)}"
+    async with open_server(Config(store=store)) as running:
         yield running
 
 
