@@ -185,3 +185,29 @@ def test_bad_urls_are_config_errors() -> None:
     ):
         with pytest.raises(ConfigError):
             RedisStorage(url)
+
+
+async def test_a_room_nobody_uses_on_a_node_is_unloaded_there_despite_traffic(
+    redis_server: RedisServer,
+) -> None:
+    url = f"{redis_server.url}?prefix=t{secrets.token_hex(6)}"
+    quick = Config(room_idle_seconds=0.2)
+    async with open_hub(quick, RedisStorage(url)) as a, open_hub(Config(), RedisStorage(url)) as b:
+        room = await a.create_room()
+        await a.push(room, "k", "once")  # loads the room on a, which then follows it
+        loaded = a.rooms[room]
+        ended = trio.Event()
+        on_exit = loaded._on_exit
+        loaded._on_exit = lambda r: (on_exit(r), ended.set())  # type: ignore[method-assign]
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+
+                async def traffic() -> None:
+                    while True:
+                        await b.push(room, "k", "busy")
+
+                nursery.start_soon(traffic)
+                await ended.wait()
+                nursery.cancel_scope.cancel()
+        assert room not in a.rooms
+        assert loaded.closed

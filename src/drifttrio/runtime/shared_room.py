@@ -17,6 +17,7 @@ room is loaded afresh. A member never sees a gap or a reorder.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import suppress
 from typing import cast
@@ -78,6 +79,8 @@ class SharedRoom(Room):
     #: Highest event the feed announced that the inbox had no room for.
     _feed_behind = 0
     _feed_lost = False
+    #: When the room was last used from this node (a command, or members present).
+    _used_at = -math.inf
 
     def reset(self, snapshot: RoomSnapshot) -> None:
         """Start the mirror from a snapshot loaded after following the feed."""
@@ -89,6 +92,7 @@ class SharedRoom(Room):
         )
         self._committed_seq = snapshot.seq
         self.ev = snapshot.ev
+        self._used_at = trio.current_time()
 
     def on_feed(self, records: bytes | None) -> None:
         """The feed's callback (runs in the feed task): queue the events for the room."""
@@ -120,6 +124,21 @@ class SharedRoom(Room):
             with trio.move_on_after(1.0) as scope:
                 scope.shield = True
                 await self.storage.unfollow(self.room_id, self.on_feed)
+
+    async def _next_command(self) -> Command | None:
+        """As for any room, but events from the feed alone do not keep a room with no
+        members here alive: after ``room_idle_seconds`` without local use it ends."""
+        while True:
+            command = await super()._next_command()
+            now = trio.current_time()
+            if not isinstance(command, _FeedEvents | _FeedLost) or self.members:
+                self._used_at = now
+            elif (
+                now - self._used_at > self.config.room_idle_seconds
+                and self._commands.statistics().current_buffer_used == 0
+            ):
+                return None
+            return command
 
     async def _handle_batch(self, commands: list[Command]) -> None:
         pushes: list[PushCommand] = []
