@@ -1,5 +1,6 @@
 // A minimal DriftDB-style relay on Node's `ws`, as a yardstick: POST /new,
-// WebSocket /room/ID/connect, every push relayed to the room with a seq.
+// WebSocket /room/ID/connect, every push relayed to the room with a seq; ping is
+// answered with pong and get with an empty init (nothing is retained).
 // No retention, no validation, no limits: a ceiling, not a competitor.
 'use strict'
 const http = require('http')
@@ -28,9 +29,14 @@ server.on('upgrade', (req, socket, head) => {
     ws.on('close', () => room.members.delete(ws))
     ws.on('message', (data) => {
       const msg = JSON.parse(data)
-      if (msg.type !== 'push') return
-      const out = JSON.stringify({ type: 'push', key: msg.key, value: msg.value, seq: ++room.seq })
-      for (const m of room.members) m.send(out)
+      if (msg.type === 'push') {
+        const out = JSON.stringify({ type: 'push', key: msg.key, value: msg.value, seq: ++room.seq })
+        for (const m of room.members) m.send(out)
+      } else if (msg.type === 'ping') {
+        ws.send(JSON.stringify({ type: 'pong', nonce: msg.nonce ?? null }))
+      } else if (msg.type === 'get') {
+        ws.send(JSON.stringify({ type: 'init', key: msg.key, data: [] }))
+      }
     })
   })
 })

@@ -1,11 +1,23 @@
-"""Side-by-side throughput: one room, one publisher, M subscribers.
+"""Side by side: fan-out throughput, ping latency and idle memory, with the goals checked.
 
-Starts each server as its own process pinned to CPU 0, runs the Node load
-generator (``loadgen.js``) pinned to CPU 1, repeats each cell, and prints the
-median messages delivered per second and the ratio to the first server.
+Starts each server as its own process pinned to CPU 0 and drives it with the Node
+load generator (``loadgen.js``) pinned to CPU 1. Each round starts every server
+once, in turn (so machine noise hits them alike), and on that fresh process
+measures, in this order:
 
-    python benchmarks/throughput.py                 # defaults: M=1,10  3 runs x 5 s
-    python benchmarks/throughput.py --subscribers 1 10 100 --runs 5 --seconds 5
+- memory: RSS growth per idle connection (CONNECTIONS connections spread over
+  ROOMS live rooms, each sent a ``get`` and answered), from ``/proc/PID/status``;
+- latency: one connection, sequential ping -> pong round trips, p50 and p99;
+- throughput: one room, one publisher keeping WINDOW pushes in flight, M
+  subscribers, messages delivered per second; every member must see seqs
+  1, 2, 3, ... with no gap, duplicate or reordering (lost / reordered must be 0).
+
+Then it prints one table per measure (medians of the rounds, ratio to the first
+row, [min-max]) and a goals section with PASS/FAIL.
+
+    python benchmarks/throughput.py                 # defaults: M=1,10; 3 runs x 5 s
+    python benchmarks/throughput.py --subscribers 1 10 100 --runs 3 --seconds 4
+    python benchmarks/throughput.py --only "own transport" websockets --measure latency
 
 Needs ``npm install --prefix benchmarks`` (the ``ws`` package) and ``taskset``
 (util-linux) for pinning; without taskset it runs unpinned and says so.
@@ -14,53 +26,47 @@ Needs ``npm install --prefix benchmarks`` (the ``ws`` package) and ``taskset``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import os
+import platform
 import re
+import resource
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 URL = re.compile(rb"(http://127\.0\.0\.1:\d+)")
 
+DRIFTTRIO = "drifttrio serve (own transport)"
+DRIFTTRIO_ASGI = "hypercorn -k trio drifttrio.asgi:app"
+ASGI_RELAY = "hypercorn -k trio asgi_relay:app (minimal ASGI relay)"
+WEBSOCKETS = "minimal relay on websockets (asyncio)"
+NODE = "minimal relay on Node ws (yardstick)"
+
+DRIFTTRIO_SERVE = [sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0"]
 SERVERS: dict[str, list[str]] = {
-    "drifttrio serve (own transport)": [
-        sys.executable,
-        "-m",
-        "drifttrio.cli",
-        "serve",
-        "--port",
-        "0",
-        "--store",
-        "memory",
-    ],
+    DRIFTTRIO: [*DRIFTTRIO_SERVE, "--store", "memory"],
     "drifttrio serve (own transport, SQLite)": [
-        sys.executable,
-        "-m",
-        "drifttrio.cli",
-        "serve",
-        "--port",
-        "0",
+        *DRIFTTRIO_SERVE,
         "--store",
         "sqlite:///" + str(Path(os.environ.get("TMPDIR", "/tmp")) / "drifttrio-bench.db"),
     ],
     "drifttrio serve --transport hypercorn": [
-        sys.executable,
-        "-m",
-        "drifttrio.cli",
-        "serve",
-        "--port",
-        "0",
+        *DRIFTTRIO_SERVE,
         "--store",
         "memory",
         "--transport",
         "hypercorn",
     ],
-    "hypercorn -k trio drifttrio.asgi:app": [
+    DRIFTTRIO_ASGI: [
         sys.executable,
         "-m",
         "hypercorn",
@@ -70,8 +76,31 @@ SERVERS: dict[str, list[str]] = {
         "127.0.0.1:0",
         "drifttrio.asgi:app",
     ],
-    "minimal relay on Node ws (yardstick)": ["node", str(HERE / "minimal_relay.js")],
+    ASGI_RELAY: [
+        sys.executable,
+        "-m",
+        "hypercorn",
+        "-k",
+        "trio",
+        "--bind",
+        "127.0.0.1:0",
+        str(HERE / "asgi_relay") + ":app",
+    ],
+    WEBSOCKETS: [sys.executable, str(HERE / "websockets_relay.py")],
+    "minimal relay on trio-websocket": [sys.executable, str(HERE / "trio_websocket_relay.py")],
+    NODE: ["node", str(HERE / "minimal_relay.js")],
 }
+
+#: drifttrio serve (memory) / websockets relay, messages per second, per M: at least this.
+THROUGHPUT_GOALS = {1: 0.7, 10: 1.5, 100: 2.0}
+#: hypercorn -k trio drifttrio.asgi:app / minimal ASGI relay under hypercorn, any M: at least.
+ASGI_GOAL = 1.3
+#: drifttrio p50 round trip / websockets relay p50: at most.
+LATENCY_GOAL = 1.5
+#: drifttrio serve, KiB of RSS per idle subscribed connection: at most.
+MEMORY_GOAL_KIB = 16.0
+
+MEASURES = ("memory", "latency", "throughput")
 
 
 def pinned(cpu: int, argv: list[str]) -> list[str]:
@@ -80,10 +109,24 @@ def pinned(cpu: int, argv: list[str]) -> list[str]:
     return argv
 
 
-def start(argv: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+def server_env(args: argparse.Namespace) -> dict[str, str]:
     # One publisher at full speed is what the per-connection rate limit exists to stop:
-    # switch it off to measure the relay itself.
-    env = {**os.environ, "DRIFTTRIO_STORE": "memory", "DRIFTTRIO_RATE_LIMIT_PER_SECOND": "0"}
+    # switch it off to measure the relay itself. The connection limits only move when
+    # --connections needs more than their defaults.
+    return {
+        **os.environ,
+        "DRIFTTRIO_STORE": "memory",
+        "DRIFTTRIO_RATE_LIMIT_PER_SECOND": "0",
+        "DRIFTTRIO_NEW_ROOMS_PER_MINUTE": "0",
+        "DRIFTTRIO_MAX_CONNECTIONS": str(max(10000, args.connections + args.rooms + 16)),
+        "DRIFTTRIO_MAX_CONNECTIONS_PER_IP": str(max(1024, args.connections + args.rooms + 16)),
+        "DRIFTTRIO_MAX_CONNECTIONS_PER_ROOM": str(
+            max(1024, args.connections // max(1, args.rooms) + 16)
+        ),
+    }
+
+
+def start(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
         pinned(0, argv), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env
     )
@@ -102,76 +145,393 @@ def start(argv: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError(f"{argv[0]} did not report a listening address")
 
 
-def run_load(url: str, subscribers: int, seconds: float, window: int) -> float:
-    out = subprocess.run(
-        pinned(
-            1,
-            [
-                "node",
-                str(HERE / "loadgen.js"),
-                "--url",
-                url,
-                "--subscribers",
-                str(subscribers),
-                "--seconds",
-                str(seconds),
-                "--window",
-                str(window),
-            ],
-        ),
-        capture_output=True,
-        check=True,
-        timeout=seconds + 60,
+def loadgen(url: str, mode: str, *options: object) -> list[str]:
+    argv = ["node", str(HERE / "loadgen.js"), "--url", url, "--mode", mode]
+    return pinned(1, argv + [str(o) for o in options])
+
+
+def run_node(argv: list[str], timeout: float) -> dict[str, Any] | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, check=True, timeout=timeout)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        stderr = (exc.stderr or b"").decode(errors="replace").strip()
+        print(f"    load generator failed: {exc}\n    {stderr[-800:]}", file=sys.stderr)
+        return None
+    result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def run_throughput(url: str, m: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    argv = loadgen(
+        url, "throughput", "--subscribers", m, "--seconds", args.seconds, "--window", args.window
     )
-    return float(json.loads(out.stdout.decode().strip().splitlines()[-1])["per_second"])
+    return run_node(argv, timeout=args.seconds + 120)
+
+
+def run_latency(url: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    argv = loadgen(url, "latency", "--pings", args.pings, "--warmup-pings", args.warmup_pings)
+    return run_node(argv, timeout=180)
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants (hypercorn serves from a worker child process)."""
+    pids = [pid]
+    for p in pids:
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                pids.extend(int(c) for c in (task / "children").read_text().split())
+    return pids
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of the process tree rooted at pid, in KiB."""
+    total = 0
+    for p in tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        if match:
+            total += int(match.group(1))
+    return total
+
+
+def run_memory(
+    proc: subprocess.Popen[bytes], url: str, args: argparse.Namespace
+) -> dict[str, Any] | None:
+    argv = loadgen(url, "idle", "--connections", args.connections, "--rooms", args.rooms)
+    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert gen.stdin is not None
+    assert gen.stdout is not None
+    try:
+        phases: dict[str, dict[str, Any]] = {}
+        for phase in ("baseline", "ready"):
+            line = gen.stdout.readline()
+            if not line:
+                print(f"    load generator ended before {phase!r}", file=sys.stderr)
+                return None
+            phases[phase] = json.loads(line)
+            phases[phase]["rss_kib"] = rss_kib(proc.pid)
+            gen.stdin.write(b"next\n")
+            gen.stdin.flush()
+    finally:
+        gen.stdin.close()
+        try:
+            gen.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            gen.kill()
+            gen.wait()
+    before, after = phases["baseline"]["rss_kib"], phases["ready"]["rss_kib"]
+    connections = phases["ready"]["connections"]
+    return {
+        "before_kib": before,
+        "after_kib": after,
+        "connections": connections,
+        "closed": phases["ready"]["closed"],
+        "kib_per_connection": (after - before) / connections,
+    }
+
+
+def git_state() -> str:
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *argv], cwd=HERE, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "../src").splitlines()
+    return commit + (f" + uncommitted changes to {len(dirty)} paths in src/" if dirty else "")
+
+
+def fmt_range(values: list[float], spec: str) -> str:
+    return f"[{min(values):{spec}}-{max(values):{spec}}]"
+
+
+def per_round_ratios(a: list[float | None], b: list[float | None]) -> list[float]:
+    """Ratios of two rows round by round (they ran back to back in each round)."""
+    return [x / y for x, y in zip(a, b, strict=False) if x is not None and y]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 10])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 10], metavar="M")
+    parser.add_argument("--runs", type=int, default=3, help="rounds (each server once per round)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per throughput cell")
     parser.add_argument("--window", type=int, default=100, help="pushes kept in flight")
     parser.add_argument("--only", nargs="*", help="substrings of server names to run")
+    parser.add_argument(
+        "--measure", nargs="+", choices=MEASURES, default=list(MEASURES), help="what to measure"
+    )
+    parser.add_argument(
+        "--skip-latency", action="store_true", help="same as leaving it out of --measure"
+    )
+    parser.add_argument(
+        "--skip-memory", action="store_true", help="same as leaving it out of --measure"
+    )
+    parser.add_argument("--pings", type=int, default=2000, help="latency: round trips measured")
+    parser.add_argument(
+        "--warmup-pings", type=int, default=200, help="latency: round trips not measured"
+    )
+    parser.add_argument("--connections", type=int, default=1000, help="memory: idle connections")
+    parser.add_argument("--rooms", type=int, default=10, help="memory: rooms they are spread over")
     args = parser.parse_args()
+    measures = [
+        m
+        for m in MEASURES
+        if m in args.measure
+        and not (m == "latency" and args.skip_latency)
+        and not (m == "memory" and args.skip_memory)
+    ]
     if not (HERE / "node_modules" / "ws").exists():
         sys.exit("run `npm install --prefix benchmarks` first")
     servers = {k: v for k, v in SERVERS.items() if not args.only or any(o in k for o in args.only)}
+    if not servers or not measures:
+        sys.exit("nothing to run")
     if not shutil.which("taskset"):
         print("note: taskset not found, server and load generator are not pinned", file=sys.stderr)
+    # Every idle connection is a socket in the load generator and in the server.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = args.connections + args.rooms + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(wanted, 4096)), hard))
+    env = server_env(args)
 
-    results: dict[str, dict[int, list[float]]] = {name: {} for name in servers}
-    # Interleave servers within each round so machine noise hits all of them alike.
-    for _round in range(args.runs):
+    started = datetime.datetime.now().astimezone()
+    state_start = git_state()
+    load_start = os.getloadavg()
+    # results[server][measure]: one entry per round (None when that run failed);
+    # throughput is keyed by M first.
+    tput: dict[str, dict[int, list[dict[str, Any] | None]]] = {n: {} for n in servers}
+    lat: dict[str, list[dict[str, Any] | None]] = {n: [] for n in servers}
+    mem: dict[str, list[dict[str, Any] | None]] = {n: [] for n in servers}
+    for round_ in range(args.runs):
+        print(f"round {round_ + 1}/{args.runs}", file=sys.stderr)
         for name, argv in servers.items():
-            proc, url = start(argv)
+            proc, url = start(argv, env)
             try:
-                for m in args.subscribers:
-                    rate = run_load(url, m, args.seconds, args.window)
-                    results[name].setdefault(m, []).append(rate)
-                    print(f"  {name:<40} M={m:<4} {rate:>10,.0f} msg/s", file=sys.stderr)
+                if "memory" in measures:
+                    r = run_memory(proc, url, args)
+                    mem[name].append(r)
+                    if r:
+                        print(
+                            f"  {name:<55} memory    {r['kib_per_connection']:>8.1f} KiB/conn",
+                            file=sys.stderr,
+                        )
+                if "latency" in measures:
+                    r = run_latency(url, args)
+                    lat[name].append(r)
+                    if r:
+                        print(
+                            f"  {name:<55} latency   p50 {r['p50_us']:>6.0f} us"
+                            f"  p99 {r['p99_us']:>6.0f} us",
+                            file=sys.stderr,
+                        )
+                if "throughput" in measures:
+                    for m in args.subscribers:
+                        r = run_throughput(url, m, args)
+                        tput[name].setdefault(m, []).append(r)
+                        if r:
+                            print(
+                                f"  {name:<55} M={m:<4} {r['per_second']:>10,.0f} msg/s"
+                                f"  lost {r['lost']} reordered {r['reordered']}"
+                                + (f" closed {r['closed']}" if r["closed"] else ""),
+                                file=sys.stderr,
+                            )
             finally:
                 proc.terminate()
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    load_end = os.getloadavg()
+    state_end = git_state()
 
-    first = next(iter(servers))
-    header = (
-        "| server | " + " | ".join(f"M={m} median msg/s (ratio)" for m in args.subscribers) + " |"
-    )
+    names = list(servers)
+    first = names[0]
+    print()
     print(
-        f"\nmessages delivered per second; 1 publisher, {args.window} pushes in flight, "
-        f"{args.runs} runs x {args.seconds:g} s, median; ratio to {first!r}\n"
+        f"{started:%Y-%m-%d %H:%M %Z}, commit {state_start}"
+        + (f" (at the end: {state_end})" if state_end != state_start else "")
+        + f", {platform.machine()} "
+        f"{os.cpu_count()} CPUs, load average {load_start[0]:.2f} at start, "
+        f"{load_end[0]:.2f} at end"
     )
-    print(header)
-    print("|" + "---|" * (len(args.subscribers) + 1))
-    for name in servers:
-        cells = []
+    print("python benchmarks/throughput.py " + shlex.join(sys.argv[1:]))
+
+    def values(entries: list[dict[str, Any] | None], key: str) -> list[float]:
+        return [e[key] for e in entries if e is not None]
+
+    def cell(
+        entries: list[dict[str, Any] | None], base: list[dict[str, Any] | None], key: str, spec: str
+    ) -> str:
+        got = values(entries, key)
+        if not got:
+            return "failed"
+        med = statistics.median(got)
+        ref = values(base, key)
+        ratio = f" ({med / statistics.median(ref):.2f}x)" if ref and statistics.median(ref) else ""
+        failed = len(entries) - len(got)
+        return f"{med:{spec}}{ratio} {fmt_range(got, spec)}" + (
+            f" {failed} failed" if failed else ""
+        )
+
+    if "throughput" in measures:
+        print(
+            f"\n### Throughput\n\nmessages delivered per second to the subscribers; 1 publisher, "
+            f"{args.window} pushes in flight, {args.runs} runs x {args.seconds:g} s; "
+            f"median (ratio to {first!r}) [min-max]; lost / reordered summed over all cells "
+            f"(must be 0)\n"
+        )
+        print(
+            "| server | "
+            + " | ".join(f"M={m} msg/s" for m in args.subscribers)
+            + " | lost / reordered |"
+        )
+        print("|" + "---|" * (len(args.subscribers) + 2))
+        for name in names:
+            cells = [
+                cell(tput[name][m], tput[first][m], "per_second", ",.0f") for m in args.subscribers
+            ]
+            runs = [r for m in args.subscribers for r in tput[name][m] if r is not None]
+            lost = sum(r["lost"] for r in runs)
+            reordered = sum(r["reordered"] for r in runs)
+            closed = [c for r in runs for c in r["closed"]]
+            other = sum(r["other"] for r in runs)
+            check = f"{lost} / {reordered}"
+            if closed:
+                check += f", {len(closed)} closed by the server (codes {sorted(set(closed))})"
+            if other:
+                check += f", {other} unexpected messages"
+            print(f"| {name} | " + " | ".join(cells) + f" | {check} |")
+
+    if "latency" in measures:
+        print(
+            f"\n### Latency\n\none connection, sequential ping -> pong, {args.pings} round trips "
+            f"after {args.warmup_pings} warmup, microseconds; median of {args.runs} runs "
+            f"(ratio to {first!r}) [min-max]\n"
+        )
+        print("| server | p50 us | p99 us |\n|---|---|---|")
+        for name in names:
+            print(
+                f"| {name} | {cell(lat[name], lat[first], 'p50_us', '.0f')} | "
+                f"{cell(lat[name], lat[first], 'p99_us', '.0f')} |"
+            )
+
+    if "memory" in measures:
+        print(
+            f"\n### Idle memory\n\nRSS growth of the server process (tree) for {args.connections} "
+            f"idle connections in {args.rooms} live rooms, each sent a `get` and answered; "
+            f"median of {args.runs} runs [min-max]\n"
+        )
+        print("| server | RSS before MiB | RSS after MiB | KiB per connection |\n|---|---|---|---|")
+        for name in names:
+            got = [e for e in mem[name] if e is not None]
+            if not got:
+                print(f"| {name} | failed | failed | failed |")
+                continue
+            before = statistics.median(e["before_kib"] for e in got) / 1024
+            after = statistics.median(e["after_kib"] for e in got) / 1024
+            per = values(mem[name], "kib_per_connection")
+            print(
+                f"| {name} | {before:.1f} | {after:.1f} | "
+                f"{statistics.median(per):.1f} {fmt_range(per, '.1f')} |"
+            )
+
+    # Goals: a ratio of medians, with the range of the round-by-round ratios.
+    goals: list[tuple[str, str, str, bool | None]] = []
+
+    def ratio_goal(
+        label: str, a: list[Any], b: list[Any], key: str, target: float, at_least: bool
+    ) -> None:
+        va, vb = values(a, key), values(b, key)
+        if not va or not vb:
+            goals.append((label, "n/a", "", None))
+            return
+        ratio = statistics.median(va) / statistics.median(vb)
+        rounds = per_round_ratios([e and e[key] for e in a], [e and e[key] for e in b])
+        measured = f"{ratio:.2f}x " + fmt_range(rounds, ".2f")
+        ok = ratio >= target if at_least else ratio <= target
+        goals.append((label, measured, ("≥ " if at_least else "≤ ") + f"{target:g}x", ok))
+
+    def missing(*needed: str) -> str | None:
+        absent = [n for n in needed if n not in servers]
+        return ", ".join(absent) if absent else None
+
+    if "throughput" in measures:
         for m in args.subscribers:
-            med = statistics.median(results[name][m])
-            base = statistics.median(results[first][m])
-            low, high = min(results[name][m]), max(results[name][m])
-            cells.append(f"{med:,.0f} ({med / base:.2f}x) [{low:,.0f}-{high:,.0f}]")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+            label = f"throughput M={m}: drifttrio serve (memory) / websockets relay"
+            if m not in THROUGHPUT_GOALS:
+                continue
+            if missing(DRIFTTRIO, WEBSOCKETS):
+                goals.append((label, f"n/a (not run: {missing(DRIFTTRIO, WEBSOCKETS)})", "", None))
+            else:
+                ratio_goal(
+                    label,
+                    tput[DRIFTTRIO][m],
+                    tput[WEBSOCKETS][m],
+                    "per_second",
+                    THROUGHPUT_GOALS[m],
+                    True,
+                )
+        for m in args.subscribers:
+            label = f"throughput M={m}: hypercorn drifttrio.asgi:app / minimal ASGI relay"
+            if missing(DRIFTTRIO_ASGI, ASGI_RELAY):
+                goals.append(
+                    (label, f"n/a (not run: {missing(DRIFTTRIO_ASGI, ASGI_RELAY)})", "", None)
+                )
+            else:
+                ratio_goal(
+                    label,
+                    tput[DRIFTTRIO_ASGI][m],
+                    tput[ASGI_RELAY][m],
+                    "per_second",
+                    ASGI_GOAL,
+                    True,
+                )
+    if "latency" in measures:
+        label = "latency p50: drifttrio serve / websockets relay"
+        if missing(DRIFTTRIO, WEBSOCKETS):
+            goals.append((label, f"n/a (not run: {missing(DRIFTTRIO, WEBSOCKETS)})", "", None))
+        else:
+            ratio_goal(label, lat[DRIFTTRIO], lat[WEBSOCKETS], "p50_us", LATENCY_GOAL, False)
+    if "memory" in measures:
+        label = "idle memory: drifttrio serve, KiB per connection"
+        per = values(mem.get(DRIFTTRIO, []), "kib_per_connection")
+        if per:
+            med = statistics.median(per)
+            goals.append(
+                (
+                    label,
+                    f"{med:.1f} {fmt_range(per, '.1f')}",
+                    f"≤ {MEMORY_GOAL_KIB:g}",
+                    med <= MEMORY_GOAL_KIB,
+                )
+            )
+        else:
+            goals.append((label, "n/a", "", None))
+    if "throughput" in measures:
+        every = [r for n in names for m in args.subscribers for r in tput[n][m]]
+        done = [run for run in every if run is not None]
+        bad = sum(r["lost"] + r["reordered"] for r in done) + len(every) - len(done)
+        goals.append(
+            (
+                "verification: every row, lost + reordered (+ failed runs)",
+                f"{bad} over {len(every)} runs",
+                "= 0",
+                bad == 0,
+            )
+        )
+
+    print("\n### Goals\n\nratio of medians [range of the round-by-round ratios]\n")
+    print("| goal | measured | target | result |\n|---|---|---|---|")
+    for label, measured, target, ok in goals:
+        result = "n/a" if ok is None else "PASS" if ok else "**FAIL**"
+        print(f"| {label} | {measured} | {target} | {result} |")
 
 
 if __name__ == "__main__":
