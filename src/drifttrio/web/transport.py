@@ -1,4 +1,5 @@
-"""drifttrio's own HTTP/WebSocket transport: h11 + wsproto on trio streams.
+"""drifttrio's own HTTP/WebSocket transport: h11, wsproto for the handshake and
+:mod:`drifttrio.web.frames` for the client's frames, on trio streams.
 
 It speaks ASGI to :class:`~drifttrio.web.app.DriftApp`, so routes, limits and
 sessions live in one place, and adds what a generic ASGI server cannot:
@@ -15,8 +16,8 @@ sessions live in one place, and adds what a generic ASGI server cannot:
   compression is never negotiated; a message, fragmented or not, is closed with
   1009 as soon as it exceeds ``max_message_bytes`` (each non-final fragment
   counts at least ``FRAGMENT_COST`` bytes, so floods of empty continuation
-  frames end too), and frames wsproto cannot parse (unmasked, invalid UTF-8,
-  fragmented control frames, bad opcodes) are closed with their RFC 6455 code.
+  frames end too), and broken frames (unmasked, invalid UTF-8, fragmented
+  control frames, bad opcodes) are closed with their RFC 6455 code.
 
 :func:`serve_stream` serves one already-connected stream (a socket, TLS, or a
 ``trio.testing`` memory stream), :func:`serve_tcp` listens.
@@ -33,21 +34,12 @@ from urllib.parse import unquote
 import h11
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    Pong,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
+from wsproto.utilities import LocalProtocolError
 
+from ..protocol.codec import websocket_frame
 from ..runtime.config import Config
+from .frames import Close, FrameError, FrameReader, Ping, close_frame, pong_frame
 
 __all__ = ["FRAGMENT_COST", "FRAMES_EXTENSION", "serve_stream", "serve_tcp"]
 
@@ -153,7 +145,6 @@ async def serve_stream(
 ) -> None:
     """Serve HTTP/1.1 requests and WebSocket upgrades on one connection."""
     wire = _Wire(stream, config.write_timeout)
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
     base = {
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
@@ -162,46 +153,60 @@ async def serve_stream(
         "root_path": root_path,
     }
     try:
-        while True:
-            with trio.move_on_after(config.handshake_timeout) as head_deadline:
-                event = await _next_event(conn, wire)
-            if head_deadline.cancelled_caught:
-                if conn.their_state is h11.SEND_BODY or _has_partial_request(conn):
-                    await _plain_response(conn, wire, 408, b"request head took too long")
-                return
-            if not isinstance(event, h11.Request):
-                return  # ConnectionClosed, or a stray event
-            if _head_size(event) > config.max_header_bytes:
-                # h11 bounds only a head that arrives in pieces; this bounds them all.
-                await _plain_response(conn, wire, 431, b"request head too large")
-                return
-            if _is_websocket_upgrade(event):
-                await _websocket(
-                    app,
-                    config,
-                    conn,
-                    wire,
-                    event,
-                    {**base, "scheme": "ws" if scheme == "http" else "wss"},
-                )
-                return
-            await _http(app, config, conn, wire, event, {**base, "scheme": scheme})
-            if conn.their_state is h11.SEND_BODY and conn.our_state is h11.DONE:
-                await _discard_body(conn, wire, config)
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                return
-            conn.start_next_cycle()
-    except h11.RemoteProtocolError as exc:
-        status = exc.error_status_hint
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            with trio.move_on_after(config.write_timeout):
-                await _plain_response(conn, wire, status, str(exc).encode())
+        upgraded = await _serve_http(app, config, wire, base, scheme)
+        if upgraded is not None:
+            # The HTTP state (h11, the request) is gone by now: an idle WebSocket
+            # keeps only its scope and session.
+            scope, session = upgraded
+            await _serve_websocket(app, scope, session)
     except _Closed:
         pass
     finally:
         with trio.CancelScope(shield=True):
             await wire.linger()
             await wire.abort()
+
+
+async def _serve_http(
+    app: App, config: Config, wire: _Wire, base: dict[str, Any], scheme: str
+) -> tuple[dict[str, Any], _WebSocketSession] | None:
+    """Serve requests until the connection ends (``None``) or is upgraded: then
+    return the WebSocket's scope and session, handshake not yet answered."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+    try:
+        while True:
+            with trio.move_on_after(config.handshake_timeout) as head_deadline:
+                event = await _next_event(conn, wire)
+            if head_deadline.cancelled_caught:
+                if conn.their_state is h11.SEND_BODY or _has_partial_request(conn):
+                    await _plain_response(conn, wire, 408, b"request head took too long")
+                return None
+            if not isinstance(event, h11.Request):
+                return None  # ConnectionClosed, or a stray event
+            if _head_size(event) > config.max_header_bytes:
+                # h11 bounds only a head that arrives in pieces; this bounds them all.
+                await _plain_response(conn, wire, 431, b"request head too large")
+                return None
+            if _is_websocket_upgrade(event):
+                return _upgrade(
+                    config,
+                    conn,
+                    wire,
+                    event,
+                    {**base, "scheme": "ws" if scheme == "http" else "wss"},
+                )
+            await _http(app, config, conn, wire, event, {**base, "scheme": scheme})
+            if conn.their_state is h11.SEND_BODY and conn.our_state is h11.DONE:
+                await _discard_body(conn, wire, config)
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return None
+            conn.start_next_cycle()
+    except h11.RemoteProtocolError as exc:
+        status = exc.error_status_hint
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            with trio.move_on_after(config.write_timeout):
+                await _plain_response(conn, wire, status, str(exc).encode())
+        return None
 
 
 def _head_size(request: h11.Request) -> int:
@@ -352,19 +357,16 @@ async def _http(
 # -- WebSocket ----------------------------------------------------------------------
 
 
-async def _websocket(
-    app: App,
+def _upgrade(
     config: Config,
     conn: h11.Connection,
     wire: _Wire,
     request: h11.Request,
     base: dict[str, Any],
-) -> None:
+) -> tuple[dict[str, Any], _WebSocketSession]:
+    """The scope and session of a WebSocket upgrade (wsproto checks the request)."""
     ws = WSConnection(ConnectionType.SERVER)
     ws.initiate_upgrade_connection(list(request.headers), request.target)
-    leftover, _ = conn.trailing_data
-    if leftover:
-        ws.receive_data(bytes(leftover))
     upgrade = next(iter(ws.events()))
     assert isinstance(upgrade, Request)
     path, raw_path, query = _target(request)
@@ -378,83 +380,106 @@ async def _websocket(
         "subprotocols": list(upgrade.subprotocols),
         "extensions": {"websocket.http.response": {}, FRAMES_EXTENSION: {}},
     }
-    session = _WebSocketSession(ws, wire, config)
+    # Frames a client sent right behind its request are read once it is accepted.
+    leftover = bytes(conn.trailing_data[0])
+    return scope, _WebSocketSession(ws, wire, config, leftover)
+
+
+async def _serve_websocket(app: App, scope: dict[str, Any], session: _WebSocketSession) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(session.answer_pings)
+        session.nursery = nursery
         await app(scope, session.receive, session.send)
         nursery.cancel_scope.cancel()
 
 
 class _WebSocketSession:
-    """ASGI ``receive`` / ``send`` for one WebSocket, over wsproto."""
+    """ASGI ``receive`` / ``send`` for one WebSocket: wsproto answers the handshake,
+    then :class:`~drifttrio.web.frames.FrameReader` reads the client's frames."""
 
-    def __init__(self, ws: WSConnection, wire: _Wire, config: Config) -> None:
-        self.ws = ws
+    __slots__ = (
+        "_ping",
+        "_ping_arrived",
+        "_rejection",
+        "accepted",
+        "closing",
+        "connected",
+        "gone",
+        "nursery",
+        "reader",
+        "wire",
+        "ws",
+    )
+
+    def __init__(self, ws: WSConnection, wire: _Wire, config: Config, leftover: bytes) -> None:
+        #: The handshake, until it is answered (accepted or rejected).
+        self.ws: WSConnection | None = ws
         self.wire = wire
-        self.max_bytes = config.max_message_bytes
+        self.reader = FrameReader(config.max_message_bytes, FRAGMENT_COST)
+        self.reader.feed(leftover)
         self.connected = False
         self.accepted = False
+        #: We sent a close frame: no more messages or pongs go out.
+        self.closing = False
         self.gone = False
+        #: Where the pong task runs, started at the first ping.
+        self.nursery: trio.Nursery | None = None
         self._rejection: dict[str, Any] | None = None
-        self._pending: list[Any] = []
         self._ping: bytes | None = None  # the latest unanswered ping's payload
-        self._ping_arrived = trio.Event()
+        self._ping_arrived: trio.Event | None = None
 
     async def receive(self) -> dict[str, Any]:
         if not self.connected:
             self.connected = True
             return {"type": "websocket.connect"}
-        parts: list[bytes | str] = []
-        size = 0
+        reader = self.reader
         while not self.gone:
-            if not self._pending:
+            try:
+                event = reader.next_event()
+            except FrameError as exc:
+                # Not the peer's close: a frame broke the protocol (unmasked, invalid
+                # UTF-8, fragmented control frame, too big...). Tell the peer why.
+                await self._fail(exc.code, exc.reason)
+                return self._disconnect(exc.code)
+            if event is None:
                 data = await self.wire.receive()
-                self.ws.receive_data(data or None)
-                self._pending = list(self.ws.events())
+                if not data:
+                    break
+                reader.feed(data)
                 continue
-            event = self._pending.pop(0)
-            if isinstance(event, TextMessage | BytesMessage):
-                chunk = event.data
-                if isinstance(chunk, str):
-                    size += len(chunk) if chunk.isascii() else len(chunk.encode())
-                else:
-                    size += len(chunk)
-                if event.frame_finished and not event.message_finished:
-                    size += FRAGMENT_COST
-                if size > self.max_bytes:
-                    await self._fail(1009, "message too big")
-                    return self._disconnect(1009)
-                if chunk:  # empty fragments cost nothing to keep
-                    parts.append(chunk if isinstance(chunk, str) else bytes(chunk))
-                if event.message_finished:
-                    if isinstance(event, TextMessage):
-                        return {"type": "websocket.receive", "text": "".join(parts)}  # type: ignore[arg-type]
-                    return {"type": "websocket.receive", "bytes": b"".join(parts)}  # type: ignore[arg-type]
-            elif isinstance(event, Ping):
-                # Answered by answer_pings: the reader never waits on the socket,
-                # and a flood of pings gets one pong, for the latest (RFC 6455 5.5.3).
-                self._ping = bytes(event.payload)
-                self._ping_arrived.set()
-            elif isinstance(event, CloseConnection):
-                if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                    await self._send_bytes(self.ws.send(event.response()))
-                elif self.ws.state is ConnectionState.OPEN:
-                    # Not the peer's close: wsproto could not parse a frame (unmasked,
-                    # invalid UTF-8, fragmented control frame...). Tell the peer why.
-                    await self._fail(event.code, event.reason or "protocol error")
-                return self._disconnect(event.code)
-            # Pong frames need no answer.
+            kind = type(event)
+            if kind is str:
+                return {"type": "websocket.receive", "text": event}
+            if kind is bytes:
+                return {"type": "websocket.receive", "bytes": event}
+            if isinstance(event, Ping):
+                # Answered by another task: the reader never waits on the socket, and
+                # a flood of pings gets one pong, for the latest (RFC 6455 5.5.3).
+                self._answer(event.payload)
+            elif isinstance(event, Close):
+                if not self.closing:
+                    self.closing = True
+                    await self._send_bytes(close_frame(event.code, event.reason))
+                return self._disconnect(1005 if event.code is None else event.code)
         return self._disconnect(1006)
 
-    async def answer_pings(self) -> None:
+    def _answer(self, payload: bytes) -> None:
+        self._ping = payload
+        if self._ping_arrived is None:
+            # Most connections never ping: their pong task starts at the first ping.
+            assert self.nursery is not None
+            self._ping_arrived = trio.Event()
+            self.nursery.start_soon(self._answer_pings, self._ping_arrived)
+        self._ping_arrived.set()
+
+    async def _answer_pings(self, arrived: trio.Event) -> None:
         """Send a pong for the latest ping, whenever one has arrived."""
         while not self.gone:
-            await self._ping_arrived.wait()
-            self._ping_arrived = trio.Event()
+            await arrived.wait()
+            arrived = self._ping_arrived = trio.Event()
             payload, self._ping = self._ping, None
-            if payload is None or self.ws.state is not ConnectionState.OPEN:
+            if payload is None or self.closing:
                 continue
-            await self._send_bytes(self.ws.send(Pong(payload=payload)))
+            await self._send_bytes(pong_frame(payload))
 
     async def _fail(self, code: int, reason: str) -> None:
         """Close on the peer's protocol error (serve_stream lingers before closing)."""
@@ -473,54 +498,60 @@ class _WebSocketSession:
             self.gone = True
 
     async def _close(self, code: int, reason: str) -> None:
-        if self.ws.state is ConnectionState.OPEN:
-            try:
-                data = self.ws.send(CloseConnection(code=code, reason=reason))
-            except LocalProtocolError:
-                return
-            await self._send_bytes(data)
+        if self.accepted and not self.closing:
+            self.closing = True
+            await self._send_bytes(close_frame(code, reason))
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
         kind = message["type"]
         if self.wire.closed:
             return
-        try:
-            if kind == "drifttrio.websocket.send_frames":
-                await self._send_bytes(message["data"])
-            elif kind == "websocket.send":
-                text = message.get("text")
-                event = (
-                    TextMessage(data=text)
-                    if text is not None
-                    else BytesMessage(data=message["bytes"])
-                )
-                await self._send_bytes(self.ws.send(event))
-            elif kind == "websocket.accept":
-                self.accepted = True
-                await self._send_bytes(self.ws.send(AcceptConnection()))
-            elif kind == "websocket.close":
-                if not self.accepted:
-                    await self._reject(403, [], b"")
-                else:
-                    await self._close(int(message.get("code", 1000)), message.get("reason") or "")
-            elif kind == "websocket.http.response.start":
-                self._rejection = {
-                    "status": message["status"],
-                    "headers": message.get("headers", []),
-                }
-            elif kind == "websocket.http.response.body" and self._rejection is not None:
-                await self._reject(
-                    self._rejection["status"], self._rejection["headers"], message.get("body", b"")
-                )
-        except (LocalProtocolError, RemoteProtocolError):
-            self.gone = True
+        if kind == "drifttrio.websocket.send_frames":
+            await self._send_bytes(message["data"])
+        elif kind == "websocket.send":
+            if not self.accepted or self.closing:
+                self.gone = True  # not open: a misuse, as wsproto would refuse it
+                return
+            text = message.get("text")
+            if text is not None:
+                frame = websocket_frame(text.encode(), binary=False)
+            else:
+                frame = websocket_frame(message["bytes"], binary=True)
+            await self._send_bytes(frame)
+        elif kind == "websocket.close":
+            if not self.accepted:
+                await self._reject(403, [], b"")
+            else:
+                await self._close(int(message.get("code", 1000)), message.get("reason") or "")
+        elif kind == "websocket.accept":
+            ws, self.ws = self.ws, None
+            if ws is None:
+                self.gone = True
+                return
+            self.accepted = True
+            await self._send_bytes(ws.send(AcceptConnection()))
+        elif kind == "websocket.http.response.start":
+            self._rejection = {
+                "status": message["status"],
+                "headers": message.get("headers", []),
+            }
+        elif kind == "websocket.http.response.body" and self._rejection is not None:
+            await self._reject(
+                self._rejection["status"], self._rejection["headers"], message.get("body", b"")
+            )
 
     async def _reject(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        headers = [*headers, (b"content-length", str(len(body)).encode())]
-        data = self.ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
-        data += self.ws.send(RejectData(data=body, body_finished=True))
-        await self._send_bytes(data)
+        ws, self.ws = self.ws, None
         self.gone = True
+        if ws is None:
+            return
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        try:
+            data = ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+            data += ws.send(RejectData(data=body, body_finished=True))
+        except LocalProtocolError:
+            return
+        await self._send_bytes(data)
 
 
 async def serve_tcp(
