@@ -27,6 +27,7 @@ from drifttrio.protocol import (
     decode_client_message,
     decode_json_client_message,
 )
+from drifttrio.protocol.codec import _structure_with_cattrs, structure_client_message
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LIMITS = DecodeLimits(max_depth=8, max_key_bytes=16)
@@ -157,6 +158,17 @@ def test_cbor_shaped_messages(message: dict[Any, Any]) -> None:
     except UnicodeEncodeError:  # cbor2 cannot write lone surrogates (test_codec covers them)
         reject()
     check(data)
+
+
+@SETTINGS
+@given(st.one_of(messages(json_values(json_scalars)), messages(cbor_values())))
+def test_hand_structuring_returns_what_cattrs_returns(raw: dict[Any, Any]) -> None:
+    # Common messages skip cattrs; whatever they come out as, cattrs agrees.
+    try:
+        message = structure_client_message(raw, LIMITS)
+    except ProtocolError:
+        return  # refusals still come from the checks and cattrs alone
+    assert message == _structure_with_cattrs(raw["type"], raw)
 
 
 @SETTINGS

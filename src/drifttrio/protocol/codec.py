@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 
 import attrs
 import cattrs
@@ -23,7 +23,19 @@ import orjson
 from cattrs.strategies import configure_tagged_union
 
 from .._errors import ProtocolError
-from .messages import Action, ClientMessage, ServerMessage, Value
+from .messages import (
+    Action,
+    Append,
+    ClientMessage,
+    Compact,
+    Get,
+    Ping,
+    Push,
+    Relay,
+    Replace,
+    ServerMessage,
+    Value,
+)
 
 __all__ = [
     "CBOR",
@@ -328,13 +340,9 @@ def structure_client_message(raw: object, limits: DecodeLimits) -> ClientMessage
                 f"push: unknown action {action.get('type')!r} "
                 "(expected relay, replace, append or compact)"
             )
-    try:
-        message: ClientMessage = _CONVERTER.structure(raw, ClientMessage)  # type: ignore[arg-type]
-    except cattrs.BaseValidationError as exc:
-        detail = "; ".join(cattrs.transform_error(exc, path=str(kind)))
-        raise ProtocolError(f"invalid {kind} message: {detail}") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"invalid {kind} message: {exc}") from None
+    message = _structure_common(kind, raw)
+    if message is None:
+        message = _structure_with_cattrs(kind, raw)
     key = getattr(message, "key", None)
     if key is not None and (
         len(key) > limits.max_key_bytes
@@ -342,3 +350,53 @@ def structure_client_message(raw: object, limits: DecodeLimits) -> ClientMessage
     ):
         raise ProtocolError(f"key longer than {limits.max_key_bytes} bytes")
     return message
+
+
+def _structure_with_cattrs(kind: str, raw: dict[str, object]) -> ClientMessage:
+    try:
+        message: ClientMessage = _CONVERTER.structure(raw, ClientMessage)  # type: ignore[arg-type]
+    except cattrs.BaseValidationError as exc:
+        detail = "; ".join(cattrs.transform_error(exc, path=str(kind)))
+        raise ProtocolError(f"invalid {kind} message: {detail}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"invalid {kind} message: {exc}") from None
+    return message
+
+
+_SIMPLE_ACTIONS: Final[dict[object, Action]] = {
+    "relay": Relay(),
+    "replace": Replace(),
+    "append": Append(),
+}
+
+
+def _safe_int(value: object) -> TypeGuard[int]:
+    return type(value) is int and -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
+
+
+def _structure_common(kind: str, raw: dict[str, object]) -> ClientMessage | None:
+    """The usual, valid messages, structured by hand: what cattrs would return for
+    them, at a fraction of the cost (it was a tenth of the server's time). ``None``
+    for anything else, which cattrs structures, or refuses with its own error.
+
+    Called after :func:`structure_client_message`'s checks: ``value`` is checked
+    and an action's ``type`` is one of the four.
+    """
+    if kind == "push":
+        key = raw.get("key")
+        action = raw.get("action")
+        if type(key) is not str or type(action) is not dict:
+            return None
+        simple = _SIMPLE_ACTIONS.get(action["type"])
+        if simple is not None:
+            return Push(key, Value(raw["value"]), simple)
+        seq = action.get("seq")
+        return Push(key, Value(raw["value"]), Compact(seq)) if _safe_int(seq) else None
+    if kind == "get":
+        key = raw.get("key")
+        seq = raw.get("seq", 0)
+        if type(key) is not str or not (seq is None or _safe_int(seq)):
+            return None
+        return Get(key, seq)
+    nonce = raw.get("nonce")
+    return Ping(nonce) if nonce is None or _safe_int(nonce) else None
