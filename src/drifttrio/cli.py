@@ -14,6 +14,7 @@ import trio
 from . import __version__
 from ._errors import ConfigError
 from ._logging import LOG_FORMATS, configure_logging
+from .bench._cli import add_bench_parser, run_bench_command
 from .client._cli import add_check_parser, run_check_command
 from .runtime.config import Config
 from .server import serve
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _rooms_parser(commands)
     add_check_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 
@@ -164,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return run_check_command(args)
+    if args.command == "bench":
+        return run_bench_command(args)
     store = args.store or os.environ.get("DRIFTTRIO_STORE") or DEFAULT_STORE
     if args.command == "rooms":
         try:

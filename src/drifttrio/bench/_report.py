@@ -1,0 +1,158 @@
+"""The final table (and notes) for people, and the JSON document for machines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._model import BenchOptions, ScenarioResult
+
+__all__ = ["format_table", "to_json"]
+
+#: Above this share of a core the load generator, not the server, is likely the limit.
+SATURATED = 0.9
+
+
+def _setup(result: ScenarioResult) -> str:
+    p = result.params
+    if result.name == "fanout":
+        return f"1 pub, {p['subscribers']} subs, {p['in_flight']} in flight, {p['action']}"
+    if result.name == "writers":
+        return f"{p['writers']} writers, {p['in_flight']} in flight, {p['action']}"
+    if result.name == "rooms":
+        return (
+            f"{p['rooms']} rooms x (1 pub, {p['subscribers']} subs), "
+            f"{p['in_flight']} in flight, {p['action']}"
+        )
+    if result.name == "replay":
+        return f"get of {p['values']} values"
+    if result.name == "churn":
+        return f"{p['concurrency']} at once: connect, get, push, close"
+    return "1 connection, sequential"
+
+
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.2f}"
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB"):
+        if abs(n) < 1024 or unit == "MiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _row(result: ScenarioResult, with_server: bool) -> list[str]:
+    row = [
+        result.name,
+        _setup(result),
+        str(result.connections),
+        f"{result.rate:,.0f} {result.unit}",
+        _ms(result.latency.percentile(0.5)),
+        _ms(result.latency.percentile(0.99)),
+        str(result.lost),
+        str(result.reordered),
+        str(result.duplicated),
+        str(result.errors + len(result.closed)),
+        "-" if result.client_cpu is None else f"{result.client_cpu:.0%}",
+    ]
+    if with_server:
+        server = result.server
+        row += [
+            "-" if server is None else f"{server.cpu_share:.0%}",
+            "-" if server is None or server.cpu_per_1k is None else f"{server.cpu_per_1k:.4f}",
+            "-" if server is None else _bytes(server.rss_per_connection),
+        ]
+    row.append("ok" if result.ok else "FAIL")
+    return row
+
+
+def format_table(results: list[ScenarioResult], options: BenchOptions) -> str:
+    """The results as an aligned table, then what went wrong and what to make of it."""
+    with_server = options.pid is not None
+    header = [
+        "scenario",
+        "setup",
+        "conns",
+        "rate",
+        "p50 ms",
+        "p99 ms",
+        "lost",
+        "reord",
+        "dup",
+        "errors",
+        "gen CPU",
+    ]
+    if with_server:
+        header += ["srv CPU", "srv CPU s/1k msg", "srv RSS/conn"]
+    header.append("")
+    rows = [header] + [_row(r, with_server) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    left = {0, 1}
+    lines = [
+        f"drifttrio bench {options.url}: {options.seconds:g} s measured per scenario "
+        f"after {options.warmup:g} s of warm-up",
+        "",
+    ]
+    for row in rows:
+        cells = [
+            cell.ljust(widths[i]) if i in left else cell.rjust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    lines.append("")
+    lines.extend(_notes(results))
+    return "\n".join(lines)
+
+
+def _notes(results: list[ScenarioResult]) -> list[str]:
+    notes: list[str] = []
+    rate_limited = False
+    for r in results:
+        problems: list[str] = []
+        if r.lost or r.reordered or r.duplicated:
+            problems.append(
+                f"{r.lost} lost, {r.reordered} reordered, {r.duplicated} duplicated message(s)"
+            )
+        if r.errors:
+            problems.append(f"{r.errors} error message(s) from the server, first: {r.first_error}")
+        if r.closed:
+            shown = "; ".join(r.closed[:3]) + (
+                f"; and {len(r.closed) - 3} more" if len(r.closed) > 3 else ""
+            )
+            problems.append(f"{len(r.closed)} connection(s) closed: {shown}")
+        problems.extend(r.failures)
+        for problem in problems:
+            notes.append(f"FAIL {r.name}: {problem}")
+        text = f"{r.first_error} {' '.join(r.closed)}".lower()
+        rate_limited = rate_limited or "rate limit" in text or "4029" in text
+    if rate_limited:
+        notes.append(
+            "hint: the server rate-limits each connection; benchmark drifttrio with "
+            "DRIFTTRIO_RATE_LIMIT_PER_SECOND=0 (and DRIFTTRIO_NEW_ROOMS_PER_MINUTE=0)"
+        )
+    busy = [r.name for r in results if r.client_cpu is not None and r.client_cpu >= SATURATED]
+    if busy:
+        notes.append(
+            f"note: the load generator used a whole core in {', '.join(busy)}: those rates are "
+            "its limit, not necessarily the server's. Run it on a core of its own "
+            "(taskset -c 1 drifttrio bench ..., the server on another) or run several."
+        )
+    if all(r.ok for r in results):
+        notes.append(
+            "all scenarios ok: every receiver saw every seq once, in order; no error, no close"
+        )
+    return notes
+
+
+def to_json(results: list[ScenarioResult], options: BenchOptions) -> dict[str, Any]:
+    return {
+        "url": options.url,
+        "seconds": options.seconds,
+        "warmup": options.warmup,
+        "pid": options.pid,
+        "ok": all(r.ok for r in results),
+        "scenarios": [r.to_json() for r in results],
+    }
