@@ -8,7 +8,9 @@ cannot keep seqs, Redis unreachable.
 from __future__ import annotations
 
 import gc
+import json
 import secrets
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from _procs import child_env, drifttrio_command
 from _redis import RedisServer
 from drifttrio import CloseCode, Config, ConfigError, StorageError
 from drifttrio.protocol import Append, PushEvent
@@ -211,3 +214,47 @@ async def test_a_room_nobody_uses_on_a_node_is_unloaded_there_despite_traffic(
                 nursery.cancel_scope.cancel()
         assert room not in a.rooms
         assert loaded.closed
+
+
+def test_serve_explains_a_store_it_cannot_use_in_one_line(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis", "--appendonly", "no")
+    redis.start()
+    try:
+        for store, code, text in (
+            (redis.url, 2, f"Redis at 127.0.0.1:{redis.port} runs with appendonly 'no'"),
+            ("redis://127.0.0.1:1/0", 1, "cannot use Redis at 127.0.0.1:1"),
+        ):
+            done = subprocess.run(
+                [*drifttrio_command(), "serve", "--port", "0", "--store", store],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=child_env(),
+                cwd=tmp_path,
+            )
+            assert done.returncode == code
+            assert f"drifttrio: {text}" in done.stderr
+            assert "Traceback" not in done.stderr
+    finally:
+        redis.kill()
+
+
+async def test_rooms_admin_commands_work_on_redis(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = f"{redis_server.url}?prefix=t{secrets.token_hex(6)}"
+    async with open_hub(Config(), RedisStorage(url)) as hub:
+        room = await hub.create_room()
+        await hub.push(room, "k", "kept")
+    listed = await trio.run_process(
+        [*drifttrio_command(), "rooms", "--store", url, "list"],
+        capture_stdout=True,
+        env=child_env(),
+    )
+    assert [json.loads(line)["room"] for line in listed.stdout.splitlines()] == [room]
+    exported = await trio.run_process(
+        [*drifttrio_command(), "rooms", "--store", url, "export", room],
+        capture_stdout=True,
+        env=child_env(),
+    )
+    assert b'"kept"' in exported.stdout

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 import trio
 
 from . import __version__
-from ._errors import ConfigError
+from ._errors import ConfigError, StorageError
 from ._logging import LOG_FORMATS, configure_logging
 from .bench._cli import add_bench_parser, run_bench_command
 from .client._cli import add_check_parser, run_check_command
 from .runtime.config import Config
 from .server import serve
+from .storage import Storage
 
 __all__ = ["main"]
 
@@ -118,13 +119,26 @@ def _rooms_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 async def _rooms(args: argparse.Namespace, store: str) -> int:
     """Run one ``drifttrio rooms`` action against the store."""
+    from .storage import open_storage
+
+    storage = open_storage(store)
+    run = getattr(storage, "run", None)
+    if run is None:
+        return await _rooms_action(args, store, storage)
+    async with trio.open_nursery() as nursery:  # a networked store (Redis) connects here
+        await nursery.start(run)
+        try:
+            return await _rooms_action(args, store, storage)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _rooms_action(args: argparse.Namespace, store: str, storage: Storage) -> int:
     import orjson
 
     from . import admin
     from .runtime.hub import valid_room_id
-    from .storage import open_storage
 
-    storage = open_storage(store)
     try:
         if args.action == "list":
             for row in await admin.list_rooms(storage):
@@ -172,9 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "rooms":
         try:
             return trio.run(_rooms, args, store)
-        except (ConfigError, OSError) as exc:
-            print(f"drifttrio: {exc}", file=sys.stderr)
-            return 2 if isinstance(exc, ConfigError) else 1
+        except BaseException as exc:
+            return _startup_failure(exc)
     try:
         config = Config.from_env(
             store=store,
@@ -189,15 +202,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         configure_logging(config.log_format, args.log_level)
         trio.run(_serve_until_signal, config, args.host, args.port, args.transport)
-    except ConfigError as exc:
-        print(f"drifttrio: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except OSError as exc:
-        print(f"drifttrio: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        return _startup_failure(exc)
     return 0
+
+
+def _startup_failure(exc: BaseException) -> int:
+    """One line and an exit code for errors a user can fix (a bad setting, a store
+    that can't be reached, a port in use); anything else is a bug: re-raised."""
+    leaf = exc
+    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+        leaf = leaf.exceptions[0]
+    if isinstance(leaf, KeyboardInterrupt):
+        return 130
+    if isinstance(leaf, ConfigError | StorageError | OSError):
+        print(f"drifttrio: {leaf}", file=sys.stderr)
+        return 2 if isinstance(leaf, ConfigError) else 1
+    raise exc
 
 
 if __name__ == "__main__":
