@@ -19,6 +19,7 @@ from hypercorn.config import Config as HypercornConfig
 from drifttrio import Config, DriftApp, RunningServer, open_server
 from drifttrio.bench import (
     SCENARIOS,
+    BenchError,
     BenchOptions,
     LatencyHistogram,
     ScenarioResult,
@@ -171,6 +172,18 @@ async def test_the_rate_limit_of_a_default_server_is_reported(tmp_path: Path) ->
     table = format_table([result], options)
     assert "FAIL ping" in table
     assert "DRIFTTRIO_RATE_LIMIT_PER_SECOND=0" in table
+
+
+async def test_a_scenario_that_cannot_run_stops_the_bench_with_what_was_done() -> None:
+    config = Config(rate_limit_per_second=0, new_rooms_per_minute=0, max_connections_per_room=3)
+    async with open_server(config) as running:
+        options = small(running.url, "ping", "fanout", subscribers=3)  # 4 in the fanout room
+        with trio.fail_after(TIMEOUT), pytest.raises(BenchError) as raised:
+            await run_bench(options)
+    assert "WebSocket upgrade refused with HTTP 503" in str(raised.value)
+    assert raised.value.scenario == "fanout"
+    assert [r.name for r in raised.value.completed] == ["ping"]
+    assert raised.value.completed[0].ok
 
 
 # -- a server that loses messages -----------------------------------------------------

@@ -156,16 +156,23 @@ def run_bench_command(args: argparse.Namespace) -> int:
         pid=args.pid,
         progress=None if args.quiet else _progress,
     )
+    error: BenchError | None = None
     try:
         results = trio.run(run_bench, options)
     except BenchError as exc:
-        print(f"drifttrio bench: {exc}", file=sys.stderr)
-        return 2
+        error, results = exc, exc.completed
     except KeyboardInterrupt:
         return 130
-    if args.json:
-        print(orjson.dumps(to_json(results, options), option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(format_table(results, options))
+    if args.json and (results or error is None):
+        report = to_json(results, options)
+        if error is not None:
+            report.update(ok=False, error=str(error), stopped_in=error.scenario)
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    elif results:
+        print(format_table(results, options, complete=error is None))
     sys.stdout.flush()
+    if error is not None:
+        where = f"{error.scenario}: " if results else ""
+        print(f"drifttrio bench: {where}{error}", file=sys.stderr)
+        return 2
     return 0 if all(r.ok for r in results) else 1

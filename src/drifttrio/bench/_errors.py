@@ -12,13 +12,27 @@ are not raised: they are counted in the scenario's result (exit code 1).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._errors import DriftError
+
+if TYPE_CHECKING:
+    from ._model import ScenarioResult
 
 __all__ = ["BenchError", "ConnectionLost"]
 
 
 class BenchError(DriftError):
-    """The bench could not run; the message says why, in one line."""
+    """The bench could not run; the message says why, in one line.
+
+    Raised out of :func:`run_bench`, it carries the ``scenario`` it stopped in and
+    the results of the scenarios ``completed`` before.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.scenario: str | None = None
+        self.completed: list[ScenarioResult] = []
 
 
 class ConnectionLost(BenchError):

@@ -69,8 +69,13 @@ def _row(result: ScenarioResult, with_server: bool) -> list[str]:
     return row
 
 
-def format_table(results: list[ScenarioResult], options: BenchOptions) -> str:
-    """The results as an aligned table, then what went wrong and what to make of it."""
+def format_table(
+    results: list[ScenarioResult], options: BenchOptions, *, complete: bool = True
+) -> str:
+    """The results as an aligned table, then what went wrong and what to make of it.
+
+    ``complete=False``: the run stopped before its last scenario (said at the end).
+    """
     with_server = options.pid is not None
     header = [
         "scenario",
@@ -103,11 +108,11 @@ def format_table(results: list[ScenarioResult], options: BenchOptions) -> str:
         ]
         lines.append("  ".join(cells).rstrip())
     lines.append("")
-    lines.extend(_notes(results))
+    lines.extend(_notes(results, complete))
     return "\n".join(lines)
 
 
-def _notes(results: list[ScenarioResult]) -> list[str]:
+def _notes(results: list[ScenarioResult], complete: bool) -> list[str]:
     notes: list[str] = []
     rate_limited = False
     for r in results:
@@ -140,7 +145,9 @@ def _notes(results: list[ScenarioResult]) -> list[str]:
             "its limit, not necessarily the server's. Run it on a core of its own "
             "(taskset -c 1 drifttrio bench ..., the server on another) or run several."
         )
-    if all(r.ok for r in results):
+    if not complete:
+        notes.append("the bench stopped before its last scenario (the reason is on stderr)")
+    elif all(r.ok for r in results):
         notes.append(
             "all scenarios ok: every receiver saw every seq once, in order; no error, no close"
         )

@@ -31,7 +31,11 @@ async def run_bench(options: BenchOptions) -> list[ScenarioResult]:
         context = Context(options, http)
         for name in options.scenarios:
             result = ScenarioResult(name=name)
-            with single_errors():
-                await RUNNERS[name](context, result)
+            try:
+                with single_errors():
+                    await RUNNERS[name](context, result)
+            except BenchError as exc:
+                exc.scenario, exc.completed = name, results
+                raise
             results.append(result)
     return results
