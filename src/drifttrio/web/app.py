@@ -101,7 +101,14 @@ class DriftApp:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
-            await self._websocket(scope, receive, send)
+            # Admission is over before the member runs: one frame less per connection.
+            admitted = await self._admit(scope, receive, send)
+            if admitted is not None:
+                hub, room_id, ip = admitted  # counted in by _admit, no checkpoint since
+                try:
+                    await self._join(scope, receive, send, hub, room_id)
+                finally:
+                    self._connections.remove(ip, room_id)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -436,26 +443,28 @@ class DriftApp:
         else:
             await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _admit(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[Hub, str, str] | None:
+        """Check an upgrade (room, origin, token, connection limits); refuse it, or
+        count the connection in and return the hub, the room id and the client
+        address to join with (the caller counts it out)."""
         message = await receive()
         if message["type"] != "websocket.connect":
-            return
+            return None
         hub = self.hub
         if hub is None or not self._ready:
             await self._reject(send, scope, 503, "server is not ready")
-            return
+            return None
         match = _ROOM_PATH.fullmatch(self._path(scope))
         if match is None or match.group(2) != "/connect":
             await self._reject(send, scope, 404, "not found")
-            return
+            return None
         room_id = match.group(1)
-        origins = self.config.origins
-        if origins:
-            origin = dict(scope.get("headers") or ()).get(b"origin")
-            if origin is not None and origin.decode("latin-1").rstrip("/") not in origins:
-                hub.metrics.rejected["allowed_origins"].inc()
-                await self._reject(send, scope, 403, "origin not allowed")
-                return
+        if not self._origin_allowed(scope):
+            hub.metrics.rejected["allowed_origins"].inc()
+            await self._reject(send, scope, 403, "origin not allowed")
+            return None
         if self.config.room_token_secret:
             params = parse_query(scope.get("query_string", b""))
             try:
@@ -464,10 +473,10 @@ class DriftApp:
                 )
             except ProtocolError as exc:
                 await self._reject(send, scope, exc.status, exc.message)
-                return
+                return None
         if not await hub.room_exists(room_id):
             await self._reject(send, scope, 404, "room not found")
-            return
+            return None
         ip = _client_ip(scope)
         refusal = self._connections.refusal(ip, room_id)
         if refusal is not None:
@@ -480,12 +489,17 @@ class DriftApp:
             )
             hub.metrics.rejected[limit].inc()
             await self._reject(send, scope, 503, refusal)
-            return
+            return None
         self._connections.add(ip, room_id)
-        try:
-            await self._join(scope, receive, send, hub, room_id)
-        finally:
-            self._connections.remove(ip, room_id)
+        return hub, room_id, ip
+
+    def _origin_allowed(self, scope: Scope) -> bool:
+        """Whether the ``Origin`` header, if any, is allowed (``allowed_origins``)."""
+        origins = self.config.origins
+        if not origins:
+            return True
+        origin = dict(scope.get("headers") or ()).get(b"origin")
+        return origin is None or origin.decode("latin-1").rstrip("/") in origins
 
     async def _join(
         self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str

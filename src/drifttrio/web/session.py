@@ -75,8 +75,8 @@ class Session:
         try:
             await send({"type": "websocket.accept"})
             async with trio.open_nursery() as nursery:
+                # The writer also ends the session when the room kicks the member.
                 nursery.start_soon(self._writer, nursery.cancel_scope)
-                nursery.start_soon(_cancel_when_kicked, conn, nursery.cancel_scope)
                 close_code, reason = await self._reader()
                 peer_gone = close_code is None
                 if peer_gone:
@@ -187,6 +187,8 @@ class Session:
         try:
             while True:
                 frames = await conn.outbox.receive_batch()
+                if conn.close_code is not None:
+                    break  # kicked (the outbox was closed): close now, whatever is queued
                 conn.messages_out += len(frames)
                 if conn.framed:
                     # Complete frames, built once per broadcast: one write for the lot.
@@ -210,8 +212,3 @@ async def _send_frames(send: Send, frames: Iterable[Frame]) -> None:
             await send({"type": "websocket.send", "text": frame})
         elif isinstance(frame, bytes):
             await send({"type": "websocket.send", "bytes": frame})
-
-
-async def _cancel_when_kicked(conn: Connection, scope: trio.CancelScope) -> None:
-    await conn.kicked.wait()
-    scope.cancel()

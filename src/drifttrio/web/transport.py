@@ -26,8 +26,8 @@ sessions live in one place, and adds what a generic ASGI server cannot:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -73,6 +73,8 @@ class _Closed(Exception):
 class _Wire:
     """One stream with a send lock and a write deadline."""
 
+    __slots__ = ("_socket", "closed", "cut_short", "lock", "stream", "write_timeout")
+
     def __init__(self, stream: trio.abc.Stream, write_timeout: float) -> None:
         self.stream = stream
         self.write_timeout = write_timeout
@@ -80,6 +82,10 @@ class _Wire:
         self.closed = False
         #: We end the conversation while the peer may still be sending: linger.
         self.cut_short = False
+        #: A plain TCP socket on POSIX: read directly (see :meth:`receive`).
+        self._socket = (
+            stream.socket if isinstance(stream, trio.SocketStream) and os.name == "posix" else None
+        )
 
     async def send(self, data: bytes) -> None:
         if self.closed:
@@ -100,13 +106,40 @@ class _Wire:
                 raise _Closed from None
 
     async def receive(self) -> bytes:
+        """Bytes from the peer; ``b""`` once it is gone (or the stream was closed).
+
+        A TCP socket is read as ``SocketStream.receive_some`` would, minus five
+        frames: an idle connection waits in ``wait_readable`` directly, which keeps
+        about 2 KiB less alive per connection, and a busy one reads with fewer
+        calls. It checkpoints as trio's own socket calls do.
+        """
         if self.closed:
             return b""
-        try:
-            return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.closed = True
-            return b""
+        sock = self._socket
+        if sock is None:
+            try:
+                return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.closed = True
+                return b""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                # fileno() is -1 once another task closed the stream: EBADF below.
+                data = os.read(sock.fileno(), _RECEIVE_SIZE)
+            except BlockingIOError:
+                data = None  # wait outside the except block: no exception kept alive
+            except OSError:
+                self.closed = True
+                return b""
+            if data is not None:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data  # b"": the peer finished sending
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                self.closed = True
+                return b""
 
     async def abort(self) -> None:
         self.closed = True
@@ -142,8 +175,14 @@ async def serve_stream(
     server: tuple[str, int] | None = None,
     scheme: str = "http",
     root_path: str = "",
+    nursery: trio.Nursery | None = None,
 ) -> None:
-    """Serve HTTP/1.1 requests and WebSocket upgrades on one connection."""
+    """Serve HTTP/1.1 requests and WebSocket upgrades on one connection.
+
+    A WebSocket's pong task (started at its first ping, ended with the connection)
+    runs in ``nursery``, by default one of this call's own. :func:`serve_tcp`
+    passes its handler nursery: an idle connection then costs no nursery.
+    """
     wire = _Wire(stream, config.write_timeout)
     base = {
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -158,7 +197,17 @@ async def serve_stream(
             # The HTTP state (h11, the request) is gone by now: an idle WebSocket
             # keeps only its scope and session.
             scope, session = upgraded
-            await _serve_websocket(app, scope, session)
+            if nursery is None:
+                async with trio.open_nursery() as own:
+                    session.nursery = own
+                    await app(scope, session.receive, session.send)
+                    own.cancel_scope.cancel()
+            else:
+                session.nursery = nursery
+                try:
+                    await app(scope, session.receive, session.send)
+                finally:
+                    session.end()
     except _Closed:
         pass
     finally:
@@ -307,7 +356,7 @@ async def _http(
         "path": path,
         "raw_path": raw_path,
         "query_string": query,
-        "headers": [(name.lower(), value) for name, value in request.headers],
+        "headers": list(request.headers),  # h11 lower-cases the names
     }
     body_done = False
     response_started = False
@@ -376,20 +425,13 @@ def _upgrade(
         "path": path,
         "raw_path": raw_path,
         "query_string": query,
-        "headers": [(name.lower(), value) for name, value in request.headers],
+        "headers": list(request.headers),  # h11 lower-cases the names
         "subprotocols": list(upgrade.subprotocols),
         "extensions": {"websocket.http.response": {}, FRAMES_EXTENSION: {}},
     }
     # Frames a client sent right behind its request are read once it is accepted.
     leftover = bytes(conn.trailing_data[0])
     return scope, _WebSocketSession(ws, wire, config, leftover)
-
-
-async def _serve_websocket(app: App, scope: dict[str, Any], session: _WebSocketSession) -> None:
-    async with trio.open_nursery() as nursery:
-        session.nursery = nursery
-        await app(scope, session.receive, session.send)
-        nursery.cancel_scope.cancel()
 
 
 class _WebSocketSession:
@@ -421,7 +463,7 @@ class _WebSocketSession:
         #: We sent a close frame: no more messages or pongs go out.
         self.closing = False
         self.gone = False
-        #: Where the pong task runs, started at the first ping.
+        #: Where the pong task runs, started at the first ping (set by serve_stream).
         self.nursery: trio.Nursery | None = None
         self._rejection: dict[str, Any] | None = None
         self._ping: bytes | None = None  # the latest unanswered ping's payload
@@ -472,14 +514,24 @@ class _WebSocketSession:
         self._ping_arrived.set()
 
     async def _answer_pings(self, arrived: trio.Event) -> None:
-        """Send a pong for the latest ping, whenever one has arrived."""
-        while not self.gone:
-            await arrived.wait()
-            arrived = self._ping_arrived = trio.Event()
-            payload, self._ping = self._ping, None
-            if payload is None or self.closing:
-                continue
-            await self._send_bytes(pong_frame(payload))
+        """Send a pong for the latest ping, whenever one has arrived, until the
+        connection ends (:meth:`end`)."""
+        try:
+            while not self.gone:
+                await arrived.wait()
+                arrived = self._ping_arrived = trio.Event()
+                payload, self._ping = self._ping, None
+                if payload is None or self.closing or self.gone:
+                    continue
+                await self._send_bytes(pong_frame(payload))
+        except Exception:  # it may run in the listener's nursery: never take it down
+            log.exception("pong task failed")
+
+    def end(self) -> None:
+        """The connection is over: the pong task, if any, ends too."""
+        self.gone = True
+        if self._ping_arrived is not None:
+            self._ping_arrived.set()
 
     async def _fail(self, code: int, reason: str) -> None:
         """Close on the peer's protocol error (serve_stream lingers before closing)."""
@@ -573,29 +625,22 @@ async def serve_tcp(
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            peer = stream.socket.getpeername()
-        except OSError:
-            return
-        await serve_stream(
-            app,
-            config,
-            stream,
-            client=(peer[0], peer[1]),
-            server=(sockname[0], sockname[1]),
-        )
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:
+                return
+            await serve_stream(
+                app,
+                config,
+                stream,
+                client=(peer[0], peer[1]),
+                server=(sockname[0], sockname[1]),
+                nursery=connections,
+            )
+        except Exception:  # one connection's failure never takes the listener down
+            log.exception("connection handler failed")
 
     async with trio.open_nursery() as nursery:
+        connections = handler_nursery or nursery
         task_status.started((sockname[0], sockname[1]))
-        await trio.serve_listeners(
-            partial(_guarded, handle), listeners, handler_nursery=handler_nursery or nursery
-        )
-
-
-async def _guarded(
-    handle: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream
-) -> None:
-    """One connection's failure never takes the listener down."""
-    try:
-        await handle(stream)
-    except Exception:
-        log.exception("connection handler failed")
+        await trio.serve_listeners(handle, listeners, handler_nursery=connections)
