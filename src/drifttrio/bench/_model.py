@@ -80,6 +80,19 @@ class ServerUsage:
     #: divided by the scenario's connections.
     rss_per_connection: float | None
 
+    def to_json(self) -> dict[str, Any]:
+        def rounded(value: float | None, digits: int) -> float | None:
+            return None if value is None else round(value, digits)
+
+        return {
+            "cpu_seconds": round(self.cpu_seconds, 3),
+            "cpu_per_1k": rounded(self.cpu_per_1k, 6),
+            "cpu_share": round(self.cpu_share, 3),
+            "rss_before": self.rss_before,
+            "rss_after": self.rss_after,
+            "rss_per_connection": rounded(self.rss_per_connection, 0),
+        }
+
 
 @attrs.define(kw_only=True)
 class ScenarioResult:
@@ -167,5 +180,5 @@ class ScenarioResult:
             "closed": self.closed,
             "failures": self.failures,
             "client_cpu": None if self.client_cpu is None else round(self.client_cpu, 3),
-            "server": None if self.server is None else attrs.asdict(self.server),
+            "server": None if self.server is None else self.server.to_json(),
         }
