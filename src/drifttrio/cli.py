@@ -177,6 +177,17 @@ async def _rooms_action(args: argparse.Namespace, store: str, storage: Storage) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Output piped into a reader that stopped (``| head``): not an error.
+        # Point stdout at devnull so the interpreter's final flush doesn't fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return run_check_command(args)
@@ -215,6 +226,8 @@ def _startup_failure(exc: BaseException) -> int:
         leaf = leaf.exceptions[0]
     if isinstance(leaf, KeyboardInterrupt):
         return 130
+    if isinstance(leaf, BrokenPipeError):
+        raise leaf  # main() handles it: the reader of our output went away
     if isinstance(leaf, ConfigError | StorageError | OSError):
         print(f"drifttrio: {leaf}", file=sys.stderr)
         return 2 if isinstance(leaf, ConfigError) else 1
