@@ -29,6 +29,7 @@ from drifttrio.protocol import (
     Relay,
     Replace,
     SeqValue,
+    ServerMessage,
     StreamSize,
     decode_client_message,
     decode_json_client_message,
@@ -517,6 +518,22 @@ def decode_or_error(data: str | bytes) -> object:
         return decode_client_message(data)
     except ProtocolError as exc:
         return exc
+
+
+SERVER_MESSAGES = st.one_of(
+    st.builds(PushEvent, KEYS, json_values(JSON_SCALARS | st.binary(max_size=10)), SAFE_INTS),
+    st.builds(Pong, st.none() | SAFE_INTS),
+    st.builds(StreamSize, KEYS, SAFE_INTS),
+    st.builds(Error, st.text()),
+)
+
+
+@given(message=SERVER_MESSAGES)
+def test_messages_unstructured_by_hand_encode_as_cattrs_would(message: Any) -> None:
+    for codec in (JSON, CBOR):
+        by_cattrs = codec.converter.unstructure(message, ServerMessage)
+        assert list(codec.unstructure(message).items()) == list(by_cattrs.items())
+        assert codec.encode(message) == codec._dump(by_cattrs)
 
 
 @settings(max_examples=150, deadline=None)
