@@ -70,6 +70,21 @@ class _Closed(Exception):
     """The peer is gone or was cut off."""
 
 
+def _write_now(sock: trio.socket.SocketType, data: bytes | memoryview) -> memoryview:
+    """Write what the socket takes without waiting; return what is left."""
+    view = memoryview(data)
+    while view:
+        try:
+            # fileno() is -1 once another task closed the stream: EBADF below.
+            sent = os.write(sock.fileno(), view)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from None
+        view = view[sent:]
+    return view
+
+
 class _Wire:
     """One stream with a send lock and a write deadline."""
 
@@ -82,7 +97,7 @@ class _Wire:
         self.closed = False
         #: We end the conversation while the peer may still be sending: linger.
         self.cut_short = False
-        #: A plain TCP socket on POSIX: read directly (see :meth:`receive`).
+        #: A plain TCP socket on POSIX: read and written directly (see :meth:`receive`).
         self._socket = (
             stream.socket if isinstance(stream, trio.SocketStream) and os.name == "posix" else None
         )
@@ -90,20 +105,46 @@ class _Wire:
     async def send(self, data: bytes) -> None:
         if self.closed:
             raise _Closed
-        async with self.lock:
-            try:
-                # A write interrupted half-way would corrupt the framing, so writes
-                # are never cancelled from outside: each one ends by itself, within
-                # write_timeout, or the connection is cut off.
-                with trio.CancelScope(shield=True), trio.fail_after(self.write_timeout):
-                    await self.stream.send_all(data)
-            except trio.TooSlowError:
+        lock = self.lock
+        try:
+            lock.acquire_nowait()  # the usual case: nobody else is writing
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            rest: bytes | memoryview = data
+            if self._socket is not None:
+                # The usual case: the socket takes it all at once, with no waiting,
+                # so there is nothing to cancel and no deadline to set.
+                rest = _write_now(self._socket, data)
+                if not rest:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return
+            # A write interrupted half-way would corrupt the framing, so writes are
+            # never cancelled from outside: each one ends by itself, within
+            # write_timeout, or the connection is cut off.
+            deadline = trio.current_time() + self.write_timeout
+            with trio.CancelScope(shield=True, deadline=deadline) as scope:
+                if self._socket is not None:
+                    await self._write_socket(self._socket, rest)
+                else:
+                    await self.stream.send_all(rest)
+            if scope.cancelled_caught:
                 log.debug("write deadline passed: cutting the connection off")
                 await self.abort()
-                raise _Closed from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.closed = True
-                raise _Closed from None
+                raise _Closed
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = True
+            raise _Closed from None
+        finally:
+            lock.release()
+
+    async def _write_socket(self, sock: trio.socket.SocketType, data: bytes | memoryview) -> None:
+        """``SocketStream.send_all`` for a TCP socket, with fewer calls (the lock
+        above already keeps writes from interleaving). A checkpoint."""
+        while data:
+            await trio.lowlevel.wait_writable(sock)
+            data = _write_now(sock, data)
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive(self) -> bytes:
         """Bytes from the peer; ``b""`` once it is gone (or the stream was closed).
