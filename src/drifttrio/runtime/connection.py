@@ -151,6 +151,9 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self._kicked: trio.Event | None = None
+        #: Cancelled by :meth:`kick`: the session running this member sets it, so a
+        #: kicked member stops at once, with no task waiting for the kick.
+        self.kick_scope: trio.CancelScope | None = None
         self.dropped = 0
         self.metrics = metrics
         #: ``drifttrio``, ``asgi`` or ``in_process`` (a metrics label).
@@ -171,7 +174,7 @@ class Connection:
     @property
     def kicked(self) -> trio.Event:
         """Set when the room decided to close this connection (made when asked for:
-        the session's writer checks :attr:`close_code` instead)."""
+        sessions use :attr:`kick_scope` instead)."""
         if self._kicked is None:
             self._kicked = trio.Event()
             if self.close_code is not None:
@@ -214,6 +217,8 @@ class Connection:
         self.close_code = code
         self.close_reason = reason
         self.outbox.close()
+        if self.kick_scope is not None:
+            self.kick_scope.cancel()
         if self._kicked is not None:
             self._kicked.set()
 

@@ -75,7 +75,10 @@ class Session:
         try:
             await send({"type": "websocket.accept"})
             async with trio.open_nursery() as nursery:
-                # The writer also ends the session when the room kicks the member.
+                # A kick (slow client, shutdown) cancels reader and writer at once.
+                conn.kick_scope = nursery.cancel_scope
+                if conn.close_code is not None:
+                    nursery.cancel_scope.cancel()  # kicked before the session started
                 nursery.start_soon(self._writer, nursery.cancel_scope)
                 close_code, reason = await self._reader()
                 peer_gone = close_code is None
@@ -188,7 +191,7 @@ class Session:
             while True:
                 frames = await conn.outbox.receive_batch()
                 if conn.close_code is not None:
-                    break  # kicked (the outbox was closed): close now, whatever is queued
+                    break  # kicked: close now, whatever is queued
                 conn.messages_out += len(frames)
                 if conn.framed:
                     # Complete frames, built once per broadcast: one write for the lot.
