@@ -258,3 +258,71 @@ async def test_rooms_admin_commands_work_on_redis(
         env=child_env(),
     )
     assert b'"kept"' in exported.stdout
+
+
+class ReplyDropper:
+    """A TCP proxy to Redis that, once armed, forwards the next ``EVALSHA`` and cuts
+    that connection instead of forwarding its reply (the script ran; the answer
+    was lost)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.armed = False
+        self.dropped = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        doomed = False
+        async with client, upstream, trio.open_nursery() as nursery:
+
+            async def requests() -> None:
+                nonlocal doomed
+                async for data in client:
+                    if self.armed and b"EVALSHA" in data.upper():
+                        self.armed = False
+                        doomed = True
+                    await upstream.send_all(data)
+                nursery.cancel_scope.cancel()
+
+            async def replies() -> None:
+                async for data in upstream:
+                    if doomed:
+                        self.dropped.set()
+                        nursery.cancel_scope.cancel()
+                        return
+                    await client.send_all(data)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(requests)
+            nursery.start_soon(replies)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_a_push_whose_answer_was_lost_is_not_applied_twice(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"t{secrets.token_hex(6)}"
+    async with trio.open_nursery() as nursery:
+        proxy = ReplyDropper(redis_server.port)
+        await nursery.start(proxy.run)
+        url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
+        async with open_hub(Config(), RedisStorage(url)) as hub:
+            room = await hub.create_room()
+            await hub.push(room, "k", "warm-up")
+            proxy.armed = True
+            with pytest.raises(StorageError):
+                await hub.push(room, "k", "answer lost")
+            assert proxy.dropped.is_set()
+        nursery.cancel_scope.cancel()
+    meta = RedisStorage(f"{redis_server.url}?prefix={prefix}")._meta(room)
+    # Applied once (the script ran), not retried: events 1 and 2, seq 2.
+    assert redis_server.cli("hget", meta, "ev").strip() == "2"
+    assert redis_server.cli("hget", meta, "seq").strip() == "2"
+    gc.collect()

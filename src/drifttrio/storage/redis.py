@@ -174,6 +174,7 @@ class RedisStorage:
     ) -> None:
         try:
             import coredis
+            import coredis.retry
         except ImportError:  # pragma: no cover - depends on the installed extras
             raise ConfigError(
                 "the Redis store needs the redis extra: pip install 'drifttrio[redis]'"
@@ -196,6 +197,9 @@ class RedisStorage:
             "decode_responses": False,
             "connect_timeout": 2.0,
             "stream_timeout": 10.0,
+            # No automatic retries: a push script whose answer was lost may have run,
+            # and running it again would apply the push twice (a second seq).
+            "retry_policy": coredis.retry.NoRetryPolicy(),
         }
         nodes = []
         for hostport in (parts.netloc.rsplit("@", 1)[-1] or "127.0.0.1:6379").split(","):
