@@ -119,3 +119,29 @@ async def test_one_frame_larger_than_the_byte_bound_fits_an_empty_outbox() -> No
         outbox.send_nowait("y")  # bounded by bytes
     assert await outbox.receive_batch() == ["x" * 100]
     outbox.send_nowait("y")
+
+
+async def test_wait_taken_returns_once_the_receiver_takes_a_batch() -> None:
+    outbox = Outbox(max_messages=8, max_bytes=1024)
+    await outbox.wait_taken()  # nothing queued: at once
+    outbox.send_nowait("a")
+    taken: list[object] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait() -> None:
+            await outbox.wait_taken()
+            taken.append(len(outbox))
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == []
+        outbox.send_nowait("b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == []  # more frames do not wake it, a receiver does
+        assert await outbox.receive_batch() == ["a", "b"]
+    assert taken == [0]
+    outbox.send_nowait("c")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.wait_taken)
+        await trio.testing.wait_all_tasks_blocked()
+        outbox.close()  # closing wakes it too

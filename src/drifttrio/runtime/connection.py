@@ -43,7 +43,15 @@ class Outbox:
     bytes instead of 2 KiB.
     """
 
-    __slots__ = ("_closed", "_frames", "_max_bytes", "_max_messages", "_waiter", "queued_bytes")
+    __slots__ = (
+        "_closed",
+        "_frames",
+        "_max_bytes",
+        "_max_messages",
+        "_taken_waiter",
+        "_waiter",
+        "queued_bytes",
+    )
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self._frames: list[Frame] = []
@@ -52,6 +60,7 @@ class Outbox:
         self.queued_bytes = 0
         self._closed = False
         self._waiter: trio.lowlevel.Task | None = None
+        self._taken_waiter: trio.lowlevel.Task | None = None
 
     def send_nowait(self, frame: Frame) -> None:
         """Queue a frame; raise :class:`trio.WouldBlock` when full, and
@@ -92,6 +101,7 @@ class Outbox:
             if not self._frames:
                 raise trio.EndOfChannel  # woken by close()
         frames = self._frames
+        self._wake_taken()
         if len(frames) <= max_frames:
             self._frames = []
             self.queued_bytes = 0
@@ -101,15 +111,36 @@ class Outbox:
         self.queued_bytes -= sum(map(_size, batch))
         return batch
 
+    async def wait_taken(self) -> None:
+        """Wait until the receiver takes a batch, if frames are queued (at once
+        otherwise, or once closed; no checkpoint then)."""
+        if not self._frames or self._closed:
+            return
+        if self._taken_waiter is not None:
+            raise trio.BusyResourceError("another task is waiting on this outbox")
+        self._taken_waiter = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._taken_waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
     def close(self) -> None:
         """No more frames: the receiver takes what is queued, then gets EndOfChannel."""
         self._closed = True
         self._wake()
+        self._wake_taken()
 
     def _wake(self) -> None:
         if self._waiter is not None:
             trio.lowlevel.reschedule(self._waiter)
             self._waiter = None
+
+    def _wake_taken(self) -> None:
+        if self._taken_waiter is not None:
+            trio.lowlevel.reschedule(self._taken_waiter)
+            self._taken_waiter = None
 
     def __len__(self) -> int:
         return len(self._frames)
