@@ -225,28 +225,28 @@ async def serve_stream(
     passes its handler nursery: an idle connection then costs no nursery.
     """
     wire = _Wire(stream, config.write_timeout)
-    base = {
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "client": client,
-        "server": server,
-        "root_path": root_path,
-    }
     try:
-        upgraded = await _serve_http(app, config, wire, base, scheme)
-        if upgraded is not None:
-            # The HTTP state (h11, the request) is gone by now: an idle WebSocket
-            # keeps only its scope and session.
-            scope, session = upgraded
+        # Only the scope is kept of the base, and nothing of the HTTP state (h11,
+        # the request) once upgraded: an idle WebSocket keeps its scope and session.
+        base = {
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "client": client,
+            "server": server,
+            "root_path": root_path,
+        }
+        session = await _serve_http(app, config, wire, base, scheme)
+        del base
+        if session is not None:
             if nursery is None:
                 async with trio.open_nursery() as own:
                     session.nursery = own
-                    await app(scope, session.receive, session.send)
+                    await app(session.scope, session.receive, session.send)
                     own.cancel_scope.cancel()
             else:
                 session.nursery = nursery
                 try:
-                    await app(scope, session.receive, session.send)
+                    await app(session.scope, session.receive, session.send)
                 finally:
                     session.end()
     except _Closed:
@@ -259,9 +259,9 @@ async def serve_stream(
 
 async def _serve_http(
     app: App, config: Config, wire: _Wire, base: dict[str, Any], scheme: str
-) -> tuple[dict[str, Any], _WebSocketSession] | None:
+) -> _WebSocketSession | None:
     """Serve requests until the connection ends (``None``) or is upgraded: then
-    return the WebSocket's scope and session, handshake not yet answered."""
+    return the WebSocket's session (with its scope), handshake not yet answered."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
     try:
         while True:
@@ -453,8 +453,8 @@ def _upgrade(
     wire: _Wire,
     request: h11.Request,
     base: dict[str, Any],
-) -> tuple[dict[str, Any], _WebSocketSession]:
-    """The scope and session of a WebSocket upgrade (wsproto checks the request)."""
+) -> _WebSocketSession:
+    """The session of a WebSocket upgrade, with its scope (wsproto checks the request)."""
     ws = WSConnection(ConnectionType.SERVER)
     ws.initiate_upgrade_connection(list(request.headers), request.target)
     upgrade = next(iter(ws.events()))
@@ -472,7 +472,7 @@ def _upgrade(
     }
     # Frames a client sent right behind its request are read once it is accepted.
     leftover = bytes(conn.trailing_data[0])
-    return scope, _WebSocketSession(ws, wire, config, leftover)
+    return _WebSocketSession(scope, ws, wire, config, leftover)
 
 
 class _WebSocketSession:
@@ -489,11 +489,20 @@ class _WebSocketSession:
         "gone",
         "nursery",
         "reader",
+        "scope",
         "wire",
         "ws",
     )
 
-    def __init__(self, ws: WSConnection, wire: _Wire, config: Config, leftover: bytes) -> None:
+    def __init__(
+        self,
+        scope: dict[str, Any],
+        ws: WSConnection,
+        wire: _Wire,
+        config: Config,
+        leftover: bytes,
+    ) -> None:
+        self.scope = scope
         #: The handshake, until it is answered (accepted or rejected).
         self.ws: WSConnection | None = ws
         self.wire = wire
