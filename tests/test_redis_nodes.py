@@ -28,9 +28,12 @@ NODE_ENV = {"DRIFTTRIO_RATE_LIMIT_PER_SECOND": "0", "DRIFTTRIO_MAX_CONNECTIONS_P
 
 
 @asynccontextmanager
-async def nodes(store: str, tmp_path: Path, count: int) -> AsyncIterator[list[str]]:
-    """``count`` drifttrio node processes on one store; yields their base URLs."""
-    children: list[ChildProcess] = []
+async def nodes(
+    store: str, tmp_path: Path, count: int, children: list[ChildProcess] | None = None
+) -> AsyncIterator[list[str]]:
+    """``count`` drifttrio node processes on one store; yields their base URLs (and
+    appends the processes to ``children``, to wait for their log lines)."""
+    children = [] if children is None else children
     async with trio.open_nursery() as nursery:
         try:
             urls = []
@@ -213,6 +216,10 @@ class AckingWriter:
         self.failures = 0
         self.failed = trio.Event()
         self.progress = trio.Event()
+        #: After a failure the writer waits for this before trying again (the test
+        #: sets it once Redis and the nodes' event feeds are back).
+        self.may_retry = trio.Event()
+        self.may_retry.set()
         self.stop = False
 
     async def run(self) -> None:
@@ -237,15 +244,14 @@ class AckingWriter:
                             self.progress.set()
                             self.progress = trio.Event()
                         else:
-                            self._fail()
+                            await self._fail()
             except (ConnectionClosed, OSError, trio_websocket_errors()):
-                self._fail()
-                # Reconnect pacing (the server answers 503 until Redis is back).
-                await trio.sleep(0.05)
+                await self._fail()
 
-    def _fail(self) -> None:
+    async def _fail(self) -> None:
         self.failures += 1
         self.failed.set()
+        await self.may_retry.wait()
 
     async def _wait_echo(self, ws: WebSocketConnection, value: Any) -> bool:
         while True:
@@ -276,7 +282,8 @@ async def test_redis_killed_and_restarted_mid_load(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis")
     redis.start()
     try:
-        async with nodes(redis.url, tmp_path, 2) as urls:
+        children: list[ChildProcess] = []
+        async with nodes(redis.url, tmp_path, 2, children) as urls:
             room = await new_room(urls[0])
             writers = [AckingWriter(f"node{i}", ws_url(url, room)) for i, url in enumerate(urls)]
             with trio.fail_after(TIMEOUT):
@@ -285,10 +292,16 @@ async def test_redis_killed_and_restarted_mid_load(tmp_path: Path) -> None:
                         nursery.start_soon(writer.run)
                     for writer in writers:
                         await writer.wait_acks(30)
+                    for writer in writers:
+                        writer.may_retry = trio.Event()
                     redis.kill()
                     for writer in writers:
                         await writer.failed.wait()  # pushes fail: error, or 1013 close
                     redis.start()  # same port, same append-only file
+                    for child in children:
+                        await child.wait_for_line("Redis event feed reconnected")
+                    for writer in writers:
+                        writer.may_retry.set()
                     for writer in writers:
                         await writer.wait_acks(30)  # clients recover
                     for writer in writers:
@@ -427,8 +440,9 @@ async def test_a_node_cut_off_from_redis(redis_server: RedisServer, tmp_path: Pa
         await nursery.start(proxy.run)
         cut_store = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
         direct_store = f"{redis_server.url}?prefix={prefix}"
+        cut_child: list[ChildProcess] = []
         async with (
-            nodes(cut_store, tmp_path, 1) as (cut_node,),
+            nodes(cut_store, tmp_path, 1, cut_child) as (cut_node,),
             nodes(direct_store, tmp_path, 1) as (direct_node,),
         ):
             room = await new_room(direct_node)
@@ -444,13 +458,8 @@ async def test_a_node_cut_off_from_redis(redis_server: RedisServer, tmp_path: Pa
                 assert [seq for seq, _ in on_direct.seen] == list(range(1, 41))
                 assert on_cut.seen == on_direct.seen[: len(on_cut.seen)]
                 proxy.restore()
-                # The cut-off node serves the room again (once its feed reconnects).
-                while True:
-                    try:
-                        stream = await replay(ws_url(cut_node, room))
-                        break
-                    except (ConnectionClosed, trio_websocket_errors()):
-                        await trio.sleep(0.05)  # reconnect pacing: 503 until its feed is back
-                assert stream == on_direct.seen
+                # The cut-off node serves the room again once its feed reconnects.
+                await cut_child[0].wait_for_line("Redis event feed reconnected")
+                assert await replay(ws_url(cut_node, room)) == on_direct.seen
         nursery.cancel_scope.cancel()
     gc.collect()

@@ -305,18 +305,13 @@ class RedisStorage:
 
     async def _feed(self, task_status: trio.TaskStatus[None]) -> None:
         """One pub/sub connection for all followed rooms; re-opened when it breaks."""
-        started = False
+        started = broken = False
         delay = 0.05
+        open_pubsub = self.client.sharded_pubsub if self.cluster else self.client.pubsub
         while True:
             try:
-                pubsub = (
-                    self.client.sharded_pubsub(
-                        retry_policy=None, ignore_subscribe_messages=True, max_idle_seconds=5
-                    )
-                    if self.cluster
-                    else self.client.pubsub(
-                        retry_policy=None, ignore_subscribe_messages=True, max_idle_seconds=5
-                    )
+                pubsub = open_pubsub(
+                    retry_policy=None, ignore_subscribe_messages=True, max_idle_seconds=5
                 )
                 async with pubsub:
                     self._pubsub = pubsub
@@ -324,6 +319,9 @@ class RedisStorage:
                     if not started:
                         started = True
                         task_status.started()
+                    if broken:
+                        broken = False
+                        log.warning("Redis event feed reconnected")
                     while True:
                         # (Not ``async for``: that ends while nothing is subscribed.)
                         message = await pubsub.get_message()
@@ -335,6 +333,7 @@ class RedisStorage:
             except Exception as exc:
                 if not started:
                     raise
+                broken = True
                 log.warning("Redis event feed broke (%r); reconnecting", exc)
             finally:
                 self._pubsub = None
