@@ -71,17 +71,22 @@ class LostMessages:
         self._followers[self._channel] = self._callback
 
 
+async def miss_event_2(a: Hub, b: Hub, room: str, events: AsyncIterator[object]) -> None:
+    """b pushes 1 (a's member sees it) and 2, which a never gets from the feed."""
+    await b.push(room, "k", 1)
+    assert await receive_pushes(events, 1) == [(1, 1)]
+    lost = LostMessages(a, room)
+    await b.push(room, "k", 2)
+    await lost.close()
+
+
 async def test_a_node_that_missed_events_reads_them_back_from_the_log(
     redis_server: RedisServer,
 ) -> None:
     async with two_nodes(redis_server) as (a, b):
         room = await a.create_room()
         async with a.subscribe(room) as events:
-            await b.push(room, "k", 1)
-            assert await receive_pushes(events, 1) == [(1, 1)]
-            lost = LostMessages(a, room)
-            await b.push(room, "k", 2)  # published, but a never gets it
-            await lost.close()
+            await miss_event_2(a, b, room, events)
             await b.push(room, "k", 3)
             # a sees event 3, notices the jump, fills 2 in from the log first.
             assert await receive_pushes(events, 2) == [(2, 2), (3, 3)]
@@ -95,11 +100,7 @@ async def test_a_node_that_missed_trimmed_events_closes_its_members_with_1013(
     async with two_nodes(redis_server) as (a, b):
         room = await a.create_room()
         async with a.subscribe(room) as events:
-            await b.push(room, "k", 1)
-            assert await receive_pushes(events, 1) == [(1, 1)]
-            lost = LostMessages(a, room)
-            await b.push(room, "k", 2)
-            await lost.close()
+            await miss_event_2(a, b, room, events)
             storage = b.storage
             assert isinstance(storage, RedisStorage)
             redis_server.cli("xtrim", storage._keys(room)[2], "maxlen", "0")
