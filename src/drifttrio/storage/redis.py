@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -365,22 +365,20 @@ class RedisStorage:
         return (self._meta(room_id) + ":ev").encode()
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if not self._running:
-            raise StorageError("the Redis storage is not running (start RedisStorage.run)")
-        import coredis.exceptions
-
-        try:
-            return await self._scripts[name](keys, args)
-        except coredis.exceptions.RedisError as exc:
-            raise StorageError(f"Redis: {exc}") from exc
+        """Run one of the scripts (Redis errors become :class:`StorageError`)."""
+        return await self._request(lambda: self._scripts[name](keys, args))
 
     async def _command(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run one client command (Redis errors become :class:`StorageError`)."""
+        return await self._request(lambda: getattr(self.client, method)(*args, **kwargs))
+
+    async def _request(self, make: Callable[[], Awaitable[Any]]) -> Any:
         if not self._running:
             raise StorageError("the Redis storage is not running (start RedisStorage.run)")
         import coredis.exceptions
 
         try:
-            return await getattr(self.client, method)(*args, **kwargs)
+            return await make()
         except coredis.exceptions.RedisError as exc:
             raise StorageError(f"Redis: {exc}") from exc
 
