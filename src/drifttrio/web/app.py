@@ -27,7 +27,7 @@ from ..runtime.connection import Connection
 from ..runtime.hub import Hub
 from ..runtime.redact import room_tag
 from ..runtime.room import Join
-from .limits import ConnectionCounter, KeyedRateLimiter
+from .limits import ClientBudgets, ConnectionCounter, KeyedRateLimiter
 from .ops import handle_ops, is_ops_path
 from .session import READ_ONLY_REFUSAL, Session, command_for
 from .tokens import READ, WRITE, issue_room_token, token_expiry, verify_room_token
@@ -94,7 +94,9 @@ class DriftApp:
         self._new_room_limiter = KeyedRateLimiter(
             cfg.new_rooms_per_minute / 60.0, max(cfg.new_rooms_per_minute, 1.0)
         )
-        #: Members whose room token is read-only: their pushes get ``error``.
+        #: What each client address may spend across all its connections (the
+        #: transport charges control frames to it too).
+        self.budgets = ClientBudgets()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

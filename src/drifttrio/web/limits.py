@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import trio
 
-__all__ = ["ConnectionCounter", "KeyedRateLimiter", "TokenBucket"]
+__all__ = ["ClientBudgets", "ConnectionCounter", "KeyedRateLimiter", "TokenBucket"]
 
 
 class TokenBucket:
@@ -65,6 +65,91 @@ class KeyedRateLimiter:
         else:
             self._buckets.move_to_end(key)
         return bucket.take()
+
+
+class _Budget:
+    """The three buckets of one client address (see :class:`ClientBudgets`)."""
+
+    __slots__ = ("bytes", "messages", "stamp", "work")
+
+    def __init__(self, messages: float, nbytes: float, work: float, now: float) -> None:
+        self.messages = messages
+        self.bytes = nbytes
+        self.work = work
+        self.stamp = now
+
+
+class ClientBudgets:
+    """What one client address may spend, across all its connections (WebSocket
+    messages and control frames, HTTP requests): messages, bytes and decode work
+    (value nodes), each a token bucket of ``(rate, burst)``; a rate of 0 never limits.
+
+    A charge larger than a burst passes only when that bucket is full, and leaves
+    it in debt: one big message is allowed, a stream of them is paced. At most
+    ``max_addresses`` addresses are tracked (least recently used forgotten first).
+    """
+
+    def __init__(
+        self,
+        *,
+        messages: tuple[float, float] = (0.0, 1.0),
+        nbytes: tuple[float, float] = (0.0, 1.0),
+        work: tuple[float, float] = (0.0, 1.0),
+        max_addresses: int = 100_000,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.messages = messages
+        self.nbytes = nbytes
+        self.work = work
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._budgets: OrderedDict[str, _Budget] = OrderedDict()
+
+    def charge(self, ip: str, *, messages: int = 1, nbytes: int = 0, work: int = 0) -> float:
+        """Charge ``ip`` if its budget allows: ``0.0`` if charged, else the seconds
+        until it would be (nothing is charged then; a ``Retry-After``)."""
+        (m_rate, m_burst), (b_rate, b_burst), (w_rate, w_burst) = (
+            self.messages,
+            self.nbytes,
+            self.work,
+        )
+        now = self._clock()
+        budget = self._budgets.get(ip)
+        if budget is None:
+            budget = self._budgets[ip] = _Budget(m_burst, b_burst, w_burst, now)
+            while len(self._budgets) > self.max_addresses:
+                self._budgets.popitem(last=False)
+        else:
+            self._budgets.move_to_end(ip)
+            elapsed = now - budget.stamp
+            budget.messages = min(m_burst, budget.messages + elapsed * m_rate)
+            budget.bytes = min(b_burst, budget.bytes + elapsed * b_rate)
+            budget.work = min(w_burst, budget.work + elapsed * w_rate)
+        budget.stamp = now
+        wait = max(
+            _wait(budget.messages, messages, m_rate, m_burst),
+            _wait(budget.bytes, nbytes, b_rate, b_burst),
+            _wait(budget.work, work, w_rate, w_burst),
+        )
+        if wait > 0.0:
+            return wait
+        if m_rate > 0:
+            budget.messages -= messages
+        if b_rate > 0:
+            budget.bytes -= nbytes
+        if w_rate > 0:
+            budget.work -= work
+        return 0.0
+
+
+def _wait(tokens: float, cost: float, rate: float, burst: float) -> float:
+    """Seconds until a bucket holding ``tokens`` can pay ``cost`` (0: now)."""
+    if rate <= 0 or cost <= 0:
+        return 0.0
+    need = min(cost, burst)  # a charge beyond the burst needs a full bucket
+    if tokens >= need:
+        return 0.0
+    return (need - tokens) / rate
 
 
 class ConnectionCounter:
