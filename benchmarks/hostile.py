@@ -104,9 +104,8 @@ class Raw:
                         n, at = struct.unpack("!H", self.buf[2:4])[0], 4
                     elif n == 127 and len(self.buf) >= 10:
                         n, at = struct.unpack("!Q", self.buf[2:10])[0], 10
-                    if n < 126 or at > 2:
-                        if len(self.buf) >= at + n:
-                            break
+                    if (n < 126 or at > 2) and len(self.buf) >= at + n:
+                        break
                 data = await self.stream.receive_some(1 << 20)
                 if not data:
                     raise EOFError
@@ -454,7 +453,8 @@ async def attack_send(port: int, room: str, tally: Tally) -> None:
     """Pushes over ``POST /room/ID/send`` on one keep-alive connection, back to back."""
     body = json.dumps(_push(1)).encode()
     request = (
-        f"POST /room/{room}/send HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        f"POST /room/{room}/send HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
     while True:
@@ -582,10 +582,11 @@ def main() -> None:
         result = trio.run(run_attack, name, args)
         results.append(result)
         if not args.json:
-            during = result["canary_during"]
+            during, quiet = result["canary_during"], result["canary_quiet"]
+            p50, p99, top = (during.get(k, "-") for k in ("p50_ms", "p99_ms", "max_ms"))
             print(
-                f"{name:20} canary p50 {during.get('p50_ms', '-'):>7} ms  p99 {during.get('p99_ms', '-'):>7} ms"
-                f"  max {during.get('max_ms', '-'):>7} ms  (quiet p50 {result['canary_quiet'].get('p50_ms', '-')})"
+                f"{name:20} canary p50 {p50:>7} ms  p99 {p99:>7} ms  max {top:>7} ms"
+                f"  (quiet p50 {quiet.get('p50_ms', '-')})"
                 f"  RSS {result['rss_before_mb']} -> peak {result['rss_peak_mb']} MB"
                 f"  tracebacks {result['server_tracebacks']}"
                 f"{'  CANARY ' + result['canary_failed'] if result['canary_failed'] else ''}",
