@@ -57,6 +57,15 @@ class Raw:
     async def connect(cls, port: int, path: str, source: str = ATTACKER) -> Raw:
         stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
         raw = cls(stream)
+        try:
+            await raw._handshake(port, path)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return raw
+
+    async def _handshake(self, port: int, path: str) -> None:
+        raw, stream = self, self.stream
         key = base64.b64encode(os.urandom(16)).decode()
         await stream.send_all(
             (
@@ -74,7 +83,6 @@ class Raw:
         if b" 101 " not in head.split(b"\r\n", 1)[0]:
             raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
         raw.buf = bytearray(rest)
-        return raw
 
     @staticmethod
     def frame(opcode: int, payload: bytes) -> bytes:
@@ -118,6 +126,12 @@ class Raw:
                     await self.send(0xA, payload)
                 continue
             return opcode, payload
+
+    async def __aenter__(self) -> Raw:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:
@@ -388,18 +402,21 @@ async def attack_maps(port: int, room: str, tally: Tally) -> None:
     await _flood(port, room, tally, make, "?cbor=true", connections=1)
 
 
+async def _fill(port: int, room: str, frames: list[bytes]) -> None:
+    """Send ``frames`` on a connection of their own; return once the room applied them."""
+    async with await Raw.connect(port, f"/room/{room}/connect") as ws:
+        await ws.stream.send_all(b"".join(frames))
+        await ws.send_json({"type": "ping", "nonce": 1})
+        while True:
+            opcode, payload = await ws.recv()
+            if opcode == 0x1 and json.loads(payload).get("type") == "pong":
+                return
+
+
 async def attack_get_no_read(port: int, room: str, tally: Tally) -> None:
     """A 16 MB retained stream; 24 HTTP clients send a ``get`` each and never read."""
-    ws = await Raw.connect(port, f"/room/{room}/connect")
-    value = "x" * (MIB - 1000)
-    for _ in range(16):
-        await ws.send_json(_push(value, "big", "append"))
-    await ws.send_json({"type": "ping", "nonce": 1})
-    while True:  # wait until the appends are applied
-        opcode, payload = await ws.recv()
-        if opcode == 0x1 and json.loads(payload).get("type") == "pong":
-            break
-    await ws.aclose()
+    value = json.dumps(_push("x" * (MIB - 1000), "big", "append")).encode()
+    await _fill(port, room, [Raw.frame(0x1, value)] * 16)
     body = json.dumps({"type": "get", "key": "big", "seq": 0}).encode()
     streams = []
     try:
@@ -422,8 +439,10 @@ async def attack_get_no_read(port: int, room: str, tally: Tally) -> None:
 
 async def attack_new_keys(port: int, room: str, tally: Tally) -> None:
     """``get`` with ``seq: null`` for a new 1 KB key, 190 times a second."""
-    ws = await Raw.connect(port, f"/room/{room}/connect")
-    async with trio.open_nursery() as nursery:
+    async with (
+        await Raw.connect(port, f"/room/{room}/connect") as ws,
+        trio.open_nursery() as nursery,
+    ):
         nursery.start_soon(_drain, ws, tally)
         n = 0
         while True:
@@ -439,8 +458,10 @@ async def attack_pongs(port: int, room: str, tally: Tally) -> None:
     batch = Raw.frame(0xA, b"") * 1000
 
     async def one() -> None:
-        ws = await Raw.connect(port, f"/room/{room}/connect")
-        async with trio.open_nursery() as nursery:
+        async with (
+            await Raw.connect(port, f"/room/{room}/connect") as ws,
+            trio.open_nursery() as nursery,
+        ):
             nursery.start_soon(_drain, ws, tally)
             try:
                 while True:
@@ -493,9 +514,11 @@ async def attack_send(port: int, room: str, tally: Tally) -> None:
 async def attack_bytes(port: int, room: str, tally: Tally) -> None:
     """1 MB CBOR byte strings relayed into a room with a JSON member (bytes become
     arrays of integers in JSON, ~3.6 MB a frame)."""
-    member = await Raw.connect(port, f"/room/{room}/connect")
     frame = (0x2, cbor2.dumps(_push(os.urandom(MIB - 200))))
-    async with trio.open_nursery() as nursery:
+    async with (
+        await Raw.connect(port, f"/room/{room}/connect") as member,
+        trio.open_nursery() as nursery,
+    ):
         nursery.start_soon(_drain, member, tally)
         await _flood(port, room, tally, lambda: frame, "?cbor=true", connections=2)
 
@@ -504,21 +527,13 @@ async def attack_debug(port: int, room: str, tally: Tally) -> None:
     """A debug member of a room with a 10,000-value stream; appends as fast as allowed."""
     # 10 connections of 1,000 appends each: within the per-connection burst.
     for i in range(10):
-        ws = await Raw.connect(port, f"/room/{room}/connect")
-        await ws.stream.send_all(
-            b"".join(
-                Raw.frame(0x1, json.dumps(_push(i * 1000 + j, "log", "append")).encode())
-                for j in range(1000)
-            )
-        )
-        await ws.send_json({"type": "ping", "nonce": 1})
-        while True:  # wait until the appends are applied
-            opcode, payload = await ws.recv()
-            if opcode == 0x1 and json.loads(payload).get("type") == "pong":
-                break
-        await ws.aclose()
+        frames = [
+            Raw.frame(0x1, json.dumps(_push(i * 1000 + j, "log", "append")).encode())
+            for j in range(1000)
+        ]
+        await _fill(port, room, frames)
     debug = await Raw.connect(port, f"/room/{room}/connect?debug=true")
-    async with trio.open_nursery() as nursery:
+    async with debug, trio.open_nursery() as nursery:
         nursery.start_soon(_drain, debug, tally)
         frame = (0x1, json.dumps(_push(1, "log", "append")).encode())
         await _flood(port, room, tally, lambda: frame, connections=1)
@@ -538,22 +553,38 @@ ATTACKS: dict[str, Callable[[int, str, Tally], Awaitable[None]]] = {
 
 
 async def run_attack(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    return await run_attacks(
+        [name], args.seconds, src=args.src, warmup=args.warmup, interval=args.interval
+    )
+
+
+async def run_attacks(
+    names: list[str],
+    seconds: float,
+    *,
+    src: str | None = None,
+    warmup: float = 2.0,
+    interval: float = 0.05,
+) -> dict[str, Any]:
+    """Run the named attacks together (each in a room of its own) against one fresh
+    server while the canary measures; what :func:`main` reports per attack."""
     with tempfile.TemporaryDirectory() as workdir:
         async with trio.open_nursery() as nursery:
-            server = await start_server(nursery, args.src, workdir)
-            canary = Canary(server.port, args.interval)
+            server = await start_server(nursery, src, workdir)
+            canary = Canary(server.port, interval)
             await nursery.start(canary.run)
-            await trio.sleep(args.warmup)
+            await trio.sleep(warmup)
             quiet = canary.stats(0, time.perf_counter())
             rss_before = server.rss()
             peak = rss_before
             tally = Tally()
-            room = await new_room(server.port)
+            rooms = [await new_room(server.port) for _ in names]
             started = time.perf_counter()
             try:
-                with trio.move_on_after(args.seconds):
+                with trio.move_on_after(seconds):
                     async with trio.open_nursery() as attack:
-                        attack.start_soon(ATTACKS[name], server.port, room, tally)
+                        for name, room in zip(names, rooms, strict=True):
+                            attack.start_soon(ATTACKS[name], server.port, room, tally)
                         while True:
                             peak = max(peak, server.rss())
                             await trio.sleep(0.1)
@@ -562,14 +593,19 @@ async def run_attack(name: str, args: argparse.Namespace) -> dict[str, Any]:
             ended = time.perf_counter()
             during = canary.stats(started, ended)
             rss_after = server.rss()
+            failed = canary.failed
             server.process.terminate()
+            with trio.move_on_after(10):
+                await server.process.wait()
+            server.process.kill()
+            await server.process.wait()
             nursery.cancel_scope.cancel()
     tracebacks = sum("Traceback" in line for line in server.lines)
     return {
-        "attack": name,
+        "attack": "+".join(names),
         "canary_quiet": quiet,
         "canary_during": during,
-        "canary_failed": canary.failed,
+        "canary_failed": failed,
         "canary_out_of_order": canary.out_of_order,
         "rss_before_mb": round(rss_before / MIB, 1),
         "rss_peak_mb": round(peak / MIB, 1),
