@@ -14,6 +14,7 @@ something (time passes only on the mock clock).
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -52,7 +53,7 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> None:
     first.acquire()
     assert first.held
     assert lock_path(database) == tmp_path / "a.db.lock"
-    assert lock_path(database).read_text() == f"{__import__('os').getpid()} serve\n"
+    assert lock_path(database).read_text() == f"{os.getpid()} serve\n"
     # flock is per open file: a second lock in the same process is refused too.
     second = StoreLock(database, "admin")
     with pytest.raises(StoreInUse) as refused:
@@ -69,6 +70,26 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> None:
     second.acquire()
     assert "admin" in lock_path(database).read_text()
     second.release()
+
+
+def test_every_name_of_a_database_finds_the_same_lock(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "x.db"
+    real.parent.mkdir()
+    real.touch()
+    (tmp_path / "link.db").symlink_to(real)
+    (tmp_path / "dir").symlink_to(real.parent)
+    first = StoreLock(real)
+    first.acquire()
+    try:
+        for name in (
+            tmp_path / "link.db",
+            tmp_path / "dir" / "x.db",
+            tmp_path / "data/../data/x.db",
+        ):
+            with pytest.raises(StoreInUse):
+                StoreLock(name).acquire()
+    finally:
+        first.release()
 
 
 async def test_a_second_hub_on_one_file_refuses_to_start(tmp_path: Path) -> None:

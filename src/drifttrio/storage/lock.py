@@ -44,8 +44,14 @@ _ADVICE: Final[dict[str, str]] = {
 
 
 def lock_path(database: str | Path) -> Path:
-    """The lock file of ``database``: beside it, named ``<database>.lock``."""
+    """The lock file of ``database``: beside it, named ``<database>.lock``.
+
+    Beside the file itself if ``database`` is a symlink, so that every name of one
+    database finds the same lock (through a symlinked directory it does anyway).
+    """
     path = Path(database)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     return path.with_name(path.name + ".lock")
 
 
