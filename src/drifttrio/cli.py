@@ -146,7 +146,7 @@ async def _rooms_action(args: argparse.Namespace, store: str, storage: Storage) 
 
     try:
         if args.action in _WRITE_ACTIONS and isinstance(storage, ExclusiveStorage):
-            storage.lock("admin")
+            storage.take_store_lock("admin")
         if args.action == "list":
             for row in await admin.list_rooms(storage):
                 print(orjson.dumps(row).decode())

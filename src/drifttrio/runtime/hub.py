@@ -87,7 +87,7 @@ class Hub:
             if isinstance(self.storage, ExclusiveStorage):
                 # Before any room is served: two servers on one SQLite file would each
                 # number the same room from its stored seq, and both commit.
-                self.storage.lock("serve")
+                self.storage.take_store_lock("serve")
             async with trio.open_nursery() as nursery:
                 run_storage = getattr(self.storage, "run", None)
                 if run_storage is not None:

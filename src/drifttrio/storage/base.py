@@ -85,7 +85,7 @@ class ExclusiveStorage(Protocol):
     """A backend one process at a time may write: a server locks it before it serves
     rooms, and ``drifttrio rooms`` before it writes."""
 
-    def lock(self, purpose: LockPurpose = "serve") -> None:
+    def take_store_lock(self, purpose: LockPurpose = "serve") -> None:
         """Hold the store lock until ``aclose``; raise StoreInUse if another process has it."""
 
 

@@ -11,7 +11,7 @@ process, ``FULL`` also survives power loss / an OS crash, at the cost of an
 fsync per commit.
 
 One process writes a database at a time: a server (or a ``drifttrio rooms``
-command that writes) takes the store lock with :meth:`SqliteStorage.lock`
+command that writes) takes the store lock with :meth:`SqliteStorage.take_store_lock`
 (``storage/lock.py`` says why). The store also remembers whether its latest write
 failed (:attr:`SqliteStorage.write_failure`), so readiness can say "cannot
 commit" while reads still work, and :meth:`SqliteStorage.probe_write` tells when
@@ -92,7 +92,7 @@ class SqliteStorage:
 
         ``lock_held_by_parent``: a parent process holds the store lock for this one
         (a :class:`StoreLock` it acquired before starting its workers), so
-        :meth:`lock` takes nothing.
+        :meth:`take_store_lock` takes nothing.
         """
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
@@ -149,7 +149,7 @@ class SqliteStorage:
 
     # -- one writer, write health -----------------------------------------------------
 
-    def lock(self, purpose: LockPurpose = "serve") -> None:
+    def take_store_lock(self, purpose: LockPurpose = "serve") -> None:
         """Take the store lock until :meth:`aclose`; :class:`~drifttrio.storage.lock.StoreInUse`
         if another process holds it. A no-op for ``:memory:``, when already held, and
         when a parent process holds it for this one."""
