@@ -68,7 +68,11 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> None:
     assert not second.held
     first.release()
     second.acquire()
-    assert "admin" in lock_path(database).read_text()
+    assert lock_path(database).read_text() == f"{os.getpid()} admin\n"
+    with pytest.raises(
+        StoreInUse, match=r"another drifttrio rooms command .*: wait for it to finish$"
+    ):
+        StoreLock(database).acquire()
     second.release()
 
 

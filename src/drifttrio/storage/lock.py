@@ -118,10 +118,9 @@ class StoreLock:
     def _refusal(self, pid: int | None, holder: str | None) -> str:
         who = f"another {_HOLDER.get(holder or '', 'drifttrio process')}"
         by = f"pid {pid}" if pid is not None else "another process"
-        return (
-            f"{who} is using {self.database} (lock {self.path} held by {by}): "
-            f"{_ADVICE[self.purpose]}"
-        )
+        # A rooms command ends by itself; a server has to be stopped.
+        advice = "wait for it to finish" if holder == "admin" else _ADVICE[self.purpose]
+        return f"{who} is using {self.database} (lock {self.path} held by {by}): {advice}"
 
 
 def _read_holder(fd: int) -> tuple[int | None, str | None]:
