@@ -9,8 +9,10 @@ an ``entry`` line per retained value, seq ascending::
     {"type":"entry","key":"blob","seq":5,"cbor":"oWFhQ..."}
 
 A value that JSON cannot carry exactly (bytes, NaN) is written as base64 CBOR
-in ``cbor`` instead of ``value``. These commands work on the store directly:
-run them while the server is stopped, or on rooms that are not live.
+in ``cbor`` instead of ``value``. These commands work on the store directly.
+The ones that only read may run beside a server (SQLite's WAL gives them a
+consistent snapshot); the ones that write take the store lock first, so they
+are refused while a server holds a SQLite store (``storage/lock.py``).
 """
 
 from __future__ import annotations

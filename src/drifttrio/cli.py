@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 import trio
 
@@ -19,6 +20,7 @@ from .client._cli import add_check_parser, run_check_command
 from .runtime.config import Config
 from .server import serve
 from .storage import Storage
+from .storage.base import ExclusiveStorage
 
 __all__ = ["main"]
 
@@ -26,6 +28,9 @@ log = logging.getLogger("drifttrio")
 
 #: What ``drifttrio serve`` and ``drifttrio.asgi`` store rooms in by default.
 DEFAULT_STORE = "sqlite:///drifttrio.db"
+#: ``drifttrio rooms`` actions that write: refused while a server holds the store lock
+#: (its rooms would not see the change, and could overwrite it). The others only read.
+_WRITE_ACTIONS: Final = frozenset({"import", "delete"})
 
 
 async def _serve_until_signal(config: Config, host: str, port: int, transport: str) -> None:
@@ -140,6 +145,8 @@ async def _rooms_action(args: argparse.Namespace, store: str, storage: Storage) 
     from .runtime.hub import valid_room_id
 
     try:
+        if args.action in _WRITE_ACTIONS and isinstance(storage, ExclusiveStorage):
+            storage.take_store_lock("admin")
         if args.action == "list":
             for row in await admin.list_rooms(storage):
                 print(orjson.dumps(row).decode())

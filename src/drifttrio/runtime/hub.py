@@ -18,6 +18,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
+from typing import Final
 
 import trio
 
@@ -35,6 +36,7 @@ from ..protocol.messages import (
     Value,
 )
 from ..storage import Storage, open_storage
+from ..storage.base import ExclusiveStorage, WriteHealth
 from .config import Config
 from .connection import Connection, Outbox
 from .metrics import Metrics
@@ -46,6 +48,10 @@ __all__ = ["Hub", "Subscription", "open_hub", "valid_room_id"]
 log = logging.getLogger("drifttrio.hub")
 
 _ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+#: How often :meth:`Hub.write_problem` may test a store whose writes failed (each
+#: test is one small write, behind the same one-at-a-time limiter as the commits).
+WRITE_PROBE_INTERVAL: Final = 1.0
 
 
 def valid_room_id(room_id: str) -> bool:
@@ -73,10 +79,15 @@ class Hub:
         #: Set by :meth:`close_all`: the server is shutting down.
         self.closing = False
         self._rooms_closed = trio.Event()
+        self._next_write_probe = float("-inf")
 
     async def run(self, *, task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the room tasks until cancelled."""
         try:
+            if isinstance(self.storage, ExclusiveStorage):
+                # Before any room is served: two servers on one SQLite file would each
+                # number the same room from its stored seq, and both commit.
+                self.storage.take_store_lock("serve")
             async with trio.open_nursery() as nursery:
                 run_storage = getattr(self.storage, "run", None)
                 if run_storage is not None:
@@ -126,6 +137,28 @@ class Hub:
     async def wait_rooms_closed(self) -> None:
         """After :meth:`close_all`: wait until every room has committed and ended."""
         await self._rooms_closed.wait()
+
+    # -- storage health -------------------------------------------------------------
+
+    async def write_problem(self) -> str | None:
+        """Why the store cannot commit now, or ``None`` (readiness asks).
+
+        A store that tracks its writes (:class:`~drifttrio.storage.base.WriteHealth`)
+        reports the failure of its latest one, whoever made it (a room's commit, a
+        create, an expiry). While it has one, a write probe runs at most every
+        :data:`WRITE_PROBE_INTERVAL`, so the store counts as healed once it can
+        write again, not only after the next push (which no load balancer would
+        send to a server it thinks is not ready).
+        """
+        storage = self.storage
+        if not isinstance(storage, WriteHealth) or storage.write_failure is None:
+            return None
+        now = trio.current_time()
+        if now >= self._next_write_probe:
+            self._next_write_probe = now + WRITE_PROBE_INTERVAL
+            with suppress(StorageError):
+                await storage.probe_write()
+        return storage.write_failure
 
     # -- rooms ---------------------------------------------------------------------
 

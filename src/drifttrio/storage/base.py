@@ -4,18 +4,23 @@ A room task loads its room once, then commits each batch (the stream changes plu
 the new high-water seq) *before* anyone sees the batch's seqs. A backend either
 commits the whole batch or raises :class:`~drifttrio.StorageError` and commits
 nothing.
+
+Two optional capabilities, declared here so nobody probes for them by name:
+:class:`ExclusiveStorage` (only one process may write it: SQLite) and
+:class:`WriteHealth` (it knows whether it can commit right now: SQLite).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 
 from ..core.room_state import Stream, StreamChange
+from .lock import LockPurpose
 
-__all__ = ["RoomInfo", "RoomSnapshot", "Storage"]
+__all__ = ["ExclusiveStorage", "RoomInfo", "RoomSnapshot", "Storage", "WriteHealth"]
 
 
 @attrs.frozen
@@ -73,3 +78,24 @@ class Storage(Protocol):
 
     async def aclose(self) -> None:
         """Release resources."""
+
+
+@runtime_checkable
+class ExclusiveStorage(Protocol):
+    """A backend one process at a time may write: a server locks it before it serves
+    rooms, and ``drifttrio rooms`` before it writes."""
+
+    def take_store_lock(self, purpose: LockPurpose = "serve") -> None:
+        """Hold the store lock until ``aclose``; raise StoreInUse if another process has it."""
+
+
+@runtime_checkable
+class WriteHealth(Protocol):
+    """A backend that knows whether its latest write failed, and can test one."""
+
+    @property
+    def write_failure(self) -> str | None:
+        """Why the latest write failed, or ``None`` if it succeeded."""
+
+    async def probe_write(self) -> None:
+        """Make a small write now (updating ``write_failure``); StorageError if it fails."""

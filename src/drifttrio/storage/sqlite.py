@@ -9,6 +9,13 @@ connection, so the event loop never waits on the disk.
 Durability (``synchronous``): ``NORMAL`` (default) survives a crash of the
 process, ``FULL`` also survives power loss / an OS crash, at the cost of an
 fsync per commit.
+
+One process writes a database at a time: a server (or a ``drifttrio rooms``
+command that writes) takes the store lock with :meth:`SqliteStorage.take_store_lock`
+(``storage/lock.py`` says why). The store also remembers whether its latest write
+failed (:attr:`SqliteStorage.write_failure`), so readiness can say "cannot
+commit" while reads still work, and :meth:`SqliteStorage.probe_write` tells when
+writes work again.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from .._errors import ConfigError, RoomNotFound, StorageError
 from ..core.room_state import Stream, StreamChange
 from ..protocol.messages import SeqValue, Value
 from .base import RoomInfo, RoomSnapshot
+from .lock import LockPurpose, StoreLock
 
 __all__ = ["SqliteStorage"]
 
@@ -53,6 +61,7 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (room, key, seq),
     FOREIGN KEY (room, key) REFERENCES streams (room, key) ON DELETE CASCADE
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS write_probe (data BLOB NOT NULL);
 """
 
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -76,9 +85,15 @@ class SqliteStorage:
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
         threads: bool = True,
+        lock_held_by_parent: bool = False,
     ) -> None:
         """``threads=False`` runs queries on the event loop instead: for tests under
-        trio's MockClock, whose autojump does not wait for worker threads."""
+        trio's MockClock, whose autojump does not wait for worker threads.
+
+        ``lock_held_by_parent``: a parent process holds the store lock for this one
+        (a :class:`StoreLock` it acquired before starting its workers), so
+        :meth:`take_store_lock` takes nothing.
+        """
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
             raise ConfigError(
@@ -89,6 +104,9 @@ class SqliteStorage:
         self._clock = clock
         self._threads = threads
         self._limiter = trio.CapacityLimiter(1)
+        self._lock_held_by_parent = lock_held_by_parent
+        self._lock: StoreLock | None = None
+        self._write_failure: str | None = None
         self._db: sqlite3.Connection | None = None
         try:
             self._db = self._connect()
@@ -105,23 +123,64 @@ class SqliteStorage:
         db.executescript(_SCHEMA)
         return db
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        """Run ``fn`` on the connection; a ``write`` records its outcome (``write_failure``)."""
         db = self._db
         if db is None:
             raise StorageError("the SQLite storage is closed")
 
         def work() -> T:
             try:
-                return fn(db)
+                result = fn(db)
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                if write:
+                    self._write_failure = str(exc)
                 raise StorageError(f"SQLite: {exc}") from exc
+            if write:
+                self._write_failure = None
+            return result
 
         if not self._threads:
             await trio.lowlevel.checkpoint()
             return work()
         return await trio.to_thread.run_sync(work, limiter=self._limiter)
+
+    # -- one writer, write health -----------------------------------------------------
+
+    def take_store_lock(self, purpose: LockPurpose = "serve") -> None:
+        """Take the store lock until :meth:`aclose`; :class:`~drifttrio.storage.lock.StoreInUse`
+        if another process holds it. A no-op for ``:memory:``, when already held, and
+        when a parent process holds it for this one."""
+        if self.path == ":memory:" or self._lock_held_by_parent or self._lock is not None:
+            return
+        lock = StoreLock(self.path, purpose)
+        lock.acquire()
+        self._lock = lock
+
+    @property
+    def write_failure(self) -> str | None:
+        """Why the latest write failed (``database or disk is full``); ``None`` once a
+        write (a commit, a create, a probe...) succeeds again."""
+        return self._write_failure
+
+    async def probe_write(self) -> None:
+        """Commit a write that needs one new page, and free it again: whether a commit
+        can be made now. Updates :attr:`write_failure`; raises StorageError if not.
+
+        A page, not a row: a row fits in a page already there even when the file may
+        not grow (a full disk, ``max_page_count``), where every real push would fail.
+        """
+
+        def probe(db: sqlite3.Connection) -> None:
+            (page_size,) = db.execute("PRAGMA page_size").fetchone()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO write_probe (data) VALUES (zeroblob(?))", (page_size,))
+            db.execute("DELETE FROM write_probe")
+            db.execute("COMMIT")
+
+        await self._run(probe, write=True)
 
     # -- the Storage interface ------------------------------------------------------
 
@@ -131,7 +190,8 @@ class SqliteStorage:
             lambda db: db.execute(
                 "INSERT OR IGNORE INTO rooms (id, seq, created, last_active) VALUES (?, 0, ?, ?)",
                 (room_id, now, now),
-            )
+            ),
+            write=True,
         )
 
     async def room_exists(self, room_id: str) -> bool:
@@ -199,13 +259,14 @@ class SqliteStorage:
                 )
             db.execute("COMMIT")
 
-        await self._run(commit)
+        await self._run(commit, write=True)
 
     async def touch(self, room_id: str) -> None:
         """Mark the room as active now (it is in use without writing)."""
         now = self._clock()
         await self._run(
-            lambda db: db.execute("UPDATE rooms SET last_active = ? WHERE id = ?", (now, room_id))
+            lambda db: db.execute("UPDATE rooms SET last_active = ? WHERE id = ?", (now, room_id)),
+            write=True,
         )
 
     async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
@@ -227,10 +288,12 @@ class SqliteStorage:
             db.execute("COMMIT")
             return ids
 
-        return await self._run(expire)
+        return await self._run(expire, write=True)
 
     async def delete_room(self, room_id: str) -> None:
-        await self._run(lambda db: db.execute("DELETE FROM rooms WHERE id = ?", (room_id,)))
+        await self._run(
+            lambda db: db.execute("DELETE FROM rooms WHERE id = ?", (room_id,)), write=True
+        )
 
     async def count_rooms(self) -> int:
         row = await self._run(lambda db: db.execute("SELECT count(*) FROM rooms").fetchone())
@@ -268,14 +331,20 @@ class SqliteStorage:
             )
             db.execute("COMMIT")
 
-        await self._run(replace)
+        await self._run(replace, write=True)
 
     async def aclose(self) -> None:
         db, self._db = self._db, None
-        if db is not None and not self._threads:
-            db.close()
-        elif db is not None:
-            await trio.to_thread.run_sync(db.close, limiter=self._limiter)
+        try:
+            if db is not None and not self._threads:
+                db.close()
+            elif db is not None:
+                await trio.to_thread.run_sync(db.close, limiter=self._limiter)
+        finally:
+            # Only once the connection is closed: the next holder may write at once.
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.release()
 
     def execute_for_tests(self, sql: str, *args: Any) -> Any:
         """Run raw SQL on the connection (tests inject faults with PRAGMAs)."""

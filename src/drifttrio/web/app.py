@@ -593,8 +593,14 @@ def _client_ip(scope: Scope) -> str:
 
 
 def _bearer_matches(scope: Scope, key: str) -> bool:
+    """Whether the request's first ``Authorization`` header is ``Bearer <key>``.
+
+    Compared as bytes: a header may carry any byte (latin-1 junk, UTF-8), and
+    ``hmac.compare_digest`` raises on a str holding anything but ASCII.
+    """
+    expected = key.encode("utf-8", "surrogatepass")
     for name, value in scope.get("headers") or ():
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), key)
+            scheme, _, token = bytes(value).partition(b" ")
+            return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), expected)
     return False

@@ -86,6 +86,20 @@ async def _store_reachable(hub: Hub) -> int | None:
     return None
 
 
+async def _not_ready(hub: Hub) -> str | None:
+    """Why the server should get no traffic now (``/readyz``), or ``None``: draining,
+    a store that cannot be read, or one whose latest write failed (pushes would get
+    ``storage unavailable``, though reads still work)."""
+    if hub.closing:
+        return "draining"
+    if await _store_reachable(hub) is None:
+        return "store unreachable"
+    problem: str | None = "the write probe took too long"
+    with trio.move_on_after(STORE_CHECK_SECONDS):
+        problem = await hub.write_problem()
+    return None if problem is None else f"storage cannot commit: {problem}"
+
+
 @cache
 def _ui_file(name: str) -> bytes:
     return (resources.files("drifttrio.web") / "ui" / name).read_bytes()
@@ -113,13 +127,11 @@ async def handle_ops(
     if path == "/healthz":
         await _json(send, 200, {"status": "ok"})
     elif path == "/readyz":
-        stored = None if hub.closing else await _store_reachable(hub)
-        if hub.closing:
-            await _json(send, 503, {"ready": False, "reason": "draining"})
-        elif stored is None:
-            await _json(send, 503, {"ready": False, "reason": "store unreachable"})
-        else:
+        reason = await _not_ready(hub)
+        if reason is None:
             await _json(send, 200, {"ready": True})
+        else:
+            await _json(send, 503, {"ready": False, "reason": reason})
     elif path == "/metrics" and metrics:
         stored = await _store_reachable(hub)
         if stored is not None:

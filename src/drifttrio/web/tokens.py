@@ -11,6 +11,11 @@ expiry time, signed with HMAC-SHA256 under ``Config.room_token_secret``::
     capability: r (read: get, ping) or w (write: push too)
 
 Tokens are stateless: nothing is stored, and rotating the secret revokes them all.
+
+A token arrives from the network, so :func:`verify_room_token` accepts any
+string: whatever is malformed (non-ASCII, Unicode digits, a huge expiry, empty
+parts, lone surrogates) is refused with the same 401 as a forged token, and
+nothing else is ever raised.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from typing import Final, Literal
 
@@ -31,11 +37,21 @@ WRITE: Final = "write"
 
 _LETTER: Final[dict[str, str]] = {READ: "r", WRITE: "w"}
 _ACCESS: Final[dict[str, Access]] = {"r": READ, "w": WRITE}
+#: The expiry as issued: ASCII digits, no leading zero, at most 12 of them (year
+#: 33658). Not ``str.isdigit()``: that also takes superscripts, which ``int()`` chokes
+#: on, and Arabic-Indic digits, which it reads as another spelling of a number.
+_EXPIRY: Final = re.compile(r"[1-9][0-9]{0,11}")
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as bytes, whatever it holds: a secret read from the environment may
+    carry surrogate escapes, and encoding must never be the thing that fails."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _signature(secret: str, room_id: str, letter: str, expires: int) -> str:
-    message = f"drifttrio room token\n{room_id}\n{letter}\n{expires}".encode()
-    digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()[:16]
+    message = _utf8(f"drifttrio room token\n{room_id}\n{letter}\n{expires}")
+    digest = hmac.new(_utf8(secret), message, hashlib.sha256).digest()[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
@@ -77,11 +93,12 @@ def verify_room_token(
     letter, _, rest = token.partition(".")
     expires_text, _, signature = rest.partition(".")
     invalid = ProtocolError("invalid or expired room token", status=401)
-    if letter not in _ACCESS or not expires_text.isdigit() or len(expires_text) > 12:
+    if letter not in _ACCESS or _EXPIRY.fullmatch(expires_text) is None:
         raise invalid
     expires = int(expires_text)
     expected = _signature(secret, room_id, letter, expires)
-    if not hmac.compare_digest(signature.encode(), expected.encode()):
+    # As bytes: compare_digest refuses str holding anything but ASCII.
+    if not hmac.compare_digest(_utf8(signature), expected.encode("ascii")):
         raise invalid
     if (time.time() if now is None else now) >= expires:
         raise invalid
