@@ -63,6 +63,12 @@ class Config:
     outbox_messages: int = attrs.field(default=1024, validator=_positive)
     #: Bytes queued for one connection before the slow-client policy applies.
     outbox_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    #: Bytes of retained values per ``init`` frame: a longer stream is sent as several
+    #: ``init``s of the key, encoded one at a time as the client reads them.
+    init_chunk_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
+    #: Keys one connection may ``get`` (0: unlimited); a ``get`` for one more key is
+    #: refused with ``error``.
+    max_subscriptions_per_connection: int = attrs.field(default=1000, validator=_non_negative)
     #: ``disconnect`` (close 4008) or ``drop`` (skip frames, tell the client with ``error``).
     slow_client_policy: str = attrs.field(default="disconnect", validator=_policy)
     #: Seconds any single write may take; a client that stops reading is cut off
