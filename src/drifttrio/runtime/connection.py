@@ -35,6 +35,8 @@ Queued: TypeAlias = "Frame | InitStream"
 #: What a retained value costs an :class:`InitStream` while it waits: one
 #: reference in its snapshot (the value itself is shared with the room).
 _REFERENCE_BYTES: Final = 8
+#: What an entry of an ``init`` adds around its value (``{"value":…,"seq":N},``).
+_ENTRY_BYTES: Final = 24
 
 _ids = itertools.count(1)
 
@@ -93,7 +95,8 @@ class InitStream:
         start = end = self._index
         budget = self._chunk_bytes
         while end < len(values) and (budget > 0 or end == start):
-            budget -= sizes[end] if sizes is not None else value_size(values[end].value)
+            size = sizes[end] if sizes is not None else value_size(values[end].value)
+            budget -= size + _ENTRY_BYTES
             end += 1
         if end >= len(values):
             self._part += 1

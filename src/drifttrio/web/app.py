@@ -21,7 +21,7 @@ import trio
 from .. import __version__
 from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, StorageError
 from ..protocol.codec import CBOR, JSON, decode_json_client_message
-from ..protocol.messages import Error, Push
+from ..protocol.messages import Error, Init, Push
 from ..runtime.config import Config
 from ..runtime.connection import Connection
 from ..runtime.hub import Hub
@@ -427,7 +427,38 @@ class DriftApp:
         if isinstance(answer, Error):
             await self._error(send, reply.status, answer.message)
             return
+        if isinstance(answer, Init):
+            await self._respond_init(send, answer)
+            return
         await self._respond(send, 200, None if answer is None else JSON.unstructure(answer))
+
+    async def _respond_init(self, send: Send, init: Init) -> None:
+        """An ``init`` reply, encoded and sent about ``init_chunk_bytes`` at a time
+        (chunked transfer when it takes more than one): a client that does not
+        read holds one chunk of server memory, not the whole stream."""
+        head = orjson.dumps({"key": init.key, "data": []})[:-2]  # {"key":K,"data":[
+        tail = b'],"type":"init"}'
+        limit = self.config.init_chunk_bytes
+        chunk: list[bytes] = [head]
+        size = 0
+        started = False
+        for index, entry in enumerate(init.data):
+            item = orjson.dumps({"value": entry.value, "seq": entry.seq}, default=_bytes_as_ints)
+            chunk.append(item if index == 0 else b"," + item)
+            size += len(item)
+            if size >= limit:
+                if not started:
+                    started = True
+                    await send(_response_start(200, self._cors(), None))
+                await send(
+                    {"type": "http.response.body", "body": b"".join(chunk), "more_body": True}
+                )
+                chunk, size = [], 0
+        chunk.append(tail)
+        body = b"".join(chunk)
+        if not started:
+            await send(_response_start(200, self._cors(), len(body)))
+        await send({"type": "http.response.body", "body": body})
 
     # -- WebSocket ------------------------------------------------------------------
 
@@ -554,6 +585,20 @@ class DriftApp:
                 "connection closed",
                 extra={"fields": _close_fields(conn, tag, code, reason, label)},
             )
+
+
+def _bytes_as_ints(value: object) -> list[int]:
+    return list(bytes(value))  # type: ignore[call-overload]
+
+
+def _response_start(
+    status: int, headers: list[tuple[bytes, bytes]], length: int | None
+) -> dict[str, Any]:
+    """A JSON response's start; no length: the server sends it chunked."""
+    fields = [(b"content-type", b"application/json"), *headers]
+    if length is not None:
+        fields.insert(1, (b"content-length", str(length).encode()))
+    return {"type": "http.response.start", "status": status, "headers": fields}
 
 
 def _open_fields(conn: Connection, tag: str, client: str) -> dict[str, Any]:
