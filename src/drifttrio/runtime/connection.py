@@ -146,12 +146,12 @@ class Outbox:
         """
         if self._closed:
             raise trio.ClosedResourceError("the outbox is closed")
-        size = _size(frame)
+        size = len(frame) if isinstance(frame, str | bytes) else _size(frame)
         if len(self._frames) >= self._max_messages or self.queued_bytes + size > self._max_bytes:
             raise trio.WouldBlock
         self._frames.append(frame)
         self.queued_bytes += size
-        if isinstance(frame, InitStream):
+        if type(frame) is InitStream:
             self._inits += 1
         self._wake()
 

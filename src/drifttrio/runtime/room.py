@@ -33,7 +33,7 @@ from ..protocol.messages import (
 )
 from ..storage.base import Storage
 from .config import Config
-from .connection import Connection, Frame, InitStream, Queued
+from .connection import Connection, Frame, InitStream
 from .metrics import Metrics
 from .redact import room_tag
 
@@ -135,11 +135,11 @@ class _Broadcast:
 
 
 @attrs.frozen
-class _Queue:
-    """An item (an :class:`InitStream`) for one member's outbox."""
+class _InitReply:
+    """An ``init`` for one member, snapshotted when its ``get`` was applied."""
 
     conn: Connection
-    item: Queued
+    init: InitStream
 
 
 @attrs.frozen
@@ -147,7 +147,7 @@ class _Done:
     origin: Reply
 
 
-_Effect: TypeAlias = _Direct | _Broadcast | _Queue | _Done
+_Effect: TypeAlias = _Direct | _Broadcast | _InitReply | _Done
 
 #: The ``messages_in`` kind of commands other than pushes.
 _KINDS: dict[type, str] = {GetCommand: "get", PingCommand: "ping"}
@@ -349,7 +349,7 @@ class Room:
         if command.since is None:
             return None  # subscribed, no replay
         part = self._snapshot(key, command.since)
-        return _Queue(conn, InitStream([part], self.config.init_chunk_bytes, conn.encode))
+        return _InitReply(conn, InitStream([part], self.config.init_chunk_bytes, conn.encode))
 
     def _snapshot(self, key: str, since: int = 0) -> tuple[str, list[SeqValue], list[int] | None]:
         """The retained values of ``key`` after ``since`` (a copy of the references)
@@ -412,8 +412,8 @@ class Room:
     def _deliver(self, effect: _Effect) -> None:
         if isinstance(effect, _Broadcast):
             self._broadcast(effect)
-        elif isinstance(effect, _Queue):
-            effect.conn.deliver(effect.item)
+        elif isinstance(effect, _InitReply):
+            effect.conn.deliver(effect.init)
             self._out["init"] = self._out.get("init", 0) + 1
         elif isinstance(effect, _Done):
             effect.origin.done.set()
@@ -427,12 +427,13 @@ class Room:
         message = PushEvent(key, entry.value, entry.seq)
         frames: dict[Any, Frame] = {}
         delivered = 0
+        public = effect.public
         for conn in self.members:
             if conn.debug:
                 if effect.debug_size is not None:
                     self._debug_change(conn, effect, frames)
                     continue
-            elif not effect.public or (conn.explicit and key not in conn.subscriptions):
+            elif not public or (conn.explicit and key not in conn.subscriptions):
                 continue
             frame = frames.get(conn.codec_key)
             if frame is None:
