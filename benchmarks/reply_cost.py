@@ -228,18 +228,27 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0", "--store",
-             f"sqlite:///{tmp}/rooms.db", "--log-level", "warning"],
+             f"sqlite:///{tmp}/rooms.db", "--log-level", "info"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
         )  # fmt: skip
         try:
             assert process.stderr is not None
+            stderr = process.stderr
             buffer = b""
             while not (match := re.search(rb"listening on http://([\d.]+):(\d+)", buffer)):
-                buffer += await process.stderr.receive_some(4096)
+                buffer += await stderr.receive_some(4096)
             host, port = match.group(1).decode(), int(match.group(2))
-            room = (await http(host, port, "POST", "/new"))["room"]  # type: ignore[index]
-            attacks = {"http-get": attack_http_get, "subscribe": attack_subscribe}
-            await attacks.get(args.attack, attack_debug)(process.pid, host, port, room, args)
+            async with trio.open_nursery() as nursery:
+
+                async def drain_log() -> None:  # the server must never block on its log
+                    while await stderr.receive_some(1 << 16):
+                        pass
+
+                nursery.start_soon(drain_log)
+                room = (await http(host, port, "POST", "/new"))["room"]  # type: ignore[index]
+                attacks = {"http-get": attack_http_get, "subscribe": attack_subscribe}
+                await attacks.get(args.attack, attack_debug)(process.pid, host, port, room, args)
+                nursery.cancel_scope.cancel()
         finally:
             process.terminate()
             await process.wait()
