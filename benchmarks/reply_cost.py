@@ -90,8 +90,10 @@ async def honest(host: str, port: int, room: str, n: int = 30) -> tuple[float, f
 
 async def fill(host: str, port: int, room: str, key: str, values: list[object]) -> None:
     async with open_websocket_url(f"ws://{host}:{port}/room/{room}/connect") as ws:
-        for start in range(0, len(values), 200):
-            batch = values[start : start + 200]
+        # In flight at once: well within the outbox (8 MiB), or the echoes overflow it.
+        step = max(1, min(200, 2_000_000 // len(json.dumps(values[0]))))
+        for start in range(0, len(values), step):
+            batch = values[start : start + step]
             for value in batch:
                 await ws.send_message(
                     json.dumps(

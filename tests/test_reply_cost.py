@@ -18,23 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from _rawws import TEXT, TIMEOUT, RawWebSocket
 from drifttrio import CloseCode, Config, RunningServer, open_server
 from drifttrio.core import StreamChange
 from drifttrio.protocol.messages import PushEvent, SeqValue, Value
+from drifttrio.server import TRANSPORTS
 
 MiB = 1024 * 1024
 
 
 @asynccontextmanager
 async def serving(
-    tmp_path: Path, **settings: Any
+    tmp_path: Path, transport: str = "drifttrio", **settings: Any
 ) -> AsyncIterator[tuple[RunningServer, httpx.AsyncClient]]:
     config = Config(store=f"sqlite:///{tmp_path / 'rooms.db'}", **settings)
     async with (
-        open_server(config) as server,
+        open_server(config, transport=transport) as server,
         httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=TIMEOUT) as client,
     ):
         yield server, client
@@ -173,9 +175,12 @@ async def _stalled_http_readers(
             await stream.aclose()
 
 
-async def test_http_get_of_a_long_stream_is_complete_when_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_http_get_of_a_long_stream_is_complete_when_read(
+    tmp_path: Path, transport: str
+) -> None:
     values = [{"n": i, "pad": "y" * 100} for i in range(2000)] + [b"\x00\xff"]
-    async with serving(tmp_path) as (server, client):  # 260 KB: chunks of 64 KiB
+    async with serving(tmp_path, transport) as (server, client):  # 260 KB: 64 KiB chunks
         room = await room_with_stream(server, "k", values)
         reply = await client.post(f"/room/{room}/send", json={"type": "get", "key": "k", "seq": 5})
         assert reply.status_code == 200
@@ -186,6 +191,15 @@ async def test_http_get_of_a_long_stream_is_complete_when_read(tmp_path: Path) -
         assert [e["seq"] for e in body["data"]] == list(range(6, len(values) + 1))
         assert body["data"][0]["value"] == {"n": 5, "pad": "y" * 100}
         assert body["data"][-1]["value"] == [0, 255]  # bytes as integers, as everywhere
+        # Values larger than a chunk go out in pieces, and arrive whole.
+        large = [c * 200_000 for c in "abc"]
+        for value in large:
+            await client.post(
+                f"/room/{room}/send",
+                json={"type": "push", "key": "large", "value": value, "action": {"type": "append"}},
+            )
+        reply = await client.post(f"/room/{room}/send", json={"type": "get", "key": "large"})
+        assert [e["value"] for e in reply.json()["data"]] == large
         small = await client.post(f"/room/{room}/send", json={"type": "get", "key": "none"})
         assert small.headers["content-length"] == str(len(small.content))
         assert small.json() == {"type": "init", "key": "none", "data": []}

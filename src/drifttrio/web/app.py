@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, TypeAlias
 from urllib.parse import unquote
 
@@ -435,30 +435,32 @@ class DriftApp:
     async def _respond_init(self, send: Send, init: Init) -> None:
         """An ``init`` reply, encoded and sent about ``init_chunk_bytes`` at a time
         (chunked transfer when it takes more than one): a client that does not
-        read holds one chunk of server memory, not the whole stream."""
-        head = orjson.dumps({"key": init.key, "data": []})[:-2]  # {"key":K,"data":[
-        tail = b'],"type":"init"}'
+        read holds one chunk of server memory, and the value being encoded, not
+        the whole reply."""
         limit = self.config.init_chunk_bytes
-        chunk: list[bytes] = [head]
-        size = 0
+        parts = [orjson.dumps({"key": init.key, "data": []})[:-2]]  # {"key":K,"data":[
+        size = len(parts[0])
         started = False
         for index, entry in enumerate(init.data):
             item = orjson.dumps({"value": entry.value, "seq": entry.seq}, default=_bytes_as_ints)
-            chunk.append(item if index == 0 else b"," + item)
-            size += len(item)
+            parts += (b",", item) if index else (item,)
+            size += len(item) + 1
             if size >= limit:
                 if not started:
                     started = True
                     await send(_response_start(200, self._cors(), None))
-                await send(
-                    {"type": "http.response.body", "body": b"".join(chunk), "more_body": True}
-                )
-                chunk, size = [], 0
-        chunk.append(tail)
-        body = b"".join(chunk)
+                pieces, parts, size = _pieces(parts, limit), [], 0
+                for piece in pieces:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+        parts.append(b'],"type":"init"}')
         if not started:
+            body = b"".join(parts)
             await send(_response_start(200, self._cors(), len(body)))
-        await send({"type": "http.response.body", "body": body})
+            await send({"type": "http.response.body", "body": body})
+            return
+        for piece in _pieces(parts, limit):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     # -- WebSocket ------------------------------------------------------------------
 
@@ -589,6 +591,23 @@ class DriftApp:
 
 def _bytes_as_ints(value: object) -> list[int]:
     return list(bytes(value))  # type: ignore[call-overload]
+
+
+def _pieces(parts: list[bytes], limit: int) -> Iterator[bytes]:
+    """``parts`` joined and cut into pieces of at most ``limit`` bytes, never
+    copying a large part whole (a value can be up to ``max_message_bytes``)."""
+    buffer = bytearray()
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            take = limit - len(buffer)
+            buffer += view[:take]
+            view = view[take:]
+            if len(buffer) >= limit:
+                yield bytes(buffer)
+                buffer.clear()
+    if buffer:
+        yield bytes(buffer)
 
 
 def _response_start(
