@@ -23,6 +23,7 @@ import trio
 
 from _rawws import TEXT, TIMEOUT, RawWebSocket
 from drifttrio import CloseCode, Config, RunningServer, open_server
+from drifttrio.client import connect
 from drifttrio.core import StreamChange
 from drifttrio.protocol.messages import PushEvent, SeqValue, Value
 from drifttrio.server import TRANSPORTS
@@ -224,6 +225,8 @@ async def test_ws_init_larger_than_the_outbox_arrives_in_chunks(tmp_path: Path) 
                 assert message["key"] == "k"
                 seqs += [e["seq"] for e in message["data"]]
                 frames += 1
+                # Every chunk but the last says more of the same answer follows.
+                assert message.get("more", False) is (len(seqs) < len(values))
             assert seqs == list(range(1, len(values) + 1))
             assert frames >= 4
             await ws.send_json({"type": "ping", "nonce": 2})
@@ -368,3 +371,20 @@ async def test_subscriptions_per_connection_are_capped(tmp_path: Path) -> None:
             [conn] = server.hub.rooms[room].members
             assert len(conn.subscriptions) == 1000
             assert "k1000" not in conn.subscriptions
+
+
+async def test_python_client_takes_a_stream_sent_as_several_inits(tmp_path: Path) -> None:
+    """drifttrio's own client joins the chunks of one answer (``"more": true``) for a
+    subscription and for a one-shot ``get``."""
+    values = [{"n": i, "pad": "q" * 100} for i in range(3000)]
+    async with serving(tmp_path) as (server, _client):
+        room = await room_with_stream(server, "k", values)
+        async with connect(f"{server.ws_url}/room/{room}/connect") as conn:
+            got = await conn.get("k", since=10)
+            assert [seq for seq, _ in got] == list(range(11, 3001))
+            assert got[-1][1] == values[-1]
+            sub = conn.subscribe("k", buffer=4000)
+            await conn.push("k", {"n": "live"})
+            updates = [await anext(sub) for _ in range(3001)]
+            assert [u.seq for u in updates] == list(range(1, 3002))
+            assert updates[-1].value == {"n": "live"}

@@ -60,8 +60,9 @@ class InitStream:
     exactly what it covered when the room answered); the writer encodes at most
     about ``chunk_bytes`` of values per ``init``. A stream of any length thus
     costs its outbox one chunk plus a reference per value, and the room task does
-    no encoding for it. The npm client applies several ``init``s of one key in a
-    row as one (it dispatches each value in turn).
+    no encoding for it. Every chunk but the last says ``"more": true``; the npm
+    client ignores that and applies several ``init``s of one key in a row as one
+    (it dispatches each value in turn).
     """
 
     __slots__ = ("_chunk_bytes", "_encode", "_index", "_part", "_parts", "charge")
@@ -98,12 +99,13 @@ class InitStream:
             size = sizes[end] if sizes is not None else value_size(values[end].value)
             budget -= size + _ENTRY_BYTES
             end += 1
-        if end >= len(values):
+        more = end < len(values)
+        if more:
+            self._index = end
+        else:
             self._part += 1
             self._index = 0
-        else:
-            self._index = end
-        return self._encode(Init(key, tuple(values[start:end])))
+        return self._encode(Init(key, tuple(values[start:end]), more))
 
 
 class Outbox:
