@@ -117,7 +117,7 @@ class Init:
     data: tuple[SeqValue, ...]
     #: More ``init``s of this key follow for the same ``get`` (a long stream is
     #: sent in chunks); written only when true, so a whole init is unchanged.
-    more: bool = False
+    more: bool = attrs.field(default=False, repr=False)
 
 
 @attrs.frozen
