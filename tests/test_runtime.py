@@ -295,9 +295,17 @@ async def test_slow_client_bounded_by_bytes() -> None:
     async with hub_with_room() as (hub, room_id, room):
         conn = make_conn(messages=100, max_bytes=200, codec=JSON)
         await join(room, conn)
-        await hub.push(room_id, "k", "x" * 500)  # alone in an empty outbox: fits
+        await hub.push(room_id, "k", "x" * 100)
         assert not conn.closed
-        await hub.push(room_id, "k", "y")
+        await hub.push(room_id, "k", "y" * 100)  # 100 more bytes do not fit in 200
+        assert conn.close_code == CloseCode.SLOW_CLIENT
+
+
+async def test_frame_larger_than_outbox_refused_even_when_empty() -> None:
+    async with hub_with_room() as (hub, room_id, room):
+        conn = make_conn(messages=100, max_bytes=200, codec=JSON)
+        await join(room, conn)
+        await hub.push(room_id, "k", "x" * 500)  # an empty outbox still bounds a frame
         assert conn.close_code == CloseCode.SLOW_CLIENT
 
 
@@ -446,17 +454,17 @@ async def test_debug_connection() -> None:
             Init("a", (SeqValue(1, 1), SeqValue(2, 2))),
             Init("b", (SeqValue("x", 3),)),
         ]
-        # A stream change: the full init of that key, not the push.
+        # A stream change: the push and the stream's new length (never the stream).
         await hub.push(room_id, "a", 3)
-        assert await drain(debug) == [Init("a", (SeqValue(1, 1), SeqValue(2, 2), SeqValue(3, 5)))]
+        assert await drain(debug) == [PushEvent("a", 3, 5), StreamSize("a", 3)]
         assert pushes(await drain(plain)) == [("a", 3, 5)]
         # A relay: the push itself, whatever the debug connection subscribed to.
         await hub.push(room_id, "elsewhere", "hi", Relay())
         assert await drain(debug) == [PushEvent("elsewhere", "hi", 6)]
         assert pushes(await drain(plain)) == [("elsewhere", "hi", 6)]
-        # A compact changes the stream: an init again.
+        # A compact changes the stream: its new head and length again.
         await hub.push(room_id, "a", "c", Compact(5))
-        assert await drain(debug) == [Init("a", (SeqValue("c", 5),))]
+        assert await drain(debug) == [PushEvent("a", "c", 5), StreamSize("a", 1)]
         assert pushes(await drain(plain)) == [("a", "c", 5)]
 
 
@@ -466,7 +474,8 @@ async def test_debug_connection_in_process() -> None:
         async with hub.subscribe(room_id, debug=True) as sub:
             assert await anext(sub) == Init("k", (SeqValue(1, 1),))
             await hub.push(room_id, "k", 2, Replace())
-            assert await anext(sub) == Init("k", (SeqValue(2, 2),))
+            assert await anext(sub) == PushEvent("k", 2, 2)
+            assert await anext(sub) == StreamSize("k", 1)
 
 
 # -- compact ---------------------------------------------------------------------------------------

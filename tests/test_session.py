@@ -112,12 +112,14 @@ async def test_a_waiting_outbox_receiver_can_be_cancelled_and_woken_by_close() -
         outbox.close()
 
 
-async def test_one_frame_larger_than_the_byte_bound_fits_an_empty_outbox() -> None:
+async def test_a_frame_larger_than_the_byte_bound_never_fits() -> None:
     outbox = Outbox(max_messages=8, max_bytes=10)
-    outbox.send_nowait("x" * 100)
+    with pytest.raises(trio.WouldBlock):
+        outbox.send_nowait("x" * 100)  # not even into an empty outbox
+    outbox.send_nowait("x" * 10)
     with pytest.raises(trio.WouldBlock):
         outbox.send_nowait("y")  # bounded by bytes
-    assert await outbox.receive_batch() == ["x" * 100]
+    assert await outbox.receive_batch() == ["x" * 10]
     outbox.send_nowait("y")
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from drifttrio import RunningServer
-from drifttrio.protocol.messages import Replace
+from drifttrio.core import StreamChange
+from drifttrio.protocol.messages import Replace, SeqValue, Value
 
 pytestmark = pytest.mark.browser
 
@@ -68,3 +69,43 @@ async def test_inspector_live_room(server: RunningServer, drive: Drive, artifact
     stored = await hub.get(room, "chat")
     assert [entry.value for entry in stored][-1] == {"text": "from the inspector"}
     assert shot.stat().st_size > 10_000
+
+
+async def test_inspector_long_stream_and_compact(server: RunningServer, drive: Drive) -> None:
+    """A stream longer than one init chunk arrives whole (several inits on join);
+    later changes arrive as a push and the key's new length, and the page rebuilds
+    the stream from them: here a compact from the inspector's own push form."""
+    hub = server.hub
+    room = await hub.create_room()
+    values = [
+        StreamChange("append", "log", SeqValue(Value({"i": i, "pad": "x" * 40}), i))
+        for i in range(1, 3001)
+    ]
+    await hub.storage.commit(room, 3000, values)
+    result = await drive(
+        server,
+        [
+            {"op": "inspect", "page": "ui", "room": room},
+            {"op": "wait_key", "page": "ui", "key": "log", "retained": 3000},
+            {
+                "op": "inspect_push",
+                "page": "ui",
+                "key": "log",
+                "action": "compact",
+                "seq": 2995,
+                "value": json.dumps({"reset": True}),
+            },
+            # Messages arrive in order: once "fresh" shows, the compact was applied.
+            {"op": "inspect_push", "page": "ui", "key": "fresh", "action": "append", "value": "1"},
+            {"op": "wait_key", "page": "ui", "key": "fresh", "retained": 1},
+            {"op": "time_travel", "page": "ui", "key": "log", "index": 0},
+        ],
+    )
+    ui = result["pages"]["ui"]
+    assert {k["key"]: k["retained"] for k in ui["keys"]} == {"log": 6, "fresh": 1}
+    assert ui["stream_at"] == ['#2995 {"reset":true}']
+    inits = [line for line in ui["live"] if '"type":"init"' in line]
+    assert len(inits) > 1, "the 3,000 values came in several inits"
+    assert all(len(line) < 100_000 for line in inits), "no init carries the whole stream"
+    assert result["console_errors"] == {"ui": []}
+    assert [e.seq for e in await hub.get(room, "log")] == [2995, 2996, 2997, 2998, 2999, 3000]

@@ -18,6 +18,8 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from drifttrio import RunningServer
+from drifttrio.core import StreamChange
+from drifttrio.protocol.messages import SeqValue, Value
 
 pytestmark = pytest.mark.interop
 
@@ -357,3 +359,29 @@ async def test_cbor_reconnect_doubled_query(server: RunningServer, run_node: Run
     ]
     assert isinstance(result["latency_after_reconnect"], int | float)
     _no_errors(result)
+
+
+@pytest.mark.parametrize("cbor", [False, True], ids=["json", "cbor"])
+async def test_reducer_takes_a_stream_sent_as_several_inits(
+    server: RunningServer, run_node: RunNode, cbor: bool
+) -> None:
+    """A stream longer than ``init_chunk_bytes`` reaches the client as several
+    ``init``s of its key; the npm Reducer builds the same state as from one."""
+    values = 3000
+    room = await server.hub.create_room()
+    changes = [
+        StreamChange(
+            "append",
+            "counter",
+            SeqValue(Value({"apply": {"type": "add", "n": n, "pad": "p" * 40}, "i": "py"}), n),
+        )
+        for n in range(1, values + 1)
+    ]
+    await server.hub.storage.commit(room, values, changes)
+    env = {"VALUES": str(values), "CBOR": "1" if cbor else "0"}
+    result = await run_node("chunked_init.js", server.url, room, env=env)
+    assert result["state"] == {"total": values * (values + 1) // 2, "count": values}
+    assert result["confirmed_seq"] == values
+    assert result["inits"] > 1, "the stream came in one init: nothing was chunked"
+    assert result["init_seqs"] == list(range(1, values + 1))
+    assert result["errors"] == []

@@ -79,6 +79,8 @@ class _Pending:
     subs: list[Subscription] = attrs.field(factory=list)
     result: list[list[tuple[int, Any]]] = attrs.field(factory=list)
     done: trio.Event | None = None
+    #: The chunks so far of an answer sent as several inits (``"more": true``).
+    chunks: list[tuple[int, Any]] = attrs.field(factory=list)
 
 
 class Subscription:
@@ -480,6 +482,7 @@ class Connection:
                 since = min(sub.last_seq for sub in live)
                 await self._send(ws, {"type": "get", "key": key, "seq": since})
             for key, since, entry in self._gets:
+                entry.chunks.clear()  # a long init cut short by the lost socket
                 self._pending.setdefault(key, deque()).append(entry)
                 await self._send(ws, {"type": "get", "key": key, "seq": since})
             while self._queue:
@@ -541,7 +544,12 @@ class Connection:
             queue = self._pending.get(key)
             if not queue:
                 return  # not ours to answer (e.g. a debug connection's)
+            if message.get("more"):  # a long stream: more inits answer the same get
+                queue[0].chunks += data
+                return
             entry = queue.popleft()
+            if entry.chunks:
+                data = entry.chunks + data
             if entry.done is not None:
                 entry.result.append(data)
                 entry.done.set()

@@ -20,6 +20,7 @@ import attrs
 import cattrs
 import cbor2
 import orjson
+from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
 from .._errors import ProtocolError
@@ -29,6 +30,7 @@ from .messages import (
     ClientMessage,
     Compact,
     Get,
+    Init,
     Ping,
     Pong,
     Push,
@@ -104,6 +106,10 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(Value, lambda v, _: v)
     conv.register_unstructure_hook(Value, lambda v: v)
+    # ``more`` is only written on the chunks of a long init that others follow.
+    conv.register_unstructure_hook(
+        Init, make_dict_unstructure_fn(Init, conv, more=override(omit_if_default=True))
+    )
     configure_tagged_union(Action, conv, tag_generator=_tag, tag_name="type")
     configure_tagged_union(ClientMessage, conv, tag_generator=_tag, tag_name="type")
     configure_tagged_union(ServerMessage, conv, tag_generator=_tag, tag_name="type")

@@ -115,6 +115,9 @@ class Init:
     TAG: ClassVar[str] = "init"
     key: str
     data: tuple[SeqValue, ...]
+    #: More ``init``s of this key follow for the same ``get`` (a long stream is
+    #: sent in chunks); written only when true, so a whole init is unchanged.
+    more: bool = attrs.field(default=False, repr=False)
 
 
 @attrs.frozen

@@ -37,6 +37,15 @@ def _log_format(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
         raise ConfigError(f"log_format must be 'text', 'kv' or 'json', got {value!r}")
 
 
+def _within_half_outbox(inst: Config, attr: attrs.Attribute[Any], value: int) -> None:
+    _positive(inst, attr, value)
+    if value > inst.outbox_bytes // 2:
+        raise ConfigError(
+            f"{attr.name} ({value}) must be at most half of outbox_bytes ({inst.outbox_bytes}):"
+            " an init chunk has to fit in an outbox with room to spare"
+        )
+
+
 def _policy(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
     if value not in get_args(SlowClientPolicy):
         raise ConfigError(f"slow_client_policy must be 'disconnect' or 'drop', got {value!r}")
@@ -63,6 +72,12 @@ class Config:
     outbox_messages: int = attrs.field(default=1024, validator=_positive)
     #: Bytes queued for one connection before the slow-client policy applies.
     outbox_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    #: Bytes of retained values per ``init`` frame: a longer stream is sent as several
+    #: ``init``s of the key, encoded one at a time as the client reads them.
+    init_chunk_bytes: int = attrs.field(default=64 * 1024, validator=_within_half_outbox)
+    #: Keys one connection may ``get`` (0: unlimited); a ``get`` for one more key is
+    #: refused with ``error``.
+    max_subscriptions_per_connection: int = attrs.field(default=1000, validator=_non_negative)
     #: ``disconnect`` (close 4008) or ``drop`` (skip frames, tell the client with ``error``).
     slow_client_policy: str = attrs.field(default="disconnect", validator=_policy)
     #: Seconds any single write may take; a client that stops reading is cut off

@@ -2,36 +2,110 @@
 
 The room task hands every member already-encoded frames with
 :meth:`Connection.deliver`, which never blocks: when the outbox is full (by
-count or by bytes) the slow-client policy decides what happens.
+count or by bytes) the slow-client policy decides what happens. Every frame is
+charged at its size, and an ``init`` of a long stream is queued as an
+:class:`InitStream` that the member's writer encodes one chunk at a time.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 import trio
 
 from .._errors import CloseCode
-from ..protocol.codec import Codec
-from ..protocol.messages import Error, ServerMessage
+from ..core.room_state import value_size
+from ..protocol.codec import CBOR, Codec
+from ..protocol.messages import Error, Init, SeqValue, ServerMessage
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["Connection", "Frame", "Outbox"]
+__all__ = ["Connection", "Frame", "InitStream", "Outbox", "Queued"]
 
 #: What goes through an outbox: an encoded frame, or a message object for
 #: in-process members (which have no codec).
 Frame: TypeAlias = str | bytes | ServerMessage
 
+#: What the outbox holds: frames, and inits still to be encoded.
+Queued: TypeAlias = "Frame | InitStream"
+
+#: What a retained value costs an :class:`InitStream` while it waits: one
+#: reference in its snapshot (the value itself is shared with the room).
+_REFERENCE_BYTES: Final = 8
+#: What an entry of an ``init`` adds around its value (``{"value":…,"seq":N},``).
+_ENTRY_BYTES: Final = 24
 
 _ids = itertools.count(1)
 
 
-def _size(frame: Frame) -> int:
-    # Characters, not UTF-8 bytes, for text frames: close enough for a bound.
-    return len(frame) if isinstance(frame, str | bytes) else 64
+def _size(item: Queued) -> int:
+    """What an outbox item is charged: its encoded length (characters for text
+    frames), a message object's CBOR length, an init's :attr:`InitStream.charge`."""
+    if isinstance(item, str | bytes):
+        return len(item)
+    if isinstance(item, InitStream):
+        return item.charge
+    return len(CBOR.encode(item))
+
+
+class InitStream:
+    """``init`` messages for one or more keys, encoded a chunk at a time as the
+    member's writer takes them.
+
+    The room takes a snapshot of each key's retained values when it answers (a
+    list of references: later pushes do not change it, so the init still covers
+    exactly what it covered when the room answered); the writer encodes at most
+    about ``chunk_bytes`` of values per ``init``. A stream of any length thus
+    costs its outbox one chunk plus a reference per value, and the room task does
+    no encoding for it. Every chunk but the last says ``"more": true``; the npm
+    client ignores that and applies several ``init``s of one key in a row as one
+    (it dispatches each value in turn).
+    """
+
+    __slots__ = ("_chunk_bytes", "_encode", "_index", "_part", "_parts", "charge")
+
+    def __init__(
+        self,
+        parts: Sequence[tuple[str, Sequence[SeqValue], Sequence[int] | None]],
+        chunk_bytes: int,
+        encode: Callable[[ServerMessage], Frame],
+    ) -> None:
+        #: ``(key, values, their sizes or None)``: sizes as the room tracks them
+        #: (CBOR bytes); ``None`` when it does not, then measured while chunking.
+        self._parts = parts
+        self._chunk_bytes = chunk_bytes
+        self._encode = encode
+        self._part = 0
+        self._index = 0
+        values = sum(len(values) for _, values, _ in parts)
+        known = sum(sum(sizes) if sizes is not None else chunk_bytes for _, _, sizes in parts)
+        #: What this costs its outbox while queued: the snapshot's references and
+        #: the one chunk that exists at a time.
+        self.charge = _REFERENCE_BYTES * (values + len(parts)) + min(known, chunk_bytes)
+
+    @property
+    def done(self) -> bool:
+        return self._part >= len(self._parts)
+
+    def next_frame(self) -> Frame:
+        """Encode the next ``init`` (an empty stream still gets one, with no data)."""
+        key, values, sizes = self._parts[self._part]
+        start = end = self._index
+        budget = self._chunk_bytes
+        while end < len(values) and (budget > 0 or end == start):
+            size = sizes[end] if sizes is not None else value_size(values[end].value)
+            budget -= size + _ENTRY_BYTES
+            end += 1
+        more = end < len(values)
+        if more:
+            self._index = end
+        else:
+            self._part += 1
+            self._index = 0
+        return self._encode(Init(key, tuple(values[start:end]), more))
 
 
 class Outbox:
@@ -46,6 +120,7 @@ class Outbox:
     __slots__ = (
         "_closed",
         "_frames",
+        "_inits",
         "_max_bytes",
         "_max_messages",
         "_taken_waiter",
@@ -54,7 +129,9 @@ class Outbox:
     )
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
-        self._frames: list[Frame] = []
+        self._frames: list[Queued] = []
+        #: How many :class:`InitStream` items are queued (none: the fast path).
+        self._inits = 0
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self.queued_bytes = 0
@@ -62,21 +139,22 @@ class Outbox:
         self._waiter: trio.lowlevel.Task | None = None
         self._taken_waiter: trio.lowlevel.Task | None = None
 
-    def send_nowait(self, frame: Frame) -> None:
+    def send_nowait(self, frame: Queued) -> None:
         """Queue a frame; raise :class:`trio.WouldBlock` when full, and
         :class:`trio.ClosedResourceError` once closed.
 
-        One frame larger than the byte bound still fits into an empty outbox.
+        A frame larger than the byte bound never fits, not even into an empty
+        outbox: what a connection holds is bounded whatever it asks for.
         """
         if self._closed:
             raise trio.ClosedResourceError("the outbox is closed")
-        size = _size(frame)
-        if len(self._frames) >= self._max_messages or (
-            self.queued_bytes and self.queued_bytes + size > self._max_bytes
-        ):
+        size = len(frame) if isinstance(frame, str | bytes) else _size(frame)
+        if len(self._frames) >= self._max_messages or self.queued_bytes + size > self._max_bytes:
             raise trio.WouldBlock
         self._frames.append(frame)
         self.queued_bytes += size
+        if type(frame) is InitStream:
+            self._inits += 1
         self._wake()
 
     async def receive_batch(self, max_frames: int = 1024) -> list[Frame]:
@@ -102,12 +180,34 @@ class Outbox:
                 raise trio.EndOfChannel  # woken by close()
         frames = self._frames
         self._wake_taken()
+        if self._inits:
+            return self._take_through_init(max_frames)
         if len(frames) <= max_frames:
             self._frames = []
             self.queued_bytes = 0
-            return frames
+            return frames  # type: ignore[return-value]  # no InitStream in it
         batch = frames[:max_frames]
         del frames[:max_frames]
+        self.queued_bytes -= sum(map(_size, batch))
+        return batch  # type: ignore[return-value]
+
+    def _take_through_init(self, max_frames: int) -> list[Frame]:
+        """The frames before the first queued init, or else that init's next chunk
+        (the init stays first in line until its last chunk is taken)."""
+        frames = self._frames
+        head = frames[0]
+        if isinstance(head, InitStream):
+            frame = head.next_frame()
+            if head.done:
+                del frames[0]
+                self._inits -= 1
+                self.queued_bytes -= head.charge
+            return [frame]
+        end = 1
+        while end < len(frames) and end < max_frames and not isinstance(frames[end], InitStream):
+            end += 1
+        batch: list[Frame] = frames[:end]  # type: ignore[assignment]  # stops at an init
+        del frames[:end]
         self.queued_bytes -= sum(map(_size, batch))
         return batch
 
@@ -226,7 +326,7 @@ class Connection:
         if not self.closed:
             self.deliver(self.encode(message))
 
-    def deliver(self, frame: Frame, seq: int | None = None) -> None:
+    def deliver(self, frame: Queued, seq: int | None = None) -> None:
         """Queue a frame without blocking; apply the slow-client policy if full."""
         if self.closed:
             return

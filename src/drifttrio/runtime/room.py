@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from .._errors import CloseCode, ProtocolError
-from ..core.room_state import RoomState, StreamChange
+from ..core.room_state import PushOutcome, RoomState, StreamChange
 from ..protocol.messages import (
     Action,
     Error,
@@ -33,7 +33,7 @@ from ..protocol.messages import (
 )
 from ..storage.base import Storage
 from .config import Config
-from .connection import Connection, Frame
+from .connection import Connection, Frame, InitStream
 from .metrics import Metrics
 from .redact import room_tag
 
@@ -126,12 +126,20 @@ _Direct = tuple[Origin, ServerMessage]  # a reply to one origin
 class _Broadcast:
     key: str
     entry: SeqValue
-    changed: bool  # debug members get an init of the key instead
+    #: Whether members other than debug ones get it (not a compact that
+    #: ``broadcast_compact`` keeps quiet).
+    public: bool = True
+    #: The stream's new length after a change, sent to debug members as a
+    #: ``stream_size`` right after the push; ``None`` for a relay.
+    debug_size: int | None = None
 
 
 @attrs.frozen
-class _DebugInit:
-    message: Init
+class _InitReply:
+    """An ``init`` for one member, snapshotted when its ``get`` was applied."""
+
+    conn: Connection
+    init: InitStream
 
 
 @attrs.frozen
@@ -139,7 +147,7 @@ class _Done:
     origin: Reply
 
 
-_Effect: TypeAlias = _Direct | _Broadcast | _DebugInit | _Done
+_Effect: TypeAlias = _Direct | _Broadcast | _InitReply | _Done
 
 #: The ``messages_in`` kind of commands other than pushes.
 _KINDS: dict[type, str] = {GetCommand: "get", PingCommand: "ping"}
@@ -275,8 +283,10 @@ class Room:
         self.members.add(conn)
         if conn.debug:
             self._debug_members += 1
-            for key, entries in self.state.dump():
-                conn.send_message(Init(key, tuple(entries)))
+            parts = [self._snapshot(key) for key in self.state.streams]
+            if parts:
+                conn.deliver(InitStream(parts, self.config.init_chunk_bytes, conn.encode))
+                self._out["init"] = self._out.get("init", 0) + len(parts)
 
     def _apply(self, command: Command, changes: list[StreamChange], effects: list[_Effect]) -> None:
         origin = command.origin  # type: ignore[union-attr]
@@ -289,27 +299,72 @@ class Room:
                 self.metrics.errors["refused"].inc()
                 effects.append((origin, Error(exc.message)))
             else:
-                if outcome.change is not None:
-                    changes.append(outcome.change)
-                if outcome.broadcast is not None:
-                    effects.append(
-                        _Broadcast(command.key, outcome.broadcast, outcome.change is not None)
-                    )
-                if outcome.change is not None and self._debug_members:
-                    data = tuple(self.state.get(command.key))
-                    effects.append(_DebugInit(Init(command.key, data)))
+                change = outcome.change
+                if change is not None:
+                    changes.append(change)
+                broadcast = self._broadcast_of(command.key, outcome)
+                if broadcast is not None:
+                    effects.append(broadcast)
                 if outcome.stream_size is not None:
                     effects.append((origin, StreamSize(command.key, outcome.stream_size)))
         elif isinstance(command, GetCommand):
-            if isinstance(origin, Connection):
-                origin.subscriptions.add(command.key)
-            if command.since is not None:
-                data = tuple(self.state.get(command.key, command.since))
-                effects.append((origin, Init(command.key, data)))
+            if isinstance(origin, Reply):
+                if command.since is not None:
+                    data = tuple(self.state.get(command.key, command.since))
+                    effects.append((origin, Init(command.key, data)))
+            else:
+                answer = self._answer_get(origin, command)
+                if answer is not None:
+                    effects.append(answer)
         elif isinstance(command, PingCommand):
             effects.append((origin, Pong(command.nonce)))
         if isinstance(origin, Reply):
             effects.append(_Done(origin))
+
+    def _broadcast_of(self, key: str, outcome: PushOutcome) -> _Broadcast | None:
+        """What to deliver for an applied push: the broadcast, and for debug members
+        the stream's new length after a change (also after a quiet compact)."""
+        change = outcome.change
+        if change is None or not self._debug_members:
+            return None if outcome.broadcast is None else _Broadcast(key, outcome.broadcast)
+        public = outcome.broadcast is not None
+        return _Broadcast(key, change.entry, public, self._length(key))
+
+    def _answer_get(self, conn: Connection, command: GetCommand) -> _Effect | None:
+        """Subscribe ``conn`` to the key (within its cap) and snapshot the ``init``
+        it asked for; the writer encodes it in chunks."""
+        limit = self.config.max_subscriptions_per_connection
+        key = command.key
+        if key not in conn.subscriptions:
+            if limit and len(conn.subscriptions) >= limit:
+                self.metrics.errors["refused"].inc()
+                return (
+                    conn,
+                    Error(
+                        f"get refused: this connection has reached its limit of {limit} "
+                        "subscribed keys (max_subscriptions_per_connection)"
+                    ),
+                )
+            conn.subscriptions.add(key)
+        if command.since is None:
+            return None  # subscribed, no replay
+        part = self._snapshot(key, command.since)
+        return _InitReply(conn, InitStream([part], self.config.init_chunk_bytes, conn.encode))
+
+    def _snapshot(self, key: str, since: int = 0) -> tuple[str, list[SeqValue], list[int] | None]:
+        """The retained values of ``key`` after ``since`` (a copy of the references)
+        with their sizes when the room tracks them."""
+        stream = self.state.streams.get(key)
+        if stream is None:
+            return key, [], None
+        values = stream.since(since)
+        if len(stream.sizes) != len(stream.entries) or not self.state.limits.max_room_bytes:
+            return key, values, None
+        return key, values, stream.sizes[len(stream.entries) - len(values) :]
+
+    def _length(self, key: str) -> int:
+        stream = self.state.streams.get(key)
+        return 0 if stream is None else len(stream.entries)
 
     # -- commit, then deliver ------------------------------------------------------
 
@@ -357,15 +412,9 @@ class Room:
     def _deliver(self, effect: _Effect) -> None:
         if isinstance(effect, _Broadcast):
             self._broadcast(effect)
-        elif isinstance(effect, _DebugInit):
-            frames: dict[Any, Frame] = {}
-            for conn in self.members:
-                if conn.debug:
-                    frame = frames.get(conn.codec_key)
-                    if frame is None:
-                        frame = frames[conn.codec_key] = conn.encode(effect.message)
-                    conn.deliver(frame)
-                    self._out["init"] = self._out.get("init", 0) + 1
+        elif isinstance(effect, _InitReply):
+            effect.conn.deliver(effect.init)
+            self._out["init"] = self._out.get("init", 0) + 1
         elif isinstance(effect, _Done):
             effect.origin.done.set()
         else:
@@ -378,11 +427,13 @@ class Room:
         message = PushEvent(key, entry.value, entry.seq)
         frames: dict[Any, Frame] = {}
         delivered = 0
+        public = effect.public
         for conn in self.members:
             if conn.debug:
-                if effect.changed:
+                if effect.debug_size is not None:
+                    self._debug_change(conn, effect, frames)
                     continue
-            elif conn.explicit and key not in conn.subscriptions:
+            elif not public or (conn.explicit and key not in conn.subscriptions):
                 continue
             frame = frames.get(conn.codec_key)
             if frame is None:
@@ -391,6 +442,24 @@ class Room:
             delivered += 1
         self.metrics.fanout.observe(delivered)
         self._out["push"] = self._out.get("push", 0) + delivered
+
+    def _debug_change(self, conn: Connection, effect: _Broadcast, frames: dict[Any, Frame]) -> None:
+        """A change as a debug member sees it: the push, then the stream's new
+        length, from which the inspector rebuilds the stream (O(1) per push)."""
+        entry = effect.entry
+        push = frames.get(conn.codec_key)
+        if push is None:
+            message = PushEvent(effect.key, entry.value, entry.seq)
+            push = frames[conn.codec_key] = conn.encode(message)
+        size_key = ("size", conn.codec_key)
+        size = frames.get(size_key)
+        if size is None:
+            assert effect.debug_size is not None
+            size = frames[size_key] = conn.encode(StreamSize(effect.key, effect.debug_size))
+        conn.deliver(push, entry.seq)
+        conn.deliver(size)
+        self._out["push"] = self._out.get("push", 0) + 1
+        self._out["stream_size"] = self._out.get("stream_size", 0) + 1
 
     def _flush_counts(self) -> None:
         metrics = self.metrics

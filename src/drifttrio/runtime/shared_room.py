@@ -27,7 +27,7 @@ import trio
 
 from .._errors import CloseCode, RoomNotFound
 from ..core.room_state import RoomState
-from ..protocol.messages import Compact, Error, Init, SeqValue, StreamSize
+from ..protocol.messages import Compact, Error, SeqValue, StreamSize
 from ..storage.base import RoomSnapshot
 from ..storage.redis import (
     ActionName,
@@ -48,8 +48,6 @@ from .room import (
     Reply,
     Room,
     RoomEnded,
-    _Broadcast,
-    _DebugInit,
     _Done,
     _Effect,
 )
@@ -256,10 +254,9 @@ class SharedRoom(Room):
         outcome = self.state.apply_event(event.action, event.key, entry)
         self.ev = event.ev
         self._committed_seq = self.state.seq
-        if outcome.broadcast is not None:
-            self._deliver(_Broadcast(event.key, entry, outcome.change is not None))
-        if outcome.change is not None and self._debug_members:
-            self._deliver(_DebugInit(Init(event.key, tuple(self.state.get(event.key)))))
+        broadcast = self._broadcast_of(event.key, outcome)
+        if broadcast is not None:
+            self._deliver(broadcast)
 
 
 async def open_shared_room(room: SharedRoom) -> None:

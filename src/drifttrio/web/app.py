@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, TypeAlias
 from urllib.parse import unquote
 
@@ -21,7 +21,7 @@ import trio
 from .. import __version__
 from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, StorageError
 from ..protocol.codec import CBOR, JSON, decode_json_client_message
-from ..protocol.messages import Error, Push
+from ..protocol.messages import Error, Init, Push
 from ..runtime.config import Config
 from ..runtime.connection import Connection
 from ..runtime.hub import Hub
@@ -427,7 +427,40 @@ class DriftApp:
         if isinstance(answer, Error):
             await self._error(send, reply.status, answer.message)
             return
+        if isinstance(answer, Init):
+            await self._respond_init(send, answer)
+            return
         await self._respond(send, 200, None if answer is None else JSON.unstructure(answer))
+
+    async def _respond_init(self, send: Send, init: Init) -> None:
+        """An ``init`` reply, encoded and sent about ``init_chunk_bytes`` at a time
+        (chunked transfer when it takes more than one): a client that does not
+        read holds one chunk of server memory, and the value being encoded, not
+        the whole reply."""
+        limit = self.config.init_chunk_bytes
+        parts = [orjson.dumps({"key": init.key, "data": []})[:-2]]  # {"key":K,"data":[
+        size = len(parts[0])
+        started = False
+        for index, entry in enumerate(init.data):
+            item = orjson.dumps({"value": entry.value, "seq": entry.seq}, default=_bytes_as_ints)
+            parts += (b",", item) if index else (item,)
+            size += len(item) + 1
+            if size >= limit:
+                if not started:
+                    started = True
+                    await send(_response_start(200, self._cors(), None))
+                pieces, parts, size = _pieces(parts, limit), [], 0
+                for piece in pieces:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+        parts.append(b'],"type":"init"}')
+        if not started:
+            body = b"".join(parts)
+            await send(_response_start(200, self._cors(), len(body)))
+            await send({"type": "http.response.body", "body": body})
+            return
+        for piece in _pieces(parts, limit):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     # -- WebSocket ------------------------------------------------------------------
 
@@ -554,6 +587,37 @@ class DriftApp:
                 "connection closed",
                 extra={"fields": _close_fields(conn, tag, code, reason, label)},
             )
+
+
+def _bytes_as_ints(value: object) -> list[int]:
+    return list(bytes(value))  # type: ignore[call-overload]
+
+
+def _pieces(parts: list[bytes], limit: int) -> Iterator[bytes]:
+    """``parts`` joined and cut into pieces of at most ``limit`` bytes, never
+    copying a large part whole (a value can be up to ``max_message_bytes``)."""
+    buffer = bytearray()
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            take = limit - len(buffer)
+            buffer += view[:take]
+            view = view[take:]
+            if len(buffer) >= limit:
+                yield bytes(buffer)
+                buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+def _response_start(
+    status: int, headers: list[tuple[bytes, bytes]], length: int | None
+) -> dict[str, Any]:
+    """A JSON response's start; no length: the server sends it chunked."""
+    fields = [(b"content-type", b"application/json"), *headers]
+    if length is not None:
+        fields.insert(1, (b"content-length", str(length).encode()))
+    return {"type": "http.response.start", "status": status, "headers": fields}
 
 
 def _open_fields(conn: Connection, tag: str, client: str) -> dict[str, Any]:

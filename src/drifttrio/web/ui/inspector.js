@@ -2,9 +2,11 @@
 //
 // It opens a *debug* connection (?debug=true) to a room on the server that served
 // this page, through the same route and access rules as any client: the server
-// sends an `init` of every key on join and again whenever a key's retained
-// stream changes, and relays `push` for relay-only values. It needs the room id
-// (or a room URL); `?room=ID` opens one directly, `?token=T` is passed along.
+// sends the retained stream of every key on join (as `init`s, a long stream in
+// several), then every `push`; a push that changed a stream is followed at once
+// by a `stream_size` of the key, from which the page rebuilds the stream (see
+// applyChange). It needs the room id (or a room URL); `?room=ID` opens one
+// directly, `?token=T` is passed along.
 'use strict';
 
 (() => {
@@ -14,6 +16,8 @@
 
   /** key -> retained entries [{seq, value}], seq ascending */
   let streams = new Map();
+  /** key -> the last push of the key, until its stream_size says what it did */
+  let pending = new Map();
   let selected = null;
   let socket = null;
   let count = 0;
@@ -110,15 +114,45 @@
     while (live.children.length > 500) live.lastChild.remove();
   }
 
+  /**
+   * A push of `key` followed by the stream's new length `size`: the stream is now
+   * the last (size - 1 - later) entries before the push's seq, the pushed value,
+   * then the entries after it (an append keeps all before; a replace, none; a
+   * compact at seq s drops those up to s, and keeps the ones after).
+   */
+  function applyChange(key, push, size) {
+    const entries = streams.get(key) || [];
+    const before = entries.filter((e) => e.seq < push.seq);
+    const after = entries.filter((e) => e.seq > push.seq);
+    const keep = Math.max(0, size - 1 - after.length);
+    streams.set(key, [
+      ...before.slice(before.length - keep),
+      { seq: push.seq, value: push.value },
+      ...after,
+    ].slice(-size));
+  }
+
   function onMessage(message) {
     logMessage(message);
     if (message.type === 'init') {
-      streams.set(message.key, message.data.map((e) => ({ seq: e.seq, value: e.value })));
-      for (const e of message.data) seen(e.seq);
+      // On join; a long stream comes as several inits of its key, seqs ascending.
+      const entries = streams.get(message.key) || [];
+      const last = entries.length ? entries[entries.length - 1].seq : 0;
+      for (const e of message.data) {
+        if (e.seq > last) entries.push({ seq: e.seq, value: e.value });
+        seen(e.seq);
+      }
+      streams.set(message.key, entries);
     } else if (message.type === 'push') {
-      // A relayed value (retained values arrive as an init of their key).
+      // A relay leaves the stream as it is; a change is followed by stream_size.
       if (!streams.has(message.key)) streams.set(message.key, []);
+      pending.set(message.key, { seq: message.seq, value: message.value });
       seen(message.seq);
+    } else if (message.type === 'stream_size') {
+      const push = pending.get(message.key);
+      if (!push) return; // the reply to this page's own push: already applied
+      pending.delete(message.key);
+      applyChange(message.key, push, message.size);
     } else if (message.type === 'error') {
       $('push-result').textContent = `error: ${message.message}`;
       return;
@@ -137,6 +171,7 @@
     }
     if (socket) socket.close(1000);
     streams = new Map();
+    pending = new Map();
     selected = null;
     count = 0;
     highSeq = 0;
