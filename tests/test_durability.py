@@ -784,9 +784,10 @@ async def test_keys_cap() -> None:
 
 
 async def test_room_bytes_cap(tmp_path: Path) -> None:
-    limit = 200
+    limit = 600
     config = Config(store=f"sqlite:///{tmp_path}/bytes.db", max_room_bytes=limit)
-    half = "x" * (limit // 2 - 10)
+    half = "x" * 200  # two fit, a third does not
+    assert 2 * value_size(half) <= limit < 3 * value_size(half)
     async with open_server(config) as server, http_client(server.url) as client:
         info = await new_room(client)
         async with connect(info["socket_url"]) as ws:
@@ -803,7 +804,7 @@ async def test_room_bytes_cap(tmp_path: Path) -> None:
             assert await push_seq(ws, "c", half) == 4
     # What key "a" may hold with "b" and "c" stored: exactly that fits, a byte more does not.
     room_for_a = limit - 2 * value_size(half)
-    fits = "y" * (room_for_a - 1)
+    fits = "y" * (room_for_a - value_size(""))  # an ASCII str costs its length more
     assert value_size(fits) == room_for_a
     async with open_server(config) as server, http_client(server.url) as client:
         info = {"http_url": f"{server.url}/room/{info['room']}/send"}
@@ -811,7 +812,7 @@ async def test_room_bytes_cap(tmp_path: Path) -> None:
         status, _ = await http_send(client, info, push("a", fits + "y", "replace"))
         assert status == 400, "the stored bytes were not counted after the restart"
         assert await http_send(client, info, push("a", fits, "replace")) == (200, None)
-        status, body = await http_send(client, info, push("d", 0))
+        status, body = await http_send(client, info, push("d", 1000))  # 0 is shared: free
         assert (status, body["type"]) == (400, "error")
 
 

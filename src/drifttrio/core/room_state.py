@@ -7,14 +7,15 @@ No I/O and no trio: the room task feeds it, storage backends replay its
 from __future__ import annotations
 
 import bisect
+import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Literal
+from typing import Final, Literal
 
 import attrs
-import cbor2
 
 from .._errors import ProtocolError
 from ..protocol.messages import Action, Append, Compact, Relay, Replace, SeqValue, Value
+from .budget import BudgetAccount
 
 __all__ = ["PushOutcome", "RoomLimits", "RoomState", "Stream", "StreamChange", "value_size"]
 
@@ -53,7 +54,8 @@ class Stream:
     entries: list[SeqValue] = attrs.Factory(list)
     #: The highest seq a compaction was applied at; compacts at or below it are no-ops.
     compacted: int = 0
-    #: Encoded size of each entry (kept by rooms that enforce a byte cap; else zeros).
+    #: Charged size of each entry (:func:`value_size`; kept by rooms that count bytes,
+    #: else zeros).
     sizes: list[int] = attrs.Factory(list)
     #: ``sum(sizes)``, kept up to date.
     total: int = 0
@@ -103,16 +105,100 @@ def _seq_of(entry: SeqValue) -> int:
 @attrs.frozen
 class RoomLimits:
     """Caps on what a room retains; 0 means unlimited. A push that would exceed
-    one is rejected (never silently truncating a stream)."""
+    one is rejected (never silently truncating a stream).
+
+    ``account`` is the room's share of the server-wide retained-bytes budget
+    (``None``: no budget); a push that would grow the room past it is refused.
+    """
 
     max_keys: int = 0
     max_stream_values: int = 0
     max_room_bytes: int = 0
+    account: BudgetAccount | None = attrs.field(default=None, eq=False, repr=False)
 
 
-def value_size(value: Value) -> int:
-    """The size a value counts for against ``max_room_bytes``: its CBOR encoding."""
-    return len(cbor2.dumps(value))
+_sizeof: Final = sys.getsizeof
+#: The header of a str whose characters are 1 byte wide (``sys.getsizeof`` of "é", less 1).
+_WIDE_STR_HEAD: Final = _sizeof("\xe9") - 1
+#: pymalloc hands out blocks in multiples of 16 bytes: what rounding adds at most.
+_ROUND_STR: Final = 15
+_ROUND_CONTAINER: Final = 8  # a container's size is already a multiple of 8
+#: A float, or an int outside the shared small ints (up to 2**60: every JSON-safe int).
+_NUMBER: Final = 32
+
+
+def value_size(value: object) -> int:
+    """The bytes a retained value costs in memory: what counts against
+    ``max_room_bytes`` and ``max_retained_bytes``.
+
+    An upper bound of the Python objects' size, from ``sys.getsizeof`` of every node
+    (rounded up as the allocator does): a million empty maps cost about 72 MB, not
+    the 1 MB of their encoding, and a big string about its length. Shared objects
+    (``None``, booleans, ints -5..256) cost only their slot. A non-ASCII string is
+    charged for the UTF-8 copy an encoder caches in it as well.
+    """
+    t = type(value)
+    if t is dict:
+        mapping: dict[str, object] = value  # type: ignore[assignment]
+        total = _sizeof(mapping) + _ROUND_CONTAINER
+        for key, item in mapping.items():
+            total += _sizeof(key) + _ROUND_STR if key.isascii() else _wide_str_size(key)
+            ti = type(item)
+            if ti is str:
+                s: str = item  # type: ignore[assignment]
+                total += _sizeof(s) + _ROUND_STR if s.isascii() else _wide_str_size(s)
+            elif ti is int:
+                if not -5 <= item <= 256:  # type: ignore[operator]
+                    total += _NUMBER
+            elif ti is float:
+                total += _NUMBER
+            elif ti is dict or ti is list or ti is bytes:
+                total += value_size(item)
+        return total
+    if t is list:
+        items: list[object] = value  # type: ignore[assignment]
+        total = _sizeof(items) + _ROUND_CONTAINER
+        for item in items:  # the same as for a dict's values, for speed
+            ti = type(item)
+            if ti is dict or ti is list or ti is bytes:
+                total += value_size(item)
+            elif ti is str:
+                s = item  # type: ignore[assignment]
+                total += _sizeof(s) + _ROUND_STR if s.isascii() else _wide_str_size(s)
+            elif ti is int:
+                if not -5 <= item <= 256:  # type: ignore[operator]
+                    total += _NUMBER
+            elif ti is float:
+                total += _NUMBER
+        return total
+    if t is str:
+        text: str = value  # type: ignore[assignment]
+        return _sizeof(text) + _ROUND_STR if text.isascii() else _wide_str_size(text)
+    if t is int:
+        return 0 if -5 <= value <= 256 else _NUMBER  # type: ignore[operator]
+    if t is float:
+        return _NUMBER
+    if t is bytes:
+        return _sizeof(value) + _ROUND_STR
+    return 0  # None, True, False: shared
+
+
+def _wide_str_size(text: str) -> int:
+    """A non-ASCII str: its characters (1, 2 or 4 bytes wide), plus the UTF-8 copy
+    (up to 2, 3 or 4 bytes a character) that encoding it caches in it for good."""
+    size = _sizeof(text)
+    n = len(text)
+    width = (size - _WIDE_STR_HEAD) // n
+    return size + _ROUND_STR + 1 + n * (4 if width >= 4 else 3 if width >= 2 else 2)
+
+
+def _budget_refusal(account: BudgetAccount) -> ProtocolError:
+    return ProtocolError(
+        f"server memory budget reached: live rooms retain the server's limit of"
+        f" {account.budget.limit} bytes; pushes that do not grow a room still pass,"
+        " try again later",
+        status=503,
+    )
 
 
 class RoomState:
@@ -130,13 +216,17 @@ class RoomState:
         self.streams: dict[str, Stream] = dict(streams or {})
         self.broadcast_compact = broadcast_compact
         self.limits = limits
-        #: Retained bytes (only counted when ``limits.max_room_bytes`` is set).
+        #: Whether retained bytes are counted: a byte cap or a budget needs them.
+        self.counting = bool(limits.max_room_bytes or limits.account is not None)
+        #: Retained bytes (:func:`value_size`; only counted when :attr:`counting`).
         self.bytes = 0
-        if limits.max_room_bytes:
+        if self.counting:
             for stream in self.streams.values():
                 stream.sizes = [value_size(e.value) for e in stream.entries]
                 stream.total = sum(stream.sizes)
                 self.bytes += stream.total
+        if limits.account is not None:
+            limits.account.set(self.bytes)
 
     @classmethod
     def from_changes(
@@ -164,22 +254,55 @@ class RoomState:
                 f"stream {change.key!r} has reached its limit of "
                 f"{limits.max_stream_values} retained values: compact or replace it"
             )
-        if not limits.max_room_bytes:
+        if not self.counting:
             return 0
         size = value_size(change.entry.value)
         before = stream.total if stream is not None else 0
-        after = stream.bytes_after(change, size) if stream is not None else size
-        if self.bytes - before + after > limits.max_room_bytes:
+        growth = (stream.bytes_after(change, size) if stream is not None else size) - before
+        if limits.max_room_bytes and self.bytes + growth > limits.max_room_bytes:
             raise ProtocolError(
                 f"room has reached its limit of {limits.max_room_bytes} retained bytes"
             )
+        if limits.account is not None and not limits.account.admits(growth):
+            raise _budget_refusal(limits.account)
         return size
 
     def _retain(self, change: StreamChange) -> Stream:
         size = self._admit(change)
         stream = self.streams.setdefault(change.key, Stream())
-        self.bytes += stream.apply(change, size)
+        self._count(stream.apply(change, size))
         return stream
+
+    def _count(self, delta: int) -> None:
+        self.bytes += delta
+        if self.limits.account is not None:
+            self.limits.account.add(delta)
+
+    def check_budget(self, key: str, value: Value, action: Action) -> None:
+        """Raise :class:`ProtocolError` if the server budget has no room for this push.
+
+        For a room whose pushes a shared store applies (it checks the room's own
+        caps): the budget is this node's memory, so this node refuses.
+        """
+        account = self.limits.account
+        if account is None or isinstance(action, Relay):
+            return
+        size = value_size(value)
+        stream = self.streams.get(key)
+        if stream is None:
+            growth = size
+        elif isinstance(action, Replace):
+            growth = size - stream.total
+        elif isinstance(action, Append):
+            growth = size
+        else:
+            assert isinstance(action, Compact)
+            growth = stream.bytes_after(
+                StreamChange("compact", key, SeqValue(value, action.seq)), size
+            )
+            growth -= stream.total
+        if not account.admits(growth):
+            raise _budget_refusal(account)
 
     def push(self, key: str, value: Value, action: Action) -> PushOutcome:
         """Apply one push. Raises :class:`ProtocolError` for an invalid compact or
@@ -230,9 +353,9 @@ class RoomState:
             self.seq = max(self.seq, entry.seq)
             return PushOutcome(entry, None, None)
         change = StreamChange(action, key, entry)
-        size = value_size(entry.value) if self.limits.max_room_bytes else 0
+        size = value_size(entry.value) if self.counting else 0
         stream = self.streams.setdefault(key, Stream())
-        self.bytes += stream.apply(change, size)
+        self._count(stream.apply(change, size))
         if action == "compact":
             return PushOutcome(entry if self.broadcast_compact else None, change, None)
         self.seq = max(self.seq, entry.seq)
