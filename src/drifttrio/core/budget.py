@@ -43,6 +43,12 @@ class RetainedBudget:
         self.reclaim(self.used + growth - self.limit, asking)
         return self.used + growth <= self.limit
 
+    def settle(self, asking: BudgetAccount) -> None:
+        """After ``asking`` was charged without asking (a room loaded from storage):
+        reclaim from other rooms whatever went past the limit."""
+        if self.limit and self.used > self.limit:
+            self.reclaim(self.used - self.limit, asking)
+
 
 class BudgetAccount:
     """One live room's share of a :class:`RetainedBudget`."""

@@ -17,7 +17,15 @@ from .._errors import ProtocolError
 from ..protocol.messages import Action, Append, Compact, Relay, Replace, SeqValue, Value
 from .budget import BudgetAccount
 
-__all__ = ["PushOutcome", "RoomLimits", "RoomState", "Stream", "StreamChange", "value_size"]
+__all__ = [
+    "PushOutcome",
+    "RoomLimits",
+    "RoomState",
+    "Stream",
+    "StreamChange",
+    "key_size",
+    "value_size",
+]
 
 
 @attrs.frozen
@@ -118,18 +126,24 @@ class RoomLimits:
 
 
 _sizeof: Final = sys.getsizeof
-#: The header of a str whose characters are 1 byte wide (``sys.getsizeof`` of "é", less 1).
-_WIDE_STR_HEAD: Final = _sizeof("\xe9") - 1
+#: The header of a non-ASCII str (``sys.getsizeof`` of "é" less its two 1-byte characters).
+_WIDE_STR_HEAD: Final = _sizeof("\xe9") - 2
 #: pymalloc hands out blocks in multiples of 16 bytes: what rounding adds at most.
 _ROUND_STR: Final = 15
 _ROUND_CONTAINER: Final = 8  # a container's size is already a multiple of 8
 #: A float, or an int outside the shared small ints (up to 2**60: every JSON-safe int).
 _NUMBER: Final = 32
+#: What a retained entry costs besides its value: its ``SeqValue``, seq and size
+#: ints, and its slots in the stream's lists (about 140 bytes, measured).
+ENTRY_COST: Final = 160
+#: What a stream costs besides its entries and key string: the ``Stream``, its two
+#: lists and its slot in the room's dict (about 210 bytes, measured).
+STREAM_COST: Final = 256
 
 
 def value_size(value: object) -> int:
-    """The bytes a retained value costs in memory: what counts against
-    ``max_room_bytes`` and ``max_retained_bytes``.
+    """The bytes a retained value costs in memory, with its entry in a stream: what
+    it counts for against ``max_room_bytes`` and ``max_retained_bytes``.
 
     An upper bound of the Python objects' size, from ``sys.getsizeof`` of every node
     (rounded up as the allocator does): a million empty maps cost about 72 MB, not
@@ -137,6 +151,15 @@ def value_size(value: object) -> int:
     (``None``, booleans, ints -5..256) cost only their slot. A non-ASCII string is
     charged for the UTF-8 copy an encoder caches in it as well.
     """
+    return ENTRY_COST + _object_size(value)
+
+
+def key_size(key: str) -> int:
+    """What a new stream costs besides its entries (streams are never removed)."""
+    return STREAM_COST + _object_size(key)
+
+
+def _object_size(value: object) -> int:
     t = type(value)
     if t is dict:
         mapping: dict[str, object] = value  # type: ignore[assignment]
@@ -153,7 +176,7 @@ def value_size(value: object) -> int:
             elif ti is float:
                 total += _NUMBER
             elif ti is dict or ti is list or ti is bytes:
-                total += value_size(item)
+                total += _object_size(item)
         return total
     if t is list:
         items: list[object] = value  # type: ignore[assignment]
@@ -161,7 +184,7 @@ def value_size(value: object) -> int:
         for item in items:  # the same as for a dict's values, for speed
             ti = type(item)
             if ti is dict or ti is list or ti is bytes:
-                total += value_size(item)
+                total += _object_size(item)
             elif ti is str:
                 s = item  # type: ignore[assignment]
                 total += _sizeof(s) + _ROUND_STR if s.isascii() else _wide_str_size(s)
@@ -184,12 +207,13 @@ def value_size(value: object) -> int:
 
 
 def _wide_str_size(text: str) -> int:
-    """A non-ASCII str: its characters (1, 2 or 4 bytes wide), plus the UTF-8 copy
-    (up to 2, 3 or 4 bytes a character) that encoding it caches in it for good."""
-    size = _sizeof(text)
+    """A non-ASCII str: its characters, 1, 2 or 4 bytes each (the widest decides),
+    plus the UTF-8 copy (up to 2, 3 or 4 bytes a character) that encoding it caches
+    in it for good. Not from ``sys.getsizeof``: that would count the copy once cached."""
     n = len(text)
-    width = (size - _WIDE_STR_HEAD) // n
-    return size + _ROUND_STR + 1 + n * (4 if width >= 4 else 3 if width >= 2 else 2)
+    widest = ord(max(text))
+    width, utf8 = (1, 2) if widest < 0x100 else (2, 3) if widest < 0x10000 else (4, 4)
+    return _WIDE_STR_HEAD + (n + 1) * width + n * utf8 + 1 + _ROUND_STR
 
 
 def _budget_refusal(account: BudgetAccount) -> ProtocolError:
@@ -221,10 +245,10 @@ class RoomState:
         #: Retained bytes (:func:`value_size`; only counted when :attr:`counting`).
         self.bytes = 0
         if self.counting:
-            for stream in self.streams.values():
+            for key, stream in self.streams.items():
                 stream.sizes = [value_size(e.value) for e in stream.entries]
                 stream.total = sum(stream.sizes)
-                self.bytes += stream.total
+                self.bytes += key_size(key) + stream.total
         if limits.account is not None:
             limits.account.set(self.bytes)
 
@@ -257,8 +281,10 @@ class RoomState:
         if not self.counting:
             return 0
         size = value_size(change.entry.value)
-        before = stream.total if stream is not None else 0
-        growth = (stream.bytes_after(change, size) if stream is not None else size) - before
+        if stream is None:
+            growth = key_size(change.key) + size
+        else:
+            growth = stream.bytes_after(change, size) - stream.total
         if limits.max_room_bytes and self.bytes + growth > limits.max_room_bytes:
             raise ProtocolError(
                 f"room has reached its limit of {limits.max_room_bytes} retained bytes"
@@ -269,7 +295,14 @@ class RoomState:
 
     def _retain(self, change: StreamChange) -> Stream:
         size = self._admit(change)
-        stream = self.streams.setdefault(change.key, Stream())
+        return self._apply(change, size)
+
+    def _apply(self, change: StreamChange, size: int) -> Stream:
+        stream = self.streams.get(change.key)
+        if stream is None:
+            stream = self.streams[change.key] = Stream()
+            if self.counting:
+                self._count(key_size(change.key))
         self._count(stream.apply(change, size))
         return stream
 
@@ -290,7 +323,7 @@ class RoomState:
         size = value_size(value)
         stream = self.streams.get(key)
         if stream is None:
-            growth = size
+            growth = key_size(key) + size
         elif isinstance(action, Replace):
             growth = size - stream.total
         elif isinstance(action, Append):
@@ -353,9 +386,7 @@ class RoomState:
             self.seq = max(self.seq, entry.seq)
             return PushOutcome(entry, None, None)
         change = StreamChange(action, key, entry)
-        size = value_size(entry.value) if self.counting else 0
-        stream = self.streams.setdefault(key, Stream())
-        self._count(stream.apply(change, size))
+        self._apply(change, value_size(entry.value) if self.counting else 0)
         if action == "compact":
             return PushOutcome(entry if self.broadcast_compact else None, change, None)
         self.seq = max(self.seq, entry.seq)

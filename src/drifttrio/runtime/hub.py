@@ -173,6 +173,7 @@ class Hub:
                 room = await self._load(room_id)
                 await self._nursery.start(room.run)
                 self.rooms[room_id] = room
+                self._settle(room)
                 if self.closing:  # loaded while the drain started: drain it too
                     room.inbox.close()
                 return room
@@ -252,6 +253,12 @@ class Hub:
         account = room.state.limits.account
         if account is not None:
             account.close()
+
+    def _settle(self, room: Room) -> None:
+        """A room was loaded with its data: make room for it by unloading idle ones."""
+        account = room.state.limits.account
+        if account is not None:
+            self.budget.settle(account)
 
     def _reclaim(self, needed: int, asking: BudgetAccount) -> None:
         """The budget is short of ``needed`` bytes: unload idle rooms (no members,

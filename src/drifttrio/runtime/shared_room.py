@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from .._errors import CloseCode, ProtocolError, RoomNotFound
-from ..core.room_state import RoomState, value_size
+from ..core.room_state import RoomState, key_size, value_size
 from ..protocol.messages import Compact, Error, Init, SeqValue, StreamSize
 from ..storage.base import RoomSnapshot
 from ..storage.redis import (
@@ -176,9 +176,12 @@ class SharedRoom(Room):
             kind = cast(ActionName, command.action.TAG)
             self._in[kind] = self._in.get(kind, 0) + 1
             compact_seq = command.action.seq if isinstance(command.action, Compact) else 0
-            charge = 0 if kind == "relay" else value_size(command.value)
-            item = PushItem(kind, command.key, encode_value(command.value), compact_seq, charge)
-            items.append(item)
+            blob = encode_value(command.value)
+            if kind == "relay":
+                items.append(PushItem(kind, command.key, blob))
+            else:
+                charge, key_charge = value_size(command.value), key_size(command.key)
+                items.append(PushItem(kind, command.key, blob, compact_seq, charge, key_charge))
         limits = self.state.limits
         started = time.perf_counter()
         try:

@@ -4,8 +4,9 @@ Every key of a room ``R`` carries the hash tag ``{R}``, so a Redis Cluster keeps
 room on one shard and each script runs atomically on it:
 
 * ``P:{R}`` - hash: ``seq`` (high-water seq), ``ev`` (events published so far),
-  ``bytes`` (retained bytes: the sum of the entries' charges), ``created``, ``last``
-  (unix time of last activity);
+  ``bytes`` (retained bytes: the sum of the entries' charges and of the streams'
+  charges, added when each stream was created), ``created``, ``last`` (unix time of
+  last activity);
 * ``P:{R}:keys`` - hash: stream key -> its compaction mark;
 * ``P:{R}:s:KEY`` - list: the stream's entries, each ``"SEQ:CHARGE|" + CBOR(value)``,
   where CHARGE is what the value counts for against ``max_room_bytes`` (its cost in a
@@ -47,8 +48,9 @@ local function fmt(n) return string.format('%d', n) end
 """
 
 #: KEYS: meta, keys, log, stream lists...; ARGV: now, log_max, publish command,
-#: channel, max_keys, max_values, max_bytes, floor_ev, n, then 6 per push:
-#: action, index of its stream list in KEYS, key, CBOR value, compact seq, charge.
+#: channel, max_keys, max_values, max_bytes, floor_ev, n, then 7 per push:
+#: action, index of its stream list in KEYS, key, CBOR value, compact seq, charge of
+#: the entry, charge of the stream if the push creates it (``value_size``, ``key_size``).
 #: Returns false if the room does not exist, ``{'behind', ev}`` if Redis holds fewer
 #: events than this node has seen (it lost data), else one result per push:
 #: ``{'ok', seq, stream_size, ev}``, ``{'noop'}`` or ``{'err', reason, numbers...}``.
@@ -82,9 +84,12 @@ local function bytes_refused(after)
 end
 
 for i = 0, n - 1 do
-  local b = 10 + i * 6
+  local b = 10 + i * 7
   local action, skey, name, blob = ARGV[b], KEYS[tonumber(ARGV[b + 1])], ARGV[b + 2], ARGV[b + 3]
-  local charge = tonumber(ARGV[b + 5])
+  local charge, stream_charge = tonumber(ARGV[b + 5]), 0
+  local function charge_stream()  -- a push creating its stream pays for the stream too
+    if redis.call('HEXISTS', keysh, name) == 0 then stream_charge = tonumber(ARGV[b + 6]) end
+  end
   local result, at = nil, nil
   if action == 'relay' then
     seq = seq + 1
@@ -97,8 +102,9 @@ for i = 0, n - 1 do
       refused = {'err', 'values', max_values}
     end
     local removed = 0
+    charge_stream()
     if not refused and action == 'replace' then removed = list_bytes(skey) end
-    if not refused then refused = bytes_refused(bytes - removed + charge) end
+    if not refused then refused = bytes_refused(bytes - removed + charge + stream_charge) end
     if refused then
       result = refused
     else
@@ -107,7 +113,7 @@ for i = 0, n - 1 do
       if action == 'replace' then redis.call('DEL', skey) end
       len = redis.call('RPUSH', skey, fmt(seq) .. ':' .. fmt(charge) .. '|' .. blob)
       redis.call('HSETNX', keysh, name, '0')
-      bytes = bytes - removed + charge
+      bytes = bytes - removed + charge + stream_charge
       result = {'ok', seq, len}
     end
   else -- compact
@@ -122,14 +128,15 @@ for i = 0, n - 1 do
     else
       local refused = new_key_refused(name)
       local removed, count = list_bytes(skey, cseq)
-      if not refused then refused = bytes_refused(bytes - removed + charge) end
+      charge_stream()
+      if not refused then refused = bytes_refused(bytes - removed + charge + stream_charge) end
       if refused then
         result = refused
       else
         if count > 0 then redis.call('LTRIM', skey, count, -1) end
         local len = redis.call('LPUSH', skey, fmt(cseq) .. ':' .. fmt(charge) .. '|' .. blob)
         redis.call('HSET', keysh, name, fmt(cseq))
-        bytes = bytes - removed + charge
+        bytes = bytes - removed + charge + stream_charge
         at = cseq
         result = {'ok', cseq, len}
       end

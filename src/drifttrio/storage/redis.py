@@ -65,9 +65,11 @@ class PushItem:
     key: str
     blob: bytes  # CBOR of the value
     compact_seq: int = 0
-    #: What the value counts for against ``max_room_bytes`` (its
-    #: :func:`~drifttrio.core.room_state.value_size`, computed by the node).
+    #: What the entry counts for against ``max_room_bytes`` (its
+    #: :func:`~drifttrio.core.room_state.value_size`, computed by the node) ...
     charge: int = 0
+    #: ... and the stream, if the push creates it (:func:`~.room_state.key_size`).
+    key_charge: int = 0
 
 
 @attrs.frozen
@@ -460,6 +462,7 @@ class RedisStorage:
                 item.blob,
                 item.compact_seq,
                 item.charge,
+                item.key_charge,
             ]
         raw = await self._call("PUSH", keys, args)
         if raw is None:
