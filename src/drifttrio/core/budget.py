@@ -73,7 +73,10 @@ class BudgetAccount:
 
     def admits(self, growth: int) -> bool:
         """Whether the budget has room for this room to grow by ``growth`` bytes."""
-        return self.closed or self.budget.admits(growth, self)
+        budget = self.budget
+        if growth <= 0 or budget.used + growth <= budget.limit or self.closed:
+            return True  # (the common case, without a call)
+        return budget.admits(growth, self)
 
     def close(self) -> None:
         """Give the bytes back (the room is unloaded); later charges are ignored."""

@@ -289,8 +289,9 @@ class RoomState:
             raise ProtocolError(
                 f"room has reached its limit of {limits.max_room_bytes} retained bytes"
             )
-        if limits.account is not None and not limits.account.admits(growth):
-            raise _budget_refusal(limits.account)
+        account = limits.account
+        if growth > 0 and account is not None and not account.admits(growth):
+            raise _budget_refusal(account)
         return size
 
     def _retain(self, change: StreamChange) -> Stream:
@@ -307,9 +308,11 @@ class RoomState:
         return stream
 
     def _count(self, delta: int) -> None:
-        self.bytes += delta
-        if self.limits.account is not None:
-            self.limits.account.add(delta)
+        if delta:
+            self.bytes += delta
+            account = self.limits.account
+            if account is not None:
+                account.add(delta)
 
     def check_budget(self, key: str, value: Value, action: Action) -> None:
         """Raise :class:`ProtocolError` if the server budget has no room for this push.
