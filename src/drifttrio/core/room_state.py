@@ -133,6 +133,9 @@ _ROUND_STR: Final = 15
 _ROUND_CONTAINER: Final = 8  # a container's size is already a multiple of 8
 #: A float, or an int outside the shared small ints (up to 2**60: every JSON-safe int).
 _NUMBER: Final = 32
+#: Empty containers, the commonest small items (no call needed for them).
+_EMPTY_DICT: Final = _sizeof({}) + _ROUND_CONTAINER
+_EMPTY_LIST: Final = _sizeof([]) + _ROUND_CONTAINER
 #: What a retained entry costs besides its value: its ``SeqValue``, seq and size
 #: ints, and its slots in the stream's lists (about 140 bytes, measured).
 ENTRY_COST: Final = 160
@@ -175,7 +178,11 @@ def _object_size(value: object) -> int:
                     total += _NUMBER
             elif ti is float:
                 total += _NUMBER
-            elif ti is dict or ti is list or ti is bytes:
+            elif ti is dict:
+                total += _object_size(item) if item else _EMPTY_DICT
+            elif ti is list:
+                total += _object_size(item) if item else _EMPTY_LIST
+            elif ti is bytes:
                 total += _object_size(item)
         return total
     if t is list:
@@ -183,8 +190,10 @@ def _object_size(value: object) -> int:
         total = _sizeof(items) + _ROUND_CONTAINER
         for item in items:  # the same as for a dict's values, for speed
             ti = type(item)
-            if ti is dict or ti is list or ti is bytes:
-                total += _object_size(item)
+            if ti is dict:
+                total += _object_size(item) if item else _EMPTY_DICT
+            elif ti is list:
+                total += _object_size(item) if item else _EMPTY_LIST
             elif ti is str:
                 s = item  # type: ignore[assignment]
                 total += _sizeof(s) + _ROUND_STR if s.isascii() else _wide_str_size(s)
@@ -193,6 +202,8 @@ def _object_size(value: object) -> int:
                     total += _NUMBER
             elif ti is float:
                 total += _NUMBER
+            elif ti is bytes:
+                total += _object_size(item)
         return total
     if t is str:
         text: str = value  # type: ignore[assignment]
