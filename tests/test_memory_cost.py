@@ -350,3 +350,19 @@ async def test_redis_entries_stored_without_a_charge_count_their_cbor_size(
             assert int(await storage.client.hget(meta, "bytes")) == value_size(new)
         finally:
             await storage.aclose()
+
+
+async def test_on_redis_each_node_keeps_its_own_budget(redis_server: RedisServer) -> None:
+    url = f"{redis_server.url}?prefix=t{secrets.token_hex(6)}"
+    small = Config(max_retained_bytes=COST + COST // 2, room_idle_seconds=3600)
+    async with open_hub(small, RedisStorage(url)) as a, open_hub(Config(), RedisStorage(url)) as b:
+        first, second = await a.create_room(), await a.create_room()
+        async with a.subscribe(first), a.subscribe(second):
+            await a.push(first, "k", BLOB)
+            assert a.budget.used == COST  # the node's mirror of the room is charged
+            with pytest.raises(DriftError, match="server memory budget reached"):
+                await a.push(second, "k", BLOB)
+            await a.push(second, "k", BLOB, Relay())  # not retained: passes
+            # The refused push never reached Redis: another node sees nothing retained.
+            assert await b.get(second, "k") == []
+            await b.push(second, "k", BLOB)  # b's own budget has room
