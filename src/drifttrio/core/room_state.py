@@ -325,16 +325,19 @@ class RoomState:
             if account is not None:
                 account.add(delta)
 
-    def check_budget(self, key: str, value: Value, action: Action) -> None:
-        """Raise :class:`ProtocolError` if the server budget has no room for this push.
+    def check_budget(self, key: str, value: Value, action: Action) -> int:
+        """Raise :class:`ProtocolError` if the server budget has no room for this push;
+        return the value's charge (:func:`value_size`; 0 for a relay).
 
         For a room whose pushes a shared store applies (it checks the room's own
         caps): the budget is this node's memory, so this node refuses.
         """
-        account = self.limits.account
-        if account is None or isinstance(action, Relay):
-            return
+        if isinstance(action, Relay):
+            return 0
         size = value_size(value)
+        account = self.limits.account
+        if account is None:
+            return size
         stream = self.streams.get(key)
         if stream is None:
             growth = key_size(key) + size
@@ -350,6 +353,7 @@ class RoomState:
             growth -= stream.total
         if not account.admits(growth):
             raise _budget_refusal(account)
+        return size
 
     def push(self, key: str, value: Value, action: Action) -> PushOutcome:
         """Apply one push. Raises :class:`ProtocolError` for an invalid compact or

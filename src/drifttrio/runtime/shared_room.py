@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from .._errors import CloseCode, ProtocolError, RoomNotFound
-from ..core.room_state import RoomState, key_size, value_size
+from ..core.room_state import RoomState, key_size
 from ..protocol.messages import Compact, Error, Init, SeqValue, StreamSize
 from ..storage.base import RoomSnapshot
 from ..storage.redis import (
@@ -168,20 +168,18 @@ class SharedRoom(Room):
     # -- pushes go to the store -----------------------------------------------------
 
     async def _push(self, pushes: list[PushCommand]) -> None:
-        pushes = self._within_budget(pushes)
-        if not pushes:
+        admitted = self._within_budget(pushes)
+        if not admitted:
             return
+        pushes = [command for command, _ in admitted]
         items = []
-        for command in pushes:
+        for command, charge in admitted:
             kind = cast(ActionName, command.action.TAG)
             self._in[kind] = self._in.get(kind, 0) + 1
             compact_seq = command.action.seq if isinstance(command.action, Compact) else 0
             blob = encode_value(command.value)
-            if kind == "relay":
-                items.append(PushItem(kind, command.key, blob))
-            else:
-                charge, key_charge = value_size(command.value), key_size(command.key)
-                items.append(PushItem(kind, command.key, blob, compact_seq, charge, key_charge))
+            key_charge = 0 if kind == "relay" else key_size(command.key)
+            items.append(PushItem(kind, command.key, blob, compact_seq, charge, key_charge))
         limits = self.state.limits
         started = time.perf_counter()
         try:
@@ -223,13 +221,14 @@ class SharedRoom(Room):
         for effect in effects:
             self._deliver(effect)
 
-    def _within_budget(self, pushes: list[PushCommand]) -> list[PushCommand]:
+    def _within_budget(self, pushes: list[PushCommand]) -> list[tuple[PushCommand, int]]:
         """The pushes this node's memory budget has room for (judged on the mirror as
-        it is before the batch); the others are answered with the refusal here."""
+        it is before the batch), each with its charge; the others are answered with
+        the refusal here."""
         admitted = []
         for command in pushes:
             try:
-                self.state.check_budget(command.key, command.value, command.action)
+                charge = self.state.check_budget(command.key, command.value, command.action)
             except ProtocolError as exc:
                 kind = command.action.TAG
                 self._in[kind] = self._in.get(kind, 0) + 1
@@ -240,7 +239,7 @@ class SharedRoom(Room):
                 if isinstance(command.origin, Reply):
                     self._deliver(_Done(command.origin))
             else:
-                admitted.append(command)
+                admitted.append((command, charge))
         return admitted
 
     def _refuse(self, pushes: list[PushCommand], message: str, status: int = 503) -> None:
