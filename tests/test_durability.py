@@ -50,7 +50,7 @@ from drifttrio import (
     open_hub,
     open_server,
 )
-from drifttrio.core.room_state import StreamChange, value_size
+from drifttrio.core.room_state import StreamChange, key_size, value_size
 from drifttrio.protocol import Relay, SeqValue
 from drifttrio.server import TRANSPORTS, hypercorn_config
 from drifttrio.storage import MemoryStorage, RoomSnapshot, SqliteStorage, Storage
@@ -784,9 +784,10 @@ async def test_keys_cap() -> None:
 
 
 async def test_room_bytes_cap(tmp_path: Path) -> None:
-    limit = 200
+    half = "x" * 1000
+    per_key = key_size("a") + value_size(half)  # a new key holding half
+    limit = 2 * per_key + value_size(half) - 1  # two such keys fit, not a third value
     config = Config(store=f"sqlite:///{tmp_path}/bytes.db", max_room_bytes=limit)
-    half = "x" * (limit // 2 - 10)
     async with open_server(config) as server, http_client(server.url) as client:
         info = await new_room(client)
         async with connect(info["socket_url"]) as ws:
@@ -802,8 +803,8 @@ async def test_room_bytes_cap(tmp_path: Path) -> None:
             assert await push_seq(ws, "a", 1, "replace") == 3
             assert await push_seq(ws, "c", half) == 4
     # What key "a" may hold with "b" and "c" stored: exactly that fits, a byte more does not.
-    room_for_a = limit - 2 * value_size(half)
-    fits = "y" * (room_for_a - 1)
+    room_for_a = limit - 2 * per_key - key_size("a")
+    fits = "y" * (room_for_a - value_size(""))  # an ASCII str costs its length more
     assert value_size(fits) == room_for_a
     async with open_server(config) as server, http_client(server.url) as client:
         info = {"http_url": f"{server.url}/room/{info['room']}/send"}
@@ -811,7 +812,7 @@ async def test_room_bytes_cap(tmp_path: Path) -> None:
         status, _ = await http_send(client, info, push("a", fits + "y", "replace"))
         assert status == 400, "the stored bytes were not counted after the restart"
         assert await http_send(client, info, push("a", fits, "replace")) == (200, None)
-        status, body = await http_send(client, info, push("d", 0))
+        status, body = await http_send(client, info, push("d", 1000))  # 0 is shared: free
         assert (status, body["type"]) == (400, "error")
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from drifttrio import ProtocolError
 from drifttrio.core import PushOutcome, RoomState, Stream, StreamChange
+from drifttrio.core.budget import RetainedBudget
+from drifttrio.core.room_state import RoomLimits, key_size, value_size
 from drifttrio.protocol import Append, Compact, Relay, Replace, SeqValue
+from drifttrio.protocol.messages import Value
 
 
 def values(state: RoomState, key: str) -> list[tuple[object, int]]:
@@ -355,3 +359,65 @@ RoomStateMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=30, deadline=None
 )
 TestRoomStateModel = RoomStateMachine.TestCase
+
+
+# -- retained bytes, counted as pushes come, and the budget --------------------------
+
+CHARGED_VALUES = st.one_of(
+    st.integers(-10, 10**6),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+    st.lists(st.one_of(st.just({}), st.floats(allow_nan=False), st.just([])), max_size=8),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["relay", "replace", "append", "compact"]),
+            st.sampled_from(["a", "b", "é"]),
+            CHARGED_VALUES,
+            st.integers(0, 4),
+        ),
+        max_size=30,
+    )
+)
+def test_retained_bytes_counted_push_by_push_equal_a_recount(
+    ops: list[tuple[str, str, object, int]],
+) -> None:
+    budget = RetainedBudget()
+    state = RoomState(limits=RoomLimits(account=budget.account()))
+    for name, key, value, back in ops:
+        action = {"relay": Relay(), "replace": Replace(), "append": Append()}.get(name)
+        with suppress(ProtocolError):  # a compact from the future, or below 1
+            state.push(key, Value(value), action or Compact(state.seq - back))
+        copies = {k: Stream(list(s.entries), s.compacted) for k, s in state.streams.items()}
+        recount = RoomState(state.seq, copies, limits=RoomLimits(max_room_bytes=1)).bytes
+        assert state.bytes == recount == budget.used
+        assert recount == sum(
+            key_size(k) + sum(value_size(e.value) for e in s.entries)
+            for k, s in state.streams.items()
+        )
+    # A room reloaded from storage (a rollback) takes over its account; unloading
+    # gives everything back.
+    account = state.limits.account
+    assert account is not None
+    reloaded = RoomState(state.seq, state.streams, limits=state.limits)
+    assert budget.used == reloaded.bytes == state.bytes
+    account.close()
+    assert budget.used == 0
+
+
+def test_the_budget_refuses_growth_only() -> None:
+    budget = RetainedBudget(limit=value_size("x" * 100) + key_size("k"))
+    state = RoomState(limits=RoomLimits(account=budget.account()))
+    state.push("k", Value("x" * 100), Replace())
+    with pytest.raises(ProtocolError, match="server memory budget reached") as refused:
+        state.push("k", Value("y"), Append())
+    assert refused.value.status == 503
+    assert state.seq == 1, "a refused push consumed a seq"
+    state.push("k", Value("r" * 1000), Relay())
+    state.push("k", Value("z" * 100), Replace())
+    state.push("k", Value("z"), Compact(3))  # in place of the replace at seq 3
+    assert budget.used == state.bytes <= budget.limit

@@ -7,16 +7,25 @@ No I/O and no trio: the room task feeds it, storage backends replay its
 from __future__ import annotations
 
 import bisect
+import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Literal
+from typing import Final, Literal
 
 import attrs
-import cbor2
 
 from .._errors import ProtocolError
 from ..protocol.messages import Action, Append, Compact, Relay, Replace, SeqValue, Value
+from .budget import BudgetAccount
 
-__all__ = ["PushOutcome", "RoomLimits", "RoomState", "Stream", "StreamChange", "value_size"]
+__all__ = [
+    "PushOutcome",
+    "RoomLimits",
+    "RoomState",
+    "Stream",
+    "StreamChange",
+    "key_size",
+    "value_size",
+]
 
 
 @attrs.frozen
@@ -53,7 +62,8 @@ class Stream:
     entries: list[SeqValue] = attrs.Factory(list)
     #: The highest seq a compaction was applied at; compacts at or below it are no-ops.
     compacted: int = 0
-    #: Encoded size of each entry (kept by rooms that enforce a byte cap; else zeros).
+    #: Charged size of each entry (:func:`value_size`; kept by rooms that count bytes,
+    #: else zeros).
     sizes: list[int] = attrs.Factory(list)
     #: ``sum(sizes)``, kept up to date.
     total: int = 0
@@ -103,16 +113,127 @@ def _seq_of(entry: SeqValue) -> int:
 @attrs.frozen
 class RoomLimits:
     """Caps on what a room retains; 0 means unlimited. A push that would exceed
-    one is rejected (never silently truncating a stream)."""
+    one is rejected (never silently truncating a stream).
+
+    ``account`` is the room's share of the server-wide retained-bytes budget
+    (``None``: no budget); a push that would grow the room past it is refused.
+    """
 
     max_keys: int = 0
     max_stream_values: int = 0
     max_room_bytes: int = 0
+    account: BudgetAccount | None = attrs.field(default=None, eq=False, repr=False)
 
 
-def value_size(value: Value) -> int:
-    """The size a value counts for against ``max_room_bytes``: its CBOR encoding."""
-    return len(cbor2.dumps(value))
+_sizeof: Final = sys.getsizeof
+#: The header of a non-ASCII str (``sys.getsizeof`` of "é" less its two 1-byte characters).
+_WIDE_STR_HEAD: Final = _sizeof("\xe9") - 2
+#: pymalloc hands out blocks in multiples of 16 bytes: what rounding adds at most.
+_ROUND_STR: Final = 15
+_ROUND_CONTAINER: Final = 8  # a container's size is already a multiple of 8
+#: A float, or an int outside the shared small ints (up to 2**60: every JSON-safe int).
+_NUMBER: Final = 32
+#: Empty containers, the commonest small items (no call needed for them).
+_EMPTY_DICT: Final = _sizeof({}) + _ROUND_CONTAINER
+_EMPTY_LIST: Final = _sizeof([]) + _ROUND_CONTAINER
+#: What a retained entry costs besides its value: its ``SeqValue``, seq and size
+#: ints, and its slots in the stream's lists (about 140 bytes, measured).
+ENTRY_COST: Final = 160
+#: What a stream costs besides its entries and key string: the ``Stream``, its two
+#: lists and its slot in the room's dict (about 210 bytes, measured).
+STREAM_COST: Final = 256
+
+
+def value_size(value: object) -> int:
+    """The bytes a retained value costs in memory, with its entry in a stream: what
+    it counts for against ``max_room_bytes`` and ``max_retained_bytes``.
+
+    An upper bound of the Python objects' size, from ``sys.getsizeof`` of every node
+    (rounded up as the allocator does): a million empty maps cost about 72 MB, not
+    the 1 MB of their encoding, and a big string about its length. Shared objects
+    (``None``, booleans, ints -5..256) cost only their slot. A non-ASCII string is
+    charged for the UTF-8 copy an encoder caches in it as well.
+    """
+    return ENTRY_COST + _object_size(value)
+
+
+def key_size(key: str) -> int:
+    """What a new stream costs besides its entries (streams are never removed)."""
+    return STREAM_COST + _object_size(key)
+
+
+def _object_size(value: object) -> int:
+    t = type(value)
+    if t is dict:
+        mapping: dict[str, object] = value  # type: ignore[assignment]
+        total = _sizeof(mapping) + _ROUND_CONTAINER
+        for key, item in mapping.items():
+            total += _sizeof(key) + _ROUND_STR if key.isascii() else _wide_str_size(key)
+            ti = type(item)
+            if ti is str:
+                s: str = item  # type: ignore[assignment]
+                total += _sizeof(s) + _ROUND_STR if s.isascii() else _wide_str_size(s)
+            elif ti is int:
+                if not -5 <= item <= 256:  # type: ignore[operator]
+                    total += _NUMBER
+            elif ti is float:
+                total += _NUMBER
+            elif ti is dict:
+                total += _object_size(item) if item else _EMPTY_DICT
+            elif ti is list:
+                total += _object_size(item) if item else _EMPTY_LIST
+            elif ti is bytes:
+                total += _object_size(item)
+        return total
+    if t is list:
+        items: list[object] = value  # type: ignore[assignment]
+        total = _sizeof(items) + _ROUND_CONTAINER
+        for item in items:  # the same as for a dict's values, for speed
+            ti = type(item)
+            if ti is dict:
+                total += _object_size(item) if item else _EMPTY_DICT
+            elif ti is list:
+                total += _object_size(item) if item else _EMPTY_LIST
+            elif ti is str:
+                s = item  # type: ignore[assignment]
+                total += _sizeof(s) + _ROUND_STR if s.isascii() else _wide_str_size(s)
+            elif ti is int:
+                if not -5 <= item <= 256:  # type: ignore[operator]
+                    total += _NUMBER
+            elif ti is float:
+                total += _NUMBER
+            elif ti is bytes:
+                total += _object_size(item)
+        return total
+    if t is str:
+        text: str = value  # type: ignore[assignment]
+        return _sizeof(text) + _ROUND_STR if text.isascii() else _wide_str_size(text)
+    if t is int:
+        return 0 if -5 <= value <= 256 else _NUMBER  # type: ignore[operator]
+    if t is float:
+        return _NUMBER
+    if t is bytes:
+        return _sizeof(value) + _ROUND_STR
+    return 0  # None, True, False: shared
+
+
+def _wide_str_size(text: str) -> int:
+    """A non-ASCII str: its characters, 1, 2 or 4 bytes each (the widest decides),
+    plus the UTF-8 copy (up to 2, 3 or 4 bytes a character) that encoding it caches
+    in it for good. Not from ``sys.getsizeof``: that would count the copy once cached."""
+    n = len(text)
+    widest = ord(max(text))
+    width, utf8 = (1, 2) if widest < 0x100 else (2, 3) if widest < 0x10000 else (4, 4)
+    return _WIDE_STR_HEAD + (n + 1) * width + n * utf8 + 1 + _ROUND_STR
+
+
+def _budget_refusal(account: BudgetAccount) -> ProtocolError:
+    return ProtocolError(
+        f"server memory budget reached: live rooms retain the server's limit of"
+        f" {account.budget.limit} bytes; pushes that do not grow a room still pass,"
+        " try again later",
+        status=503,
+    )
 
 
 class RoomState:
@@ -130,13 +251,17 @@ class RoomState:
         self.streams: dict[str, Stream] = dict(streams or {})
         self.broadcast_compact = broadcast_compact
         self.limits = limits
-        #: Retained bytes (only counted when ``limits.max_room_bytes`` is set).
+        #: Whether retained bytes are counted: a byte cap or a budget needs them.
+        self.counting = bool(limits.max_room_bytes or limits.account is not None)
+        #: Retained bytes (:func:`value_size`; only counted when :attr:`counting`).
         self.bytes = 0
-        if limits.max_room_bytes:
-            for stream in self.streams.values():
+        if self.counting:
+            for key, stream in self.streams.items():
                 stream.sizes = [value_size(e.value) for e in stream.entries]
                 stream.total = sum(stream.sizes)
-                self.bytes += stream.total
+                self.bytes += key_size(key) + stream.total
+        if limits.account is not None:
+            limits.account.set(self.bytes)
 
     @classmethod
     def from_changes(
@@ -164,22 +289,71 @@ class RoomState:
                 f"stream {change.key!r} has reached its limit of "
                 f"{limits.max_stream_values} retained values: compact or replace it"
             )
-        if not limits.max_room_bytes:
+        if not self.counting:
             return 0
         size = value_size(change.entry.value)
-        before = stream.total if stream is not None else 0
-        after = stream.bytes_after(change, size) if stream is not None else size
-        if self.bytes - before + after > limits.max_room_bytes:
+        if stream is None:
+            growth = key_size(change.key) + size
+        else:
+            growth = stream.bytes_after(change, size) - stream.total
+        if limits.max_room_bytes and self.bytes + growth > limits.max_room_bytes:
             raise ProtocolError(
                 f"room has reached its limit of {limits.max_room_bytes} retained bytes"
             )
+        account = limits.account
+        if growth > 0 and account is not None and not account.admits(growth):
+            raise _budget_refusal(account)
         return size
 
     def _retain(self, change: StreamChange) -> Stream:
         size = self._admit(change)
-        stream = self.streams.setdefault(change.key, Stream())
-        self.bytes += stream.apply(change, size)
+        return self._apply(change, size)
+
+    def _apply(self, change: StreamChange, size: int) -> Stream:
+        stream = self.streams.get(change.key)
+        if stream is None:
+            stream = self.streams[change.key] = Stream()
+            if self.counting:
+                self._count(key_size(change.key))
+        self._count(stream.apply(change, size))
         return stream
+
+    def _count(self, delta: int) -> None:
+        if delta:
+            self.bytes += delta
+            account = self.limits.account
+            if account is not None:
+                account.add(delta)
+
+    def check_budget(self, key: str, value: Value, action: Action) -> int:
+        """Raise :class:`ProtocolError` if the server budget has no room for this push;
+        return the value's charge (:func:`value_size`; 0 for a relay).
+
+        For a room whose pushes a shared store applies (it checks the room's own
+        caps): the budget is this node's memory, so this node refuses.
+        """
+        if isinstance(action, Relay):
+            return 0
+        size = value_size(value)
+        account = self.limits.account
+        if account is None:
+            return size
+        stream = self.streams.get(key)
+        if stream is None:
+            growth = key_size(key) + size
+        elif isinstance(action, Replace):
+            growth = size - stream.total
+        elif isinstance(action, Append):
+            growth = size
+        else:
+            assert isinstance(action, Compact)
+            growth = stream.bytes_after(
+                StreamChange("compact", key, SeqValue(value, action.seq)), size
+            )
+            growth -= stream.total
+        if not account.admits(growth):
+            raise _budget_refusal(account)
+        return size
 
     def push(self, key: str, value: Value, action: Action) -> PushOutcome:
         """Apply one push. Raises :class:`ProtocolError` for an invalid compact or
@@ -230,9 +404,7 @@ class RoomState:
             self.seq = max(self.seq, entry.seq)
             return PushOutcome(entry, None, None)
         change = StreamChange(action, key, entry)
-        size = value_size(entry.value) if self.limits.max_room_bytes else 0
-        stream = self.streams.setdefault(key, Stream())
-        self.bytes += stream.apply(change, size)
+        self._apply(change, value_size(entry.value) if self.counting else 0)
         if action == "compact":
             return PushOutcome(entry if self.broadcast_compact else None, change, None)
         self.seq = max(self.seq, entry.seq)

@@ -103,8 +103,13 @@ class Config:
     max_keys_per_room: int = attrs.field(default=10_000, validator=_non_negative)
     #: Most values retained in one stream (0: unlimited); appends beyond it get ``error``.
     max_stream_values: int = attrs.field(default=10_000, validator=_non_negative)
-    #: Most bytes (CBOR-encoded values) retained by one room (0: unlimited).
+    #: Most bytes retained by one room (0: unlimited), counted at their cost in
+    #: memory (``value_size``: about 72 bytes for an empty map, a string's length).
     max_room_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_non_negative)
+    #: Most bytes retained by all rooms in memory together (0: unlimited), counted as
+    #: for ``max_room_bytes``. Past it idle rooms are unloaded (oldest first), then
+    #: pushes that would grow a room are refused (``error``; 503 for ``/send``).
+    max_retained_bytes: int = attrs.field(default=512 * 1024 * 1024, validator=_non_negative)
     #: Live WebSocket connections in total (0: unlimited); beyond it the upgrade gets 503.
     max_connections: int = attrs.field(default=10_000, validator=_non_negative)
     #: Live WebSocket connections from one client address (0: unlimited).

@@ -14,16 +14,19 @@ end themselves when idle. Applications can use a hub directly, with no network::
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from typing import Final
 
+import attrs
 import trio
 
 from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, StorageError
-from ..core.room_state import RoomState
+from ..core.budget import BudgetAccount, RetainedBudget
+from ..core.room_state import RoomLimits, RoomState
 from ..protocol.codec import Codec, check_value
 from ..protocol.messages import (
     Action,
@@ -76,6 +79,12 @@ class Hub:
         self._loading: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._touching: set[str] = set()
+        #: Bytes retained by the live rooms, against ``max_retained_bytes``.
+        self.budget = RetainedBudget(self.config.max_retained_bytes, self._reclaim)
+        self.metrics.retained_bytes.set_function(lambda: self.budget.used)
+        #: When each live room was last sent a command from outside it (a join, an
+        #: HTTP request, an in-process call): the oldest idle room is unloaded first.
+        self._last_used: dict[str, float] = {}
         #: Set by :meth:`close_all`: the server is shutting down.
         self.closing = False
         self._rooms_closed = trio.Event()
@@ -197,6 +206,7 @@ class Hub:
                 room = await self._load(room_id)
                 await self._nursery.start(room.run)
                 self.rooms[room_id] = room
+                self._settle(room)
                 if self.closing:  # loaded while the drain started: drain it too
                     room.inbox.close()
                 return room
@@ -210,7 +220,12 @@ class Hub:
             from .shared_room import SharedRoom, open_shared_room
 
             shared = SharedRoom(
-                room_id, RoomState(), self.storage, self.config, self._forget, self.metrics
+                room_id,
+                RoomState(limits=self._room_limits()),
+                self.storage,
+                self.config,
+                self._forget,
+                self.metrics,
             )
             await open_shared_room(shared)
             return shared
@@ -221,13 +236,15 @@ class Hub:
             snapshot.seq,
             snapshot.streams,
             broadcast_compact=self.config.broadcast_compact,
-            limits=self.config.room_limits,
+            limits=self._room_limits(),
         )
         return Room(room_id, state, self.storage, self.config, self._forget, self.metrics)
 
     def _forget(self, room: Room) -> None:
+        self._release(room)
         if self.rooms.get(room.room_id) is room:
             del self.rooms[room.room_id]
+            self._last_used.pop(room.room_id, None)
         if self.closing and not self.rooms:
             self._rooms_closed.set()
         if self._nursery is not None:
@@ -248,6 +265,7 @@ class Hub:
         """Send a command to a room's inbox (waiting if it is full)."""
         while True:
             room = await self.room(room_id)
+            self._last_used[room_id] = trio.current_time()
             try:
                 await room.inbox.send(command)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -255,6 +273,62 @@ class Hub:
                     raise StorageError("the server is shutting down") from None
                 continue  # evicted in between: load it again
             return room
+
+    # -- the retained-bytes budget -----------------------------------------------------
+
+    def _room_limits(self) -> RoomLimits:
+        """A new room's caps, with its own account of the server's budget."""
+        return attrs.evolve(self.config.room_limits, account=self.budget.account())
+
+    @staticmethod
+    def _release(room: Room) -> None:
+        """Give the room's retained bytes back to the budget (it is unloaded)."""
+        account = room.state.limits.account
+        if account is not None:
+            account.close()
+
+    def _settle(self, room: Room) -> None:
+        """A room was loaded with its data: make room for it by unloading idle ones."""
+        account = room.state.limits.account
+        if account is not None:
+            self.budget.settle(account)
+
+    def _reclaim(self, needed: int, asking: BudgetAccount) -> None:
+        """The budget is short of ``needed`` bytes: unload idle rooms (no members,
+        nothing queued, parked waiting for a command), the longest unused first, until
+        that much is given back. Their data stays in storage; they load on next use."""
+        idle = [
+            room
+            for room in self.rooms.values()
+            if self._unloadable(room) and room.state.limits.account is not asking
+        ]
+        idle.sort(key=lambda room: self._last_used.get(room.room_id, -math.inf))
+        for room in idle:
+            if needed <= 0:
+                break
+            account = room.state.limits.account
+            assert account is not None
+            needed -= account.bytes
+            self._unload(room)
+
+    @staticmethod
+    def _unloadable(room: Room) -> bool:
+        account = room.state.limits.account
+        if room.members or room.closed or account is None or account.bytes <= 0:
+            return False
+        # Parked on an empty inbox: everything it applied is committed, so a copy
+        # loaded from storage right away cannot reuse a seq.
+        stats = room.inbox.statistics()
+        return stats.current_buffer_used == 0 and stats.tasks_waiting_receive > 0
+
+    def _unload(self, room: Room) -> None:
+        """End an idle room now: the next command for it loads it afresh."""
+        del self.rooms[room.room_id]
+        self._last_used.pop(room.room_id, None)
+        self._release(room)
+        room.inbox.close()  # the room task sees the end of its inbox and ends
+        self.metrics.rooms_evicted.inc()
+        log.info("unloaded idle room %s to stay within max_retained_bytes", room_tag(room.room_id))
 
     async def request(self, room_id: str, make: Callable[[Reply], Command]) -> Reply:
         """Submit ``make(reply)`` from outside the room and wait for its direct reply."""

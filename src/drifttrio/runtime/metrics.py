@@ -275,6 +275,16 @@ class Metrics:
             "Commits the store refused (batch rolled back)",
             registry=r,
         )
+        self.retained_bytes = Gauge(
+            "drifttrio_retained_bytes",
+            "Bytes retained by the rooms in memory, as charged against max_retained_bytes",
+            registry=r,
+        )
+        self.rooms_evicted = Counter(
+            "drifttrio_rooms_evicted",
+            "Idle rooms unloaded early to stay within max_retained_bytes",
+            registry=r,
+        )
         self.rooms_crashed = Counter(
             "drifttrio_rooms_crashed", "Room tasks that ended on an error (close 1011)", registry=r
         )

@@ -297,6 +297,8 @@ class Room:
                 outcome = self.state.push(command.key, command.value, command.action)
             except ProtocolError as exc:
                 self.metrics.errors["refused"].inc()
+                if isinstance(origin, Reply):
+                    origin.status = exc.status  # 503 for the server's memory budget
                 effects.append((origin, Error(exc.message)))
             else:
                 change = outcome.change

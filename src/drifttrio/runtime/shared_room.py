@@ -25,8 +25,8 @@ from typing import cast
 import attrs
 import trio
 
-from .._errors import CloseCode, RoomNotFound
-from ..core.room_state import RoomState
+from .._errors import CloseCode, ProtocolError, RoomNotFound
+from ..core.room_state import RoomState, key_size
 from ..protocol.messages import Compact, Error, SeqValue, StreamSize
 from ..storage.base import RoomSnapshot
 from ..storage.redis import (
@@ -86,7 +86,7 @@ class SharedRoom(Room):
             snapshot.seq,
             snapshot.streams,
             broadcast_compact=self.config.broadcast_compact,
-            limits=self.config.room_limits,
+            limits=self.state.limits,
         )
         self._committed_seq = snapshot.seq
         self.ev = snapshot.ev
@@ -166,12 +166,18 @@ class SharedRoom(Room):
     # -- pushes go to the store -----------------------------------------------------
 
     async def _push(self, pushes: list[PushCommand]) -> None:
+        admitted = self._within_budget(pushes)
+        if not admitted:
+            return
+        pushes = [command for command, _ in admitted]
         items = []
-        for command in pushes:
+        for command, charge in admitted:
             kind = cast(ActionName, command.action.TAG)
             self._in[kind] = self._in.get(kind, 0) + 1
             compact_seq = command.action.seq if isinstance(command.action, Compact) else 0
-            items.append(PushItem(kind, command.key, encode_value(command.value), compact_seq))
+            blob = encode_value(command.value)
+            key_charge = 0 if kind == "relay" else key_size(command.key)
+            items.append(PushItem(kind, command.key, blob, compact_seq, charge, key_charge))
         limits = self.state.limits
         started = time.perf_counter()
         try:
@@ -212,6 +218,27 @@ class SharedRoom(Room):
         await self._advance(events)
         for effect in effects:
             self._deliver(effect)
+
+    def _within_budget(self, pushes: list[PushCommand]) -> list[tuple[PushCommand, int]]:
+        """The pushes this node's memory budget has room for (judged on the mirror as
+        it is before the batch), each with its charge; the others are answered with
+        the refusal here."""
+        admitted = []
+        for command in pushes:
+            try:
+                charge = self.state.check_budget(command.key, command.value, command.action)
+            except ProtocolError as exc:
+                kind = command.action.TAG
+                self._in[kind] = self._in.get(kind, 0) + 1
+                self.metrics.errors["refused"].inc()
+                if isinstance(command.origin, Reply):
+                    command.origin.status = exc.status
+                self._deliver((command.origin, Error(exc.message)))
+                if isinstance(command.origin, Reply):
+                    self._deliver(_Done(command.origin))
+            else:
+                admitted.append((command, charge))
+        return admitted
 
     def _refuse(self, pushes: list[PushCommand], message: str, status: int = 503) -> None:
         for command in pushes:

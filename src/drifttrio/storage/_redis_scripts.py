@@ -4,9 +4,14 @@ Every key of a room ``R`` carries the hash tag ``{R}``, so a Redis Cluster keeps
 room on one shard and each script runs atomically on it:
 
 * ``P:{R}`` - hash: ``seq`` (high-water seq), ``ev`` (events published so far),
-  ``bytes`` (retained CBOR bytes), ``created``, ``last`` (unix time of last activity);
+  ``bytes`` (retained bytes: the sum of the entries' charges and of the streams'
+  charges, added when each stream was created), ``created``, ``last`` (unix time of
+  last activity);
 * ``P:{R}:keys`` - hash: stream key -> its compaction mark;
-* ``P:{R}:s:KEY`` - list: the stream's entries, each ``"SEQ|" + CBOR(value)``;
+* ``P:{R}:s:KEY`` - list: the stream's entries, each ``"SEQ:CHARGE|" + CBOR(value)``,
+  where CHARGE is what the value counts for against ``max_room_bytes`` (its cost in a
+  node's memory, computed by the node that pushed it: ``value_size``). Entries stored
+  before charges were, ``"SEQ|" + CBOR``, count the size of their CBOR;
 * ``P:{R}:log`` - Redis stream: the last events, id ``EV-0``, for gap repair;
 * ``P:{R}:ev`` - the pub/sub channel every event batch is published on.
 
@@ -19,11 +24,14 @@ from typing import Final
 
 __all__ = ["COMMIT", "CREATE", "DELETE", "IMPORT", "LOAD", "PUSH", "TOUCH"]
 
-# Shared Lua helpers: the seq and size of an entry, and the retained bytes of a list.
+# Shared Lua helpers: the seq and charge of an entry, and the retained bytes of a list.
 _HELPERS: Final = r"""
 local function entry_seq(el)
   local p = string.find(el, '|', 1, true)
-  return tonumber(string.sub(el, 1, p - 1)), #el - p
+  local head = string.sub(el, 1, p - 1)
+  local c = string.find(head, ':', 1, true)
+  if c then return tonumber(string.sub(head, 1, c - 1)), tonumber(string.sub(head, c + 1)) end
+  return tonumber(head), #el - p  -- stored before charges were: its CBOR size
 end
 local function list_bytes(skey, upto)
   -- bytes (and count) of the leading entries with seq <= upto (all if upto is nil)
@@ -40,8 +48,9 @@ local function fmt(n) return string.format('%d', n) end
 """
 
 #: KEYS: meta, keys, log, stream lists...; ARGV: now, log_max, publish command,
-#: channel, max_keys, max_values, max_bytes, floor_ev, n, then 5 per push:
-#: action, index of its stream list in KEYS, key, CBOR value, compact seq.
+#: channel, max_keys, max_values, max_bytes, floor_ev, n, then 7 per push:
+#: action, index of its stream list in KEYS, key, CBOR value, compact seq, charge of
+#: the entry, charge of the stream if the push creates it (``value_size``, ``key_size``).
 #: Returns false if the room does not exist, ``{'behind', ev}`` if Redis holds fewer
 #: events than this node has seen (it lost data), else one result per push:
 #: ``{'ok', seq, stream_size, ev}``, ``{'noop'}`` or ``{'err', reason, numbers...}``.
@@ -75,8 +84,12 @@ local function bytes_refused(after)
 end
 
 for i = 0, n - 1 do
-  local b = 10 + i * 5
+  local b = 10 + i * 7
   local action, skey, name, blob = ARGV[b], KEYS[tonumber(ARGV[b + 1])], ARGV[b + 2], ARGV[b + 3]
+  local charge, stream_charge = tonumber(ARGV[b + 5]), 0
+  local function charge_stream()  -- a push creating its stream pays for the stream too
+    if redis.call('HEXISTS', keysh, name) == 0 then stream_charge = tonumber(ARGV[b + 6]) end
+  end
   local result, at = nil, nil
   if action == 'relay' then
     seq = seq + 1
@@ -89,17 +102,18 @@ for i = 0, n - 1 do
       refused = {'err', 'values', max_values}
     end
     local removed = 0
+    charge_stream()
     if not refused and action == 'replace' then removed = list_bytes(skey) end
-    if not refused then refused = bytes_refused(bytes - removed + #blob) end
+    if not refused then refused = bytes_refused(bytes - removed + charge + stream_charge) end
     if refused then
       result = refused
     else
       seq = seq + 1
       at = seq
       if action == 'replace' then redis.call('DEL', skey) end
-      len = redis.call('RPUSH', skey, fmt(seq) .. '|' .. blob)
+      len = redis.call('RPUSH', skey, fmt(seq) .. ':' .. fmt(charge) .. '|' .. blob)
       redis.call('HSETNX', keysh, name, '0')
-      bytes = bytes - removed + #blob
+      bytes = bytes - removed + charge + stream_charge
       result = {'ok', seq, len}
     end
   else -- compact
@@ -114,14 +128,15 @@ for i = 0, n - 1 do
     else
       local refused = new_key_refused(name)
       local removed, count = list_bytes(skey, cseq)
-      if not refused then refused = bytes_refused(bytes - removed + #blob) end
+      charge_stream()
+      if not refused then refused = bytes_refused(bytes - removed + charge + stream_charge) end
       if refused then
         result = refused
       else
         if count > 0 then redis.call('LTRIM', skey, count, -1) end
-        local len = redis.call('LPUSH', skey, fmt(cseq) .. '|' .. blob)
+        local len = redis.call('LPUSH', skey, fmt(cseq) .. ':' .. fmt(charge) .. '|' .. blob)
         redis.call('HSET', keysh, name, fmt(cseq))
-        bytes = bytes - removed + #blob
+        bytes = bytes - removed + charge + stream_charge
         at = cseq
         result = {'ok', cseq, len}
       end
@@ -184,7 +199,7 @@ return 1
 """
 
 #: KEYS: meta, keys; ARGV: now, seq, stream list prefix, then 3 per change:
-#: kind, key, entry (``"SEQ|" + CBOR``). Applies changes without publishing
+#: kind, key, entry (``"SEQ:CHARGE|" + CBOR``). Applies changes without publishing
 #: (the plain :class:`Storage` interface). Returns false if the room does not exist.
 COMMIT: Final = (
     _HELPERS

@@ -30,7 +30,7 @@ import cbor2
 import trio
 
 from .._errors import ConfigError, StorageError
-from ..core.room_state import Stream, StreamChange
+from ..core.room_state import Stream, StreamChange, value_size
 from ..protocol.messages import SeqValue, Value
 from . import _redis_scripts as scripts
 from .base import RoomInfo, RoomSnapshot
@@ -65,6 +65,11 @@ class PushItem:
     key: str
     blob: bytes  # CBOR of the value
     compact_seq: int = 0
+    #: What the entry counts for against ``max_room_bytes`` (its
+    #: :func:`~drifttrio.core.room_state.value_size`, computed by the node) ...
+    charge: int = 0
+    #: ... and the stream, if the push creates it (:func:`~.room_state.key_size`).
+    key_charge: int = 0
 
 
 @attrs.frozen
@@ -118,13 +123,15 @@ def parse_records(data: bytes, after: int = 0) -> list[Event]:
     return events
 
 
-def _entry(seq: int, blob: bytes) -> bytes:
-    return b"%d|" % seq + blob
+def _entry(seq: int, value: Value) -> bytes:
+    """A stored stream entry: ``"SEQ:CHARGE|" + CBOR`` (the scripts sum the charges)."""
+    return b"%d:%d|" % (seq, value_size(value)) + encode_value(value)
 
 
 def _parse_entry(raw: bytes) -> SeqValue:
+    """A stored entry; entries written before charges were stored are ``"SEQ|" + CBOR``."""
     bar = raw.index(b"|")
-    return SeqValue(_decode_value(raw[bar + 1 :]), int(raw[:bar]))
+    return SeqValue(_decode_value(raw[bar + 1 :]), int(raw[:bar].split(b":", 1)[0]))
 
 
 def _error_text(key: str, reason: str, numbers: list[int]) -> str:
@@ -448,7 +455,15 @@ class RedisStorage:
             len(items),
         ]
         for item in items:
-            args += [item.action, index[item.key], item.key, item.blob, item.compact_seq]
+            args += [
+                item.action,
+                index[item.key],
+                item.key,
+                item.blob,
+                item.compact_seq,
+                item.charge,
+                item.key_charge,
+            ]
         raw = await self._call("PUSH", keys, args)
         if raw is None:
             raise RoomNotFound(room_id)
@@ -511,7 +526,7 @@ class RedisStorage:
         args: list[Any] = [repr(self._clock()), seq, self._stream_prefix(room_id)]
         for change in changes:
             entry = change.entry
-            args += [change.kind, change.key, _entry(entry.seq, encode_value(entry.value))]
+            args += [change.kind, change.key, _entry(entry.seq, entry.value)]
         if await self._call("COMMIT", self._keys(room_id)[:2], args) is None:
             raise RoomNotFound(room_id)
 
@@ -573,6 +588,6 @@ class RedisStorage:
         args: list[Any] = [repr(self._clock()), snapshot.seq, self._stream_prefix(room_id)]
         for key, stream in snapshot.streams.items():
             args += [key, stream.compacted, len(stream.entries)]
-            args += [_entry(e.seq, encode_value(e.value)) for e in stream.entries]
+            args += [_entry(e.seq, e.value) for e in stream.entries]
         if await self._call("IMPORT", self._keys(room_id), args):
             await self._count(1)
