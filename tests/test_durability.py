@@ -115,8 +115,13 @@ async def push_seq(ws: WebSocketConnection, key: str, value: object, action: str
 
 async def replay(ws: WebSocketConnection, key: str) -> list[tuple[Any, int]]:
     init = await request(ws, get(key))
-    assert (init["type"], init["key"]) == ("init", key), init
-    return [(d["value"], d["seq"]) for d in init["data"]]
+    stream: list[tuple[Any, int]] = []
+    while True:
+        assert (init["type"], init["key"]) == ("init", key), init
+        stream += [(d["value"], d["seq"]) for d in init["data"]]
+        if not init.get("more"):  # a long stream comes as several inits
+            return stream
+        init = json.loads(await ws.get_message())
 
 
 async def wait_closed(ws: WebSocketConnection) -> int | None:

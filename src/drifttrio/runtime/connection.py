@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 import trio
 
 from .._errors import CloseCode
-from ..core.room_state import value_size
+from ..core.room_state import ENTRY_COST, value_size
 from ..protocol.codec import CBOR, Codec
 from ..protocol.messages import Error, Init, SeqValue, ServerMessage
 
@@ -96,8 +96,10 @@ class InitStream:
         start = end = self._index
         budget = self._chunk_bytes
         while end < len(values) and (budget > 0 or end == start):
+            # Sizes are memory charges (core.room_state): less the entry's own
+            # charge they are an upper bound of the value's encoding.
             size = sizes[end] if sizes is not None else value_size(values[end].value)
-            budget -= size + _ENTRY_BYTES
+            budget -= size - ENTRY_COST + _ENTRY_BYTES
             end += 1
         more = end < len(values)
         if more:
