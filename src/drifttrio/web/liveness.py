@@ -6,7 +6,9 @@ the connection caps, forever. Every ``interval`` the timer looks at each
 member: one that sent anything since the last look is alive; one that sent
 nothing gets a ping, and if it still has sent nothing ``timeout`` later it is
 closed (:attr:`~drifttrio.CloseCode.PING_TIMEOUT`). So a silent peer is pinged
-after ``interval`` to ``2 * interval`` of silence and closed ``timeout`` later.
+after ``interval`` to ``2 * interval`` of silence (then once an interval while
+it stays silent but answers), and a vanished one is closed ``timeout`` after
+its ping.
 
 A member costs one set entry and a flag its reader sets on every read: no task
 and no timer per connection. Pings and closes are written by short-lived tasks,
@@ -56,16 +58,23 @@ class Liveness:
         """Ping silent members and close the unresponsive, until cancelled."""
         async with trio.open_nursery() as writes:
             task_status.started()
+            next_look = trio.current_time() + self.interval
             while True:
-                await trio.sleep(self.interval)
+                await trio.sleep_until(next_look)
                 pinged = self._ping_silent(writes)
+                next_look += self.interval
                 if not pinged:
                     continue
                 await trio.sleep(self.timeout)
                 for member in pinged:
-                    if not member.heard and member in self._members:
+                    if member not in self._members:
+                        continue  # ended meanwhile
+                    if member.heard:
+                        member.heard = False  # it answered: its silence counts from now
+                    else:
                         self._members.discard(member)
                         writes.start_soon(member.expire)
+                next_look = max(next_look, trio.current_time())
 
     def _ping_silent(self, writes: trio.Nursery) -> list[Pingable]:
         """Ping every member not heard from since the last look; clear the others'
