@@ -332,6 +332,8 @@ async def test_client_mistakes_never_log_a_traceback_and_log_lines_are_bounded(
 
 # -- liveness: server pings, on the mock clock ----------------------------------------------
 
+VIRTUAL_TIMEOUT = 3600
+
 
 @asynccontextmanager
 async def memory_member(
@@ -372,47 +374,49 @@ async def test_a_silent_peer_is_pinged_then_closed_with_4001_and_counted_out(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     config = Config(ping_interval=30.0, ping_timeout=20.0)
-    async with trio.open_nursery() as nursery:
-        async with memory_member(config, nursery) as (client, hub, room):
-            assert len(hub.rooms[room].members) == 1
-            start = trio.current_time()
-            buffer = bytearray()
-            assert await next_frames(client, buffer) == [(PING, b"")]
-            pinged = trio.current_time() - start
-            assert 30.0 <= pinged <= 60.0
-            # The peer is gone (no FIN, no pong): closed with 4001 a timeout later.
-            frames = await next_frames(client, buffer)
-            assert [op for op, _ in frames] == [CLOSE]
-            assert close_code(frames[0][1]) == CloseCode.PING_TIMEOUT == 4001
-            assert trio.current_time() - start == pytest.approx(pinged + 20.0)
-            assert await next_frames(client, buffer) == []  # and cut off
-            # Its slot is freed: the room counts it out.
-            with trio.fail_after(5):
-                while hub.rooms.get(room) is not None and hub.rooms[room].members:  # noqa: ASYNC110
-                    await trio.sleep(0.1)
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(VIRTUAL_TIMEOUT):  # virtual time: a guard against hangs
+        async with trio.open_nursery() as nursery:
+            async with memory_member(config, nursery) as (client, hub, room):
+                assert len(hub.rooms[room].members) == 1
+                start = trio.current_time()
+                buffer = bytearray()
+                assert await next_frames(client, buffer) == [(PING, b"")]
+                pinged = trio.current_time() - start
+                assert 30.0 <= pinged <= 60.0
+                # The peer is gone (no FIN, no pong): closed with 4001 a timeout later.
+                frames = await next_frames(client, buffer)
+                assert [op for op, _ in frames] == [CLOSE]
+                assert close_code(frames[0][1]) == CloseCode.PING_TIMEOUT == 4001
+                assert trio.current_time() - start == pytest.approx(pinged + 20.0)
+                assert await next_frames(client, buffer) == []  # and cut off
+                # Its slot is freed: the room counts it out.
+                with trio.fail_after(5):
+                    while hub.rooms.get(room) is not None and hub.rooms[room].members:  # noqa: ASYNC110
+                        await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_peer_that_answers_pings_stays_connected(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     config = Config(ping_interval=30.0, ping_timeout=20.0)
-    async with trio.open_nursery() as nursery:
-        async with memory_member(config, nursery) as (client, hub, room):
-            buffer = bytearray()
-            pings = 0
-            start = trio.current_time()
-            while trio.current_time() - start < 600:  # ten minutes of silence but pongs
+    with trio.fail_after(VIRTUAL_TIMEOUT):  # virtual time: a guard against hangs
+        async with trio.open_nursery() as nursery:
+            async with memory_member(config, nursery) as (client, hub, room):
+                buffer = bytearray()
+                pings = 0
+                start = trio.current_time()
+                while trio.current_time() - start < 600:  # ten minutes of silence but pongs
+                    frames = await next_frames(client, buffer)
+                    assert [op for op, _ in frames] == [PING]
+                    pings += 1
+                    await client.send_all(frame(PONG, frames[0][1]))
+                assert pings >= 600 / 60  # pinged at least every 2 intervals
+                await client.send_all(frame(TEXT, b'{"type": "ping", "nonce": 7}'))
                 frames = await next_frames(client, buffer)
-                assert [op for op, _ in frames] == [PING]
-                pings += 1
-                await client.send_all(frame(PONG, frames[0][1]))
-            assert pings >= 600 / 60  # pinged at least every 2 intervals
-            await client.send_all(frame(TEXT, b'{"type": "ping", "nonce": 7}'))
-            frames = await next_frames(client, buffer)
-            assert json.loads(frames[0][1]) == {"type": "pong", "nonce": 7}
-            assert len(hub.rooms[room].members) == 1
-        nursery.cancel_scope.cancel()
+                assert json.loads(frames[0][1]) == {"type": "pong", "nonce": 7}
+                assert len(hub.rooms[room].members) == 1
+            nursery.cancel_scope.cancel()
 
 
 # -- control frames are charged like messages ------------------------------------------------
@@ -423,39 +427,42 @@ async def test_pings_over_the_address_budget_get_no_pong_then_close_4029(
 ) -> None:
     config = Config(ping_interval=0)
     budgets = ClientBudgets(messages=(0.001, 5.0))  # five, then (almost) nothing
-    async with trio.open_nursery() as nursery:
-        hub = Hub(config)
-        await nursery.start(hub.run)
-        app = DriftApp(config, hub=hub)
-        room = await hub.create_room()
-        client, server = trio.testing.memory_stream_pair()
-        nursery.start_soon(
-            lambda: transport.serve_stream(
-                app, config, server, client=("10.0.0.2", 1), budgets=budgets
+    with trio.fail_after(VIRTUAL_TIMEOUT):  # virtual time: a guard against hangs
+        async with trio.open_nursery() as nursery:
+            hub = Hub(config)
+            await nursery.start(hub.run)
+            app = DriftApp(config, hub=hub)
+            room = await hub.create_room()
+            client, server = trio.testing.memory_stream_pair()
+            nursery.start_soon(
+                lambda: transport.serve_stream(
+                    app, config, server, client=("10.0.0.2", 1), budgets=budgets
+                )
             )
-        )
-        await client.send_all(
-            upgrade_request(
-                f"/room/{room}/connect", Sec_WebSocket_Key=valid_key(), Sec_WebSocket_Version="13"
+            await client.send_all(
+                upgrade_request(
+                    f"/room/{room}/connect",
+                    Sec_WebSocket_Key=valid_key(),
+                    Sec_WebSocket_Version="13",
+                )
             )
-        )
-        received = b""
-        while b"\r\n\r\n" not in received:
-            received += await client.receive_some()
-        buffer = bytearray(received.partition(b"\r\n\r\n")[2])
-        for i in range(5):
-            await client.send_all(frame(PING, b"%d" % i))
-            assert await next_frames(client, buffer) == [(PONG, b"%d" % i)]
-        await client.send_all(frame(PING, b"over"))
-        with trio.move_on_after(10) as quiet:
-            await next_frames(client, buffer)
-        assert quiet.cancelled_caught, "a ping over the budget got a pong"
-        await client.send_all(frame(PONG, b"") * 99)  # the 100th refused in a row
-        frames = await next_frames(client, buffer)
-        assert [(op, close_code(payload)) for op, payload in frames] == [
-            (CLOSE, CloseCode.RATE_LIMITED)
-        ]
-        nursery.cancel_scope.cancel()
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await client.receive_some()
+            buffer = bytearray(received.partition(b"\r\n\r\n")[2])
+            for i in range(5):
+                await client.send_all(frame(PING, b"%d" % i))
+                assert await next_frames(client, buffer) == [(PONG, b"%d" % i)]
+            await client.send_all(frame(PING, b"over"))
+            with trio.move_on_after(10) as quiet:
+                await next_frames(client, buffer)
+            assert quiet.cancelled_caught, "a ping over the budget got a pong"
+            await client.send_all(frame(PONG, b"") * 99)  # the 100th refused in a row
+            frames = await next_frames(client, buffer)
+            assert [(op, close_code(payload)) for op, payload in frames] == [
+                (CLOSE, CloseCode.RATE_LIMITED)
+            ]
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_pong_flood_is_closed_with_4029_and_others_keep_their_latency() -> None:
