@@ -109,9 +109,7 @@ _MAX_REFUSED_IN_A_ROW: Final = 100
 #: server pings off).
 _TCP_KEEPALIVE: Final = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
 #: accept() errors meaning "no descriptors or memory right now": wait, retry.
-_CAPACITY_ERRNOS: Final = frozenset(
-    code for code in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
-)
+_CAPACITY_ERRNOS: Final = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
 _ACCEPT_RETRY_SECONDS: Final = 0.1
 
 App = Callable[
@@ -283,9 +281,10 @@ async def serve_stream(
     passes its handler nursery: an idle connection then costs no nursery.
 
     ``budgets`` is charged for the client's control frames; ``liveness`` pings the
-    WebSocket when it is silent (by default, when ``ping_interval`` is set, a
-    timer of this call's own). ``busy``: the connection is over an HTTP cap, so
-    only ``/healthz`` and ``/readyz`` are served, anything else gets 503.
+    WebSocket when it is silent (called without ``nursery`` or ``liveness``, and
+    with ``ping_interval`` set, this call runs a timer of its own). ``busy``: the
+    connection is over an HTTP cap, so only ``/healthz`` and ``/readyz`` are
+    served, anything else gets 503.
     ``release_http_slot`` is called once, when the connection leaves the HTTP
     phase (upgraded, or ended).
     """
