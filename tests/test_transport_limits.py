@@ -37,6 +37,7 @@ from drifttrio.server import TRANSPORTS, fit_descriptors
 from drifttrio.web import transport
 from drifttrio.web.app import DriftApp
 from drifttrio.web.limits import ClientBudgets
+from drifttrio.web.liveness import Liveness
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -345,8 +346,13 @@ async def memory_member(
     app = DriftApp(config, hub=hub)
     room = await hub.create_room()
     client, server = trio.testing.memory_stream_pair()
+    # One timer for the transport, as serve_tcp runs it.
+    liveness = Liveness(config.ping_interval, config.ping_timeout)
+    await nursery.start(liveness.run)
     nursery.start_soon(
-        lambda: transport.serve_stream(app, config, server, client=("10.0.0.1", 5000))
+        lambda: transport.serve_stream(
+            app, config, server, client=("10.0.0.1", 5000), liveness=liveness
+        )
     )
     await client.send_all(
         upgrade_request(

@@ -280,9 +280,9 @@ async def serve_stream(
     runs in ``nursery``, by default one of this call's own. :func:`serve_tcp`
     passes its handler nursery: an idle connection then costs no nursery.
 
-    ``budgets`` is charged for the client's control frames; ``liveness`` pings the
-    WebSocket when it is silent (called without ``nursery`` or ``liveness``, and
-    with ``ping_interval`` set, this call runs a timer of its own). ``busy``: the
+    ``budgets`` is charged for the client's control frames; ``liveness`` (the
+    transport's one ping timer, see :func:`serve_tcp`) pings the WebSocket when
+    it is silent; without it, nothing does. ``busy``: the
     connection is over an HTTP cap, so only ``/healthz`` and ``/readyz`` are
     served, anything else gets 503.
     ``release_http_slot`` is called once, when the connection leaves the HTTP
@@ -311,9 +311,6 @@ async def serve_stream(
             if nursery is None:
                 async with trio.open_nursery() as own:
                     session.nursery = own
-                    if liveness is None and config.ping_interval > 0:
-                        liveness = Liveness(config.ping_interval, config.ping_timeout)
-                        own.start_soon(liveness.run)
                     session.liveness = liveness
                     try:
                         await app(session.scope, session.receive, session.send)
