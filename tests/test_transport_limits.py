@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import resource
+import socket
 import struct
 import subprocess
 from collections.abc import AsyncIterator
@@ -423,6 +424,64 @@ async def test_a_peer_that_answers_pings_stays_connected(
                 assert json.loads(frames[0][1]) == {"type": "pong", "nonce": 7}
                 assert len(hub.rooms[room].members) == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_the_real_server_closes_a_silent_member_and_frees_its_slot() -> None:
+    # Through serve_tcp and its one shared timer, on real sockets and short settings.
+    async with serving(ping_interval=0.2, ping_timeout=0.3, max_connections_per_ip=1) as (
+        server,
+        room,
+    ):
+        ws = await RawWebSocket.connect(server.host, server.port)
+        try:
+            await ws.handshake(f"/room/{room}/connect")
+            assert await ws.recv_frame() == (PING, b"")  # and it never answers
+            assert await ws.close_code() == CloseCode.PING_TIMEOUT
+        finally:
+            await ws.aclose()
+        # Counted out: the one slot of this address takes a new member.
+        again = await RawWebSocket.connect(server.host, server.port)
+        try:
+            with trio.fail_after(TIMEOUT):
+                await again.handshake(f"/room/{room}/connect")
+        finally:
+            await again.aclose()
+
+
+async def test_accepted_sockets_have_tcp_keepalive() -> None:
+    async with serving() as (server, _):
+        client = await trio.open_tcp_stream(server.host, server.port)
+        async with client:
+            await client.send_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            await client.receive_some(65536)  # accepted and served
+            mine = client.socket.getsockname()
+            # The server's end of this connection, found among this process's descriptors.
+            found = []
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    fd = os.dup(int(name))
+                except OSError:  # the listing's own descriptor, closed since
+                    continue
+                try:
+                    sock = socket.socket(fileno=fd)
+                except OSError:
+                    os.close(fd)  # not a socket
+                    continue
+                with sock:
+                    try:
+                        if sock.getpeername() != mine:
+                            continue
+                    except OSError:
+                        continue
+                    found.append(
+                        (
+                            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                        )
+                    )
+    assert found == [(1, 60, 15, 4)]
 
 
 # -- control frames are charged like messages ------------------------------------------------
