@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, TextIO
 
 import orjson
 
-__all__ = ["LOG_FORMATS", "StructuredFormatter", "configure_logging", "fields"]
+__all__ = ["LOG_FORMATS", "StructuredFormatter", "ThrottledLog", "configure_logging", "fields"]
 
 #: The line formats ``configure_logging`` accepts.
 LOG_FORMATS: Final = ("text", "kv", "json")
@@ -78,3 +78,50 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+
+
+class ThrottledLog:
+    """At most ``per_interval`` lines per ``interval`` seconds for each kind of
+    event, then one "suppressed K similar" line when the next interval starts.
+
+    For conditions a client can cause at will (malformed requests, bad upgrades):
+    each is worth one line, but a flood of them must not flood the log.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        per_interval: int = 10,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.per_interval = per_interval
+        self.interval = interval
+        self._clock = clock
+        #: kind -> [interval start, lines logged, lines suppressed]
+        self._windows: dict[str, list[float]] = {}
+
+    def log(self, level: int, kind: str, message: str, **values: Any) -> None:
+        """Log ``message`` with ``values`` as fields (and ``kind``), unless this
+        kind already had its lines in the current interval."""
+        now = self._clock()
+        window = self._windows.get(kind)
+        if window is None or now - window[0] >= self.interval:
+            if window is not None and window[2]:
+                self.logger.log(
+                    level,
+                    "suppressed %d similar line(s) in the last %g s",
+                    window[2],
+                    self.interval,
+                    extra=fields(kind=kind, suppressed=int(window[2])),
+                )
+            if len(self._windows) >= 1024:  # kinds are a small fixed set; stay bounded
+                self._windows.clear()
+            window = self._windows[kind] = [now, 0, 0]
+        if window[1] >= self.per_interval:
+            window[2] += 1
+            return
+        window[1] += 1
+        self.logger.log(level, message, extra=fields(kind=kind, **values))

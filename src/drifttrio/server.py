@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -30,9 +31,23 @@ from .web.app import DriftApp
 from .web.ops import OpsApp
 from .web.transport import serve_tcp
 
-__all__ = ["RunningServer", "hypercorn_config", "open_server", "serve"]
+__all__ = [
+    "RESERVED_DESCRIPTORS",
+    "RunningServer",
+    "fit_descriptors",
+    "hypercorn_config",
+    "open_server",
+    "raise_descriptor_limit",
+    "serve",
+]
 
 log = logging.getLogger("drifttrio")
+
+#: Descriptors kept out of the connection caps: the store (SQLite and its
+#: journal, or Redis connections), the listeners, the event loop, stdio, logs,
+#: the internal metrics listener's connections, and connections being told 503
+#: (``BUSY_CONNECTIONS``) or closed.
+RESERVED_DESCRIPTORS = 96
 
 
 @attrs.frozen
@@ -59,6 +74,12 @@ def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.websocket_max_message_size = config.max_message_bytes
+    hc.h11_max_incomplete_size = config.max_header_bytes
+    hc.keep_alive_timeout = config.keepalive_timeout
+    # Not set: websocket_ping_interval (hypercorn's ping task sleeps a whole
+    # interval after its connection closed, so every drain would wait up to
+    # write_timeout) and read_timeout (without pings it would close silent but
+    # healthy members). See docs/operations.md, "Connection limits and timeouts".
     hc.graceful_timeout = config.write_timeout
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
@@ -85,7 +106,7 @@ async def serve(
     """
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-    config = config or Config()
+    config = fit_descriptors(config or Config(), raise_descriptor_limit())
     hub = Hub(config)  # opens the store: a bad --store fails here, plainly
     app = DriftApp(config, hub=hub)
     metrics_url: str | None = None
@@ -141,6 +162,68 @@ async def serve(
 TRANSPORTS = ("drifttrio", "hypercorn")
 
 
+def raise_descriptor_limit() -> tuple[int, int] | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (systemd's soft default
+    of 1024 would allow a thousand connections at most). Returns the limit
+    before and after, or ``None`` if the platform has none."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (AttributeError, OSError, ValueError):
+        return None
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20) if soft != resource.RLIM_INFINITY else soft
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        return soft, soft
+    return soft, hard
+
+
+def fit_descriptors(config: Config, limit: tuple[int, int] | None) -> Config:
+    """``config`` with connection caps that fit the descriptor limit (``limit`` is
+    the soft limit before and after :func:`raise_descriptor_limit`), so a full
+    server answers 503 instead of failing ``accept()`` for everyone.
+
+    WebSockets (``max_connections``) and connections in the HTTP phase
+    (``max_http_connections``; under hypercorn, the headroom left for them) share
+    what is left after ``RESERVED_DESCRIPTORS``; when both do not fit, HTTP gets
+    a quarter. An unlimited cap (0) becomes the limit. One log line says so when
+    the limit was raised or a cap changed.
+    """
+    if limit is None or limit[1] == resource.RLIM_INFINITY:
+        return config
+    before, nofile = limit
+    available = max(nofile - RESERVED_DESCRIPTORS, 2)
+    ws = config.max_connections or available
+    http = config.max_http_connections or available
+    if ws + http > available:
+        http = min(http, max(available // 4, 1))
+        ws = min(ws, available - http)
+    fitted = attrs.evolve(
+        config,
+        max_connections=ws,
+        max_connections_per_ip=min(config.max_connections_per_ip or ws, ws),
+        max_connections_per_room=min(config.max_connections_per_room or ws, ws),
+        max_http_connections=http,
+        max_http_connections_per_ip=min(config.max_http_connections_per_ip or http, http),
+    )
+    if fitted != config or before != nofile:
+        log.info(
+            "open-file limit %d%s: max_connections %d (configured %d), "
+            "max_http_connections %d (configured %d), %d descriptors reserved",
+            nofile,
+            f" (raised from {before})" if before != nofile else "",
+            ws,
+            config.max_connections,
+            http,
+            config.max_http_connections,
+            RESERVED_DESCRIPTORS,
+        )
+    return fitted
+
+
 async def _serve_own(
     app: DriftApp,
     config: Config,
@@ -152,7 +235,15 @@ async def _serve_own(
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as listening:
             bound_host, bound_port = await listening.start(
-                partial(serve_tcp, app, config, host=host, port=port, handler_nursery=connections)
+                partial(
+                    serve_tcp,
+                    app,
+                    config,
+                    host=host,
+                    port=port,
+                    handler_nursery=connections,
+                    budgets=app.budgets,
+                )
             )
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
             started(f"http://{shown}:{bound_port}", bound_host, bound_port)

@@ -87,6 +87,21 @@ class Config:
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: Largest request head (request line and headers) accepted, in bytes.
     max_header_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
+    #: Seconds for a whole HTTP request, head and body, to arrive (a body trickled a
+    #: byte at a time ends here with 408, whatever its pace; drifttrio transport).
+    request_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Seconds an HTTP keep-alive connection may sit idle between requests.
+    keepalive_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Connections still in the HTTP phase (not upgraded) in total (0: unlimited);
+    #: beyond it a short 503 (``/healthz`` and ``/readyz`` are still answered).
+    max_http_connections: int = attrs.field(default=2048, validator=_non_negative)
+    #: Connections in the HTTP phase from one client address (0: unlimited).
+    max_http_connections_per_ip: int = attrs.field(default=1024, validator=_non_negative)
+    #: Seconds a WebSocket may stay silent before the server pings it (0: no pings).
+    ping_interval: float = attrs.field(default=30.0, validator=_non_negative)
+    #: Seconds a pinged WebSocket has to send anything (a pong) before it is closed
+    #: with 4001 and its slot freed.
+    ping_timeout: float = attrs.field(default=20.0, validator=_positive)
     #: Broadcast ``compact`` as a push with its seq (``False``: strict upstream parity).
     broadcast_compact: bool = True
     #: Largest WebSocket message or HTTP body accepted, in bytes.

@@ -5,8 +5,9 @@ unmasks it in Python; with one small message per frame that was a third of the
 server's time. :class:`FrameReader` parses every frame already received in one
 loop, unmasks with the C routine of ``websockets`` (a pure-Python fallback
 otherwise) and returns whole messages: ``str`` (text), ``bytes`` (binary),
-:class:`Ping` or :class:`Close`. Pongs are skipped. Compression is never
-negotiated, so a reserved bit is an error.
+:class:`Ping` or :class:`Close`. Pongs are skipped, but counted (``pongs``), so
+the caller can charge them to a rate limit. Compression is never negotiated,
+so a reserved bit is an error.
 
 The rules are wsproto's, and a violation raises :class:`FrameError` with the
 close code to answer: 1002 for a broken frame (unmasked, reserved bit or opcode,
@@ -22,7 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["Close", "FrameError", "FrameReader", "Ping", "close_frame", "pong_frame", "unmask"]
+__all__ = [
+    "Close",
+    "FrameError",
+    "FrameReader",
+    "Ping",
+    "close_frame",
+    "ping_frame",
+    "pong_frame",
+    "unmask",
+]
 
 _TEXT: Final = 0x1
 _BINARY: Final = 0x2
@@ -92,6 +102,7 @@ class FrameReader:
         "_size",
         "fragment_cost",
         "max_message_bytes",
+        "pongs",
     )
 
     def __init__(self, max_message_bytes: int, fragment_cost: int = 64) -> None:
@@ -106,6 +117,8 @@ class FrameReader:
         self._parts: list[bytes] = []
         self._size = 0  # what the message in progress counts towards the limit
         self._closed = False
+        #: Pong frames skipped so far; the caller may reset it once charged.
+        self.pongs = 0
 
     def feed(self, data: bytes) -> None:
         """Add bytes received from the peer (ignored after its close frame)."""
@@ -214,7 +227,7 @@ class FrameReader:
                 self._closed = True
                 self._data, self._pos = b"", 0
                 return _close_event(payload)
-            # A pong: nothing to do.
+            self.pongs += 1  # a pong: nothing to answer, only to count
 
 
 def _decode(payload: bytes) -> str:
@@ -243,6 +256,11 @@ def _close_event(payload: bytes) -> Close:
 
 def _control_frame(opcode: int, payload: bytes) -> bytes:
     return bytes((0x80 | opcode, len(payload))) + payload
+
+
+def ping_frame(payload: bytes = b"") -> bytes:
+    """An unmasked ping frame (``payload`` at most 125 bytes)."""
+    return _control_frame(_PING, payload)
 
 
 def pong_frame(payload: bytes) -> bytes:

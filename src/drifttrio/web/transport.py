@@ -9,15 +9,33 @@ sessions live in one place, and adds what a generic ASGI server cannot:
   connection's queued frames over in one ``drifttrio.websocket.send_frames``
   event, written with one ``send_all``;
 - **deadlines**: the request head must arrive within ``handshake_timeout``
-  (slowloris), headers are capped at ``max_header_bytes``, and every write has
+  (slowloris) and the whole request within ``request_timeout`` (a trickled
+  body), an idle keep-alive connection is closed after ``keepalive_timeout``,
+  headers are capped at ``max_header_bytes``, and every write has
   ``write_timeout``: a client that stops reading is cut off, never waited for;
+- **caps**: connections still in the HTTP phase are capped in total and per
+  client address (``max_http_connections*``; once upgraded, the app's
+  WebSocket caps count them); beyond a cap a short 503, but ``/healthz`` and
+  ``/readyz`` are still answered. Accept failures for lack of descriptors
+  (EMFILE) pause accepting, with one log line per episode;
+- **liveness**: silent WebSockets are pinged by one shared timer
+  (:mod:`drifttrio.web.liveness`) and closed with 4001 if they stay silent;
+  accepted sockets get TCP keepalive;
 - **control frames** never stall the reader: pings are answered by a separate
-  task (a flood gets one pong for the latest ping), pongs are ignored;
+  task (a flood gets one pong for the latest ping); pings and pongs are charged
+  to a per-connection token bucket (the message rate limit's numbers) and to the
+  client address's :class:`~drifttrio.web.limits.ClientBudgets`: over it they
+  are dropped, and 100 refused in a row close the connection with 4029;
   compression is never negotiated; a message, fragmented or not, is closed with
   1009 as soon as it exceeds ``max_message_bytes`` (each non-final fragment
   counts at least ``FRAGMENT_COST`` bytes, so floods of empty continuation
   frames end too), and broken frames (unmasked, invalid UTF-8, fragmented
-  control frames, bad opcodes) are closed with their RFC 6455 code.
+  control frames, bad opcodes) are closed with their RFC 6455 code;
+- **HTTP by the RFCs**: ``HEAD`` runs the app as ``GET`` and sends no body; a
+  request with both ``Content-Length`` and ``Transfer-Encoding`` gets 400 and
+  the connection is closed (RFC 9112 6.1); a bad upgrade gets 400 (or 426 with
+  ``Sec-WebSocket-Version: 13``). Whatever a client sends, it gets a 4xx or a
+  close code, and at most one rate-limited log line, never a traceback.
 
 :func:`serve_stream` serves one already-connected stream (a socket, TLS, or a
 ``trio.testing`` memory stream), :func:`serve_tcp` listens.
@@ -25,25 +43,42 @@ sessions live in one place, and adds what a generic ASGI server cannot:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from functools import partial
+from typing import Any, Final
 from urllib.parse import unquote
 
 import h11
 import trio
+import wsproto.utilities
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import LocalProtocolError
 
+from .._errors import CloseCode
+from .._logging import ThrottledLog
 from ..protocol.codec import websocket_frame
 from ..runtime.config import Config
-from .frames import Close, FrameError, FrameReader, Ping, close_frame, pong_frame
+from .frames import Close, FrameError, FrameReader, Ping, close_frame, ping_frame, pong_frame
+from .limits import ClientBudgets, TokenBucket
+from .liveness import Liveness
 
-__all__ = ["FRAGMENT_COST", "FRAMES_EXTENSION", "serve_stream", "serve_tcp"]
+__all__ = [
+    "FRAGMENT_COST",
+    "FRAMES_EXTENSION",
+    "HttpConnections",
+    "accept_connections",
+    "serve_stream",
+    "serve_tcp",
+]
 
 log = logging.getLogger("drifttrio.transport")
+#: Client-caused refusals (400, 408, 426, 431, 503): one line each, rate-limited.
+client_errors = ThrottledLog(log)
 
 #: ASGI scope extension: the server accepts ``drifttrio.websocket.send_frames``
 #: events carrying pre-built frames, and the app should build frames itself.
@@ -59,6 +94,23 @@ FRAGMENT_COST = 64
 #: long (and this much), so our last words are not lost to a TCP reset.
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 4 * 1024 * 1024
+
+#: Over an HTTP cap, a connection's request head must arrive within this long
+#: (and at most this many such connections are answered at once; beyond, they
+#: are closed unanswered): enough to answer ``/healthz`` or say 503, no more.
+BUSY_HEAD_SECONDS: Final = 1.0
+BUSY_CONNECTIONS: Final = 32
+#: Paths answered even over the HTTP caps: the orchestrator must see the truth.
+_HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz"})
+#: Control frames refused in a row before the connection is closed with 4029.
+_MAX_REFUSED_IN_A_ROW: Final = 100
+#: TCP keepalive on accepted sockets: probe after 60 s of silence, every 15 s,
+#: give up after 4 probes (a vanished peer is found within 2 minutes, even with
+#: server pings off).
+_TCP_KEEPALIVE: Final = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+#: accept() errors meaning "no descriptors or memory right now": wait, retry.
+_CAPACITY_ERRNOS: Final = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
+_ACCEPT_RETRY_SECONDS: Final = 0.1
 
 App = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -217,12 +269,24 @@ async def serve_stream(
     scheme: str = "http",
     root_path: str = "",
     nursery: trio.Nursery | None = None,
+    budgets: ClientBudgets | None = None,
+    liveness: Liveness | None = None,
+    busy: bool = False,
+    release_http_slot: Callable[[], None] | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests and WebSocket upgrades on one connection.
 
     A WebSocket's pong task (started at its first ping, ended with the connection)
     runs in ``nursery``, by default one of this call's own. :func:`serve_tcp`
     passes its handler nursery: an idle connection then costs no nursery.
+
+    ``budgets`` is charged for the client's control frames; ``liveness`` (the
+    transport's one ping timer, see :func:`serve_tcp`) pings the WebSocket when
+    it is silent; without it, nothing does. ``busy``: the
+    connection is over an HTTP cap, so only ``/healthz`` and ``/readyz`` are
+    served, anything else gets 503.
+    ``release_http_slot`` is called once, when the connection leaves the HTTP
+    phase (upgraded, or ended).
     """
     wire = _Wire(stream, config.write_timeout)
     try:
@@ -235,16 +299,27 @@ async def serve_stream(
             "server": server,
             "root_path": root_path,
         }
-        session = await _serve_http(app, config, wire, base, scheme)
+        try:
+            session = await _serve_http(app, config, wire, base, scheme, busy=busy)
+        finally:
+            if release_http_slot is not None:
+                release_http_slot()
+                release_http_slot = None
         del base
         if session is not None:
+            session.budgets = budgets
             if nursery is None:
                 async with trio.open_nursery() as own:
                     session.nursery = own
-                    await app(session.scope, session.receive, session.send)
+                    session.liveness = liveness
+                    try:
+                        await app(session.scope, session.receive, session.send)
+                    finally:
+                        session.end()
                     own.cancel_scope.cancel()
             else:
                 session.nursery = nursery
+                session.liveness = liveness
                 try:
                     await app(session.scope, session.receive, session.send)
                 finally:
@@ -258,45 +333,100 @@ async def serve_stream(
 
 
 async def _serve_http(
-    app: App, config: Config, wire: _Wire, base: dict[str, Any], scheme: str
+    app: App, config: Config, wire: _Wire, base: dict[str, Any], scheme: str, *, busy: bool
 ) -> _WebSocketSession | None:
     """Serve requests until the connection ends (``None``) or is upgraded: then
     return the WebSocket's session (with its scope), handshake not yet answered."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+    client = base["client"]
+    head_seconds = min(config.handshake_timeout, config.request_timeout)
+    if busy:
+        head_seconds = min(head_seconds, BUSY_HEAD_SECONDS)
+    first = True
     try:
         while True:
-            with trio.move_on_after(config.handshake_timeout) as head_deadline:
+            if not first and not conn.trailing_data[0]:
+                # Idle between two requests: the next one must start soon.
+                with trio.move_on_after(config.keepalive_timeout) as idle:
+                    conn.receive_data(await wire.receive())
+                if idle.cancelled_caught:
+                    return None
+            first = False
+            start = trio.current_time()
+            with trio.move_on_at(start + head_seconds) as head_deadline:
                 event = await _next_event(conn, wire)
             if head_deadline.cancelled_caught:
                 if conn.their_state is h11.SEND_BODY or _has_partial_request(conn):
-                    await _plain_response(conn, wire, 408, b"request head took too long")
+                    await _refuse(conn, wire, client, 408, "request head took too long")
                 return None
             if not isinstance(event, h11.Request):
                 return None  # ConnectionClosed, or a stray event
-            if _head_size(event) > config.max_header_bytes:
-                # h11 bounds only a head that arrives in pieces; this bounds them all.
-                await _plain_response(conn, wire, 431, b"request head too large")
+            refusal = _refusal(event, config)
+            if refusal is not None:
+                await _refuse(conn, wire, client, *refusal)
                 return None
-            if _is_websocket_upgrade(event):
-                return _upgrade(
-                    config,
+            if busy and _target(event)[0] not in _HEALTH_PATHS:
+                await _refuse(
                     conn,
                     wire,
-                    event,
-                    {**base, "scheme": "ws" if scheme == "http" else "wss"},
+                    client,
+                    503,
+                    "too many connections; try again later",
+                    [(b"retry-after", b"1")],
                 )
-            await _http(app, config, conn, wire, event, {**base, "scheme": scheme})
+                return None
+            if _is_websocket_upgrade(event) and not busy:
+                scope_base = {**base, "scheme": "ws" if scheme == "http" else "wss"}
+                try:
+                    return _upgrade(config, conn, wire, event, scope_base)
+                except _BadUpgrade as exc:
+                    await _refuse(conn, wire, client, exc.status, exc.reason, exc.headers)
+                    return None
+            deadline = start + config.request_timeout
+            request_base = {**base, "scheme": scheme}
+            await _http(app, config, conn, wire, event, request_base, deadline, close=busy)
             if conn.their_state is h11.SEND_BODY and conn.our_state is h11.DONE:
-                await _discard_body(conn, wire, config)
+                await _discard_body(conn, wire, config, deadline)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return None
             conn.start_next_cycle()
     except h11.RemoteProtocolError as exc:
-        status = exc.error_status_hint
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            with trio.move_on_after(config.write_timeout):
-                await _plain_response(conn, wire, status, str(exc).encode())
+            await _refuse(conn, wire, client, exc.error_status_hint, str(exc))
         return None
+
+
+def _refusal(request: h11.Request, config: Config) -> tuple[int, str] | None:
+    """Why a request head is refused before anything else looks at it, if it is."""
+    if _head_size(request) > config.max_header_bytes:
+        # h11 bounds only a head that arrives in pieces; this bounds them all.
+        return 431, "request head too large"
+    names = {name for name, _ in request.headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        # RFC 9112 6.1: the body's end is ambiguous (request smuggling); whatever
+        # follows cannot be trusted to be a request, so the connection is closed.
+        return 400, "both Content-Length and Transfer-Encoding"
+    return None
+
+
+async def _refuse(
+    conn: h11.Connection,
+    wire: _Wire,
+    client: tuple[str, int] | None,
+    status: int,
+    reason: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer a client's mistake (or a cap) with ``status`` and close: one log
+    line at most, rate-limited, never a traceback."""
+    client_errors.log(
+        logging.INFO,
+        f"http {status}",
+        f"refused a request: {status} {reason}",
+        status=status,
+        client=client[0] if client else "unknown",
+    )
+    await _plain_response(conn, wire, status, reason.encode(), headers or [])
 
 
 def _head_size(request: h11.Request) -> int:
@@ -305,12 +435,12 @@ def _head_size(request: h11.Request) -> int:
     return size + sum(len(name) + len(value) + 4 for name, value in request.headers)
 
 
-async def _discard_body(conn: h11.Connection, wire: _Wire, config: Config) -> None:
+async def _discard_body(conn: h11.Connection, wire: _Wire, config: Config, deadline: float) -> None:
     """Read what is left of a request body the app did not read (a GET's empty
     one, say), so the connection can serve the next request: at most
-    ``max_message_bytes`` within ``handshake_timeout``, else it is closed."""
+    ``max_message_bytes`` within the request's deadline, else it is closed."""
     left = config.max_message_bytes
-    with trio.move_on_after(config.handshake_timeout):
+    with trio.move_on_at(deadline):
         while conn.their_state is h11.SEND_BODY and left >= 0:
             event = await _next_event(conn, wire)
             if isinstance(event, h11.Data):
@@ -341,16 +471,23 @@ async def _next_event(conn: h11.Connection, wire: _Wire) -> Any:
         conn.receive_data(await wire.receive())
 
 
-async def _plain_response(conn: h11.Connection, wire: _Wire, status: int, body: bytes) -> None:
+async def _plain_response(
+    conn: h11.Connection,
+    wire: _Wire,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     wire.cut_short = True
     try:
         data = conn.send(
             h11.Response(
                 status_code=status,
                 headers=[
-                    ("content-type", "text/plain"),
-                    ("content-length", str(len(body))),
-                    ("connection", "close"),
+                    (b"content-type", b"text/plain"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                    *(headers or ()),
                 ],
             )
         )
@@ -388,12 +525,19 @@ async def _http(
     wire: _Wire,
     request: h11.Request,
     base: dict[str, Any],
+    deadline: float,
+    *,
+    close: bool = False,
 ) -> None:
+    """Run the app for one request. Its body must arrive by ``deadline`` (408
+    otherwise). ``HEAD`` runs the app as ``GET`` and drops the body: the same
+    headers, as RFC 9110 9.3.2 asks. ``close``: end the connection after it."""
     path, raw_path, query = _target(request)
+    head = request.method == b"HEAD"
     scope = {
         **base,
         "type": "http",
-        "method": request.method.decode("ascii"),
+        "method": "GET" if head else request.method.decode("ascii"),
         "path": path,
         "raw_path": raw_path,
         "query_string": query,
@@ -406,7 +550,7 @@ async def _http(
         nonlocal body_done
         if body_done:
             await trio.sleep_forever()
-        with trio.fail_after(config.handshake_timeout):
+        with trio.fail_at(deadline):
             event = await _next_event(conn, wire)
         if isinstance(event, h11.Data):
             return {"type": "http.request", "body": bytes(event.data), "more_body": True}
@@ -421,7 +565,7 @@ async def _http(
         if kind == "http.response.start":
             response_started = True
             headers = list(message.get("headers") or [])
-            if not _request_complete(conn):
+            if close or not _request_complete(conn):
                 # The rest of the body (a 413's, say) will not be read: say so, and
                 # close after the response instead of leaving the client to reuse
                 # a connection the server is about to drop.
@@ -431,20 +575,39 @@ async def _http(
                 conn.send(h11.Response(status_code=message["status"], headers=headers)) or b""
             )
         elif kind == "http.response.body":
-            data = conn.send(h11.Data(data=message.get("body", b""))) or b""
+            data = b""
+            if not head:
+                data = conn.send(h11.Data(data=message.get("body", b""))) or b""
             if not message.get("more_body", False):
                 data += conn.send(h11.EndOfMessage()) or b""
-            await wire.send(data)
+            if data:
+                await wire.send(data)
 
     try:
         await app(scope, receive, send)
-    except (trio.TooSlowError, h11.RemoteProtocolError):
+    except trio.TooSlowError:
+        if not response_started:
+            await _refuse(conn, wire, base["client"], 408, "request took too long")
+        raise _Closed from None
+    except h11.RemoteProtocolError as exc:  # a broken body (bad chunk framing)
+        if not response_started:
+            await _refuse(conn, wire, base["client"], exc.error_status_hint, str(exc))
         raise _Closed from None
     if not response_started:
         await _plain_response(conn, wire, 500, b"internal error")
 
 
 # -- WebSocket ----------------------------------------------------------------------
+
+
+class _BadUpgrade(Exception):
+    """The client's upgrade request breaks RFC 6455 4.2.1: answer ``status``."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
 
 
 def _upgrade(
@@ -454,9 +617,20 @@ def _upgrade(
     request: h11.Request,
     base: dict[str, Any],
 ) -> _WebSocketSession:
-    """The session of a WebSocket upgrade, with its scope (wsproto checks the request)."""
+    """The session of a WebSocket upgrade, with its scope (wsproto checks the
+    request: :class:`_BadUpgrade` if it is not a valid one)."""
     ws = WSConnection(ConnectionType.SERVER)
-    ws.initiate_upgrade_connection(list(request.headers), request.target)
+    try:
+        ws.initiate_upgrade_connection(list(request.headers), request.target)
+    except wsproto.utilities.RemoteProtocolError as exc:
+        # wsproto's hint: 400, or 426 with Sec-WebSocket-Version: 13 for a version
+        # it does not speak.
+        hint = exc.event_hint
+        if isinstance(hint, RejectConnection):
+            raise _BadUpgrade(hint.status_code, str(exc), list(hint.headers)) from None
+        raise _BadUpgrade(400, str(exc), []) from None
+    except (h11.LocalProtocolError, LocalProtocolError) as exc:  # an HTTP/1.0 upgrade, no Host
+        raise _BadUpgrade(400, f"invalid upgrade request: {exc}", []) from None
     upgrade = next(iter(ws.events()))
     assert isinstance(upgrade, Request)
     path, raw_path, query = _target(request)
@@ -480,13 +654,20 @@ class _WebSocketSession:
     then :class:`~drifttrio.web.frames.FrameReader` reads the client's frames."""
 
     __slots__ = (
+        "_config",
+        "_control",
         "_ping",
         "_ping_arrived",
+        "_refused",
         "_rejection",
         "accepted",
+        "budgets",
         "closing",
         "connected",
+        "expired",
         "gone",
+        "heard",
+        "liveness",
         "nursery",
         "reader",
         "scope",
@@ -518,6 +699,18 @@ class _WebSocketSession:
         self._rejection: dict[str, Any] | None = None
         self._ping: bytes | None = None  # the latest unanswered ping's payload
         self._ping_arrived: trio.Event | None = None
+        self._config = config
+        #: What the client's address may spend (set by serve_stream).
+        self.budgets: ClientBudgets | None = None
+        #: The transport's ping timer (set by serve_stream), joined once accepted.
+        self.liveness: Liveness | None = None
+        #: Bytes arrived since the ping timer last looked (see Liveness).
+        self.heard = True
+        #: Closed by the ping timer: the peer did not answer a ping.
+        self.expired = False
+        #: Control frames' token bucket (made at the first one) and refusals in a row.
+        self._control: TokenBucket | None = None
+        self._refused = 0
 
     async def receive(self) -> dict[str, Any]:
         if not self.connected:
@@ -533,9 +726,15 @@ class _WebSocketSession:
                 await self._fail(exc.code, exc.reason)
                 return self._disconnect(exc.code)
             if event is None:
+                if reader.pongs:
+                    pongs, reader.pongs = reader.pongs, 0
+                    self._charge_control(pongs)
+                    if self._refused >= _MAX_REFUSED_IN_A_ROW:
+                        return await self._rate_limited()
                 data = await self.wire.receive()
                 if not data:
                     break
+                self.heard = True
                 reader.feed(data)
                 continue
             kind = type(event)
@@ -546,13 +745,65 @@ class _WebSocketSession:
             if isinstance(event, Ping):
                 # Answered by another task: the reader never waits on the socket, and
                 # a flood of pings gets one pong, for the latest (RFC 6455 5.5.3).
-                self._answer(event.payload)
+                # Over the rate limit it gets none.
+                if self._charge_control(1):
+                    self._answer(event.payload)
+                elif self._refused >= _MAX_REFUSED_IN_A_ROW:
+                    return await self._rate_limited()
             elif isinstance(event, Close):
                 if not self.closing:
                     self.closing = True
                     await self._send_bytes(close_frame(event.code, event.reason))
                 return self._disconnect(1005 if event.code is None else event.code)
-        return self._disconnect(1006)
+        return self._disconnect(CloseCode.PING_TIMEOUT if self.expired else 1006)
+
+    def _charge_control(self, count: int) -> bool:
+        """Charge ``count`` control frames to the connection's bucket (the message
+        rate limit's numbers) and to the client address's budget; whether the last
+        one was allowed. Stops at ``_MAX_REFUSED_IN_A_ROW`` refusals in a row."""
+        bucket = self._control
+        if bucket is None:
+            config = self._config
+            bucket = self._control = TokenBucket(
+                config.rate_limit_per_second, config.rate_limit_burst
+            )
+        budgets = self.budgets
+        ip = _client_ip(self.scope)
+        allowed = True
+        for _ in range(count):
+            allowed = bucket.take() and (budgets is None or budgets.charge(ip) == 0.0)
+            if allowed:
+                self._refused = 0
+            else:
+                self._refused += 1
+                if self._refused >= _MAX_REFUSED_IN_A_ROW:
+                    break
+        return allowed
+
+    async def _rate_limited(self) -> dict[str, Any]:
+        """Close a control-frame flood with 4029, as the app closes a message flood."""
+        client_errors.log(
+            logging.INFO,
+            "control flood",
+            "closed a connection flooding control frames: 4029",
+            client=_client_ip(self.scope),
+        )
+        await self._fail(CloseCode.RATE_LIMITED, "control frames over the rate limit")
+        return self._disconnect(CloseCode.RATE_LIMITED)
+
+    async def ping(self) -> None:
+        """A server ping (the ping timer's), unless the connection is closing."""
+        if self.accepted and not self.closing and not self.gone:
+            await self._send_bytes(ping_frame())
+
+    async def expire(self) -> None:
+        """The peer did not answer a ping: close it with 4001 and cut it off, so
+        its reader ends and the app counts it out."""
+        if self.gone:
+            return
+        self.expired = True
+        await self._close(CloseCode.PING_TIMEOUT, "no answer to ping")
+        await self.wire.abort()
 
     def _answer(self, payload: bytes) -> None:
         self._ping = payload
@@ -582,6 +833,8 @@ class _WebSocketSession:
         self.gone = True
         if self._ping_arrived is not None:
             self._ping_arrived.set()
+        if self.liveness is not None:
+            self.liveness.discard(self)
 
     async def _fail(self, code: int, reason: str) -> None:
         """Close on the peer's protocol error (serve_stream lingers before closing)."""
@@ -631,6 +884,8 @@ class _WebSocketSession:
                 self.gone = True
                 return
             self.accepted = True
+            if self.liveness is not None:
+                self.liveness.add(self)
             await self._send_bytes(ws.send(AcceptConnection()))
         elif kind == "websocket.http.response.start":
             self._rejection = {
@@ -656,6 +911,88 @@ class _WebSocketSession:
         await self._send_bytes(data)
 
 
+def _client_ip(scope: MutableMapping[str, Any]) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+# -- listening ----------------------------------------------------------------------
+
+
+class HttpConnections:
+    """Connections in the HTTP phase (accepted, not upgraded): in total and per
+    client address, plus those being told 503 for being over a cap."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.limits = (total, per_ip)
+        self.total = 0
+        self.by_ip: dict[str, int] = {}
+        #: Over a cap, being answered (at most BUSY_CONNECTIONS).
+        self.busy = 0
+
+    def admit(self, ip: str) -> bool:
+        """Count a connection in, if it fits the caps."""
+        total, per_ip = self.limits
+        held = self.by_ip.get(ip, 0)
+        if (total and self.total >= total) or (per_ip and held >= per_ip):
+            return False
+        self.total += 1
+        self.by_ip[ip] = held + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        left = self.by_ip[ip] - 1
+        if left:
+            self.by_ip[ip] = left
+        else:
+            del self.by_ip[ip]
+
+    def release_busy(self) -> None:
+        self.busy -= 1
+
+
+def _keepalive(sock: trio.socket.SocketType) -> None:
+    """TCP keepalive, so the kernel finds a peer that vanished without a FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in _TCP_KEEPALIVE:
+            option = getattr(socket, name, None)  # Linux has all three, others vary
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:
+        pass  # the peer is already gone: the connection's reader will see it
+
+
+async def accept_connections(
+    listener: trio.SocketListener, handle: Callable[[trio.SocketStream], None]
+) -> None:
+    """Accept connections and hand each to ``handle`` (which starts its task),
+    until cancelled. Out of descriptors (EMFILE, ENFILE) or memory, accepting
+    pauses and retries: one log line when it starts, one when it ends, however
+    long it lasts, so a descriptor squeeze never floods the log."""
+    failures = 0
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _CAPACITY_ERRNOS:
+                raise
+            if not failures:
+                log.warning(
+                    "accept failed with %s (%s): pausing new connections until descriptors free up",
+                    errno.errorcode.get(exc.errno or 0, exc.errno),
+                    os.strerror(exc.errno or 0),
+                )
+            failures += 1
+            await trio.sleep(_ACCEPT_RETRY_SECONDS)
+            continue
+        if failures:
+            log.warning("accepting connections again after %d failed attempt(s)", failures)
+            failures = 0
+        handle(stream)
+
+
 async def serve_tcp(
     app: App,
     config: Config,
@@ -663,34 +1000,67 @@ async def serve_tcp(
     host: str = "127.0.0.1",
     port: int = 0,
     handler_nursery: trio.Nursery | None = None,
+    budgets: ClientBudgets | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` and serve every connection; reports the bound address.
 
     Connections run in ``handler_nursery`` (default: one of this task's), so a
-    caller can stop listening and still let open connections finish.
+    caller can stop listening and still let open connections finish. Connections
+    in the HTTP phase are capped (``max_http_connections*``); WebSockets share one
+    ping timer; ``budgets`` is charged for control frames.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
+    server = (sockname[0], sockname[1])
+    slots = HttpConnections(config.max_http_connections, config.max_http_connections_per_ip)
+    liveness = (
+        Liveness(config.ping_interval, config.ping_timeout) if config.ping_interval > 0 else None
+    )
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def serve(stream: trio.SocketStream, peer: tuple[str, int], busy: bool) -> None:
         try:
-            try:
-                peer = stream.socket.getpeername()
-            except OSError:
-                return
             await serve_stream(
                 app,
                 config,
                 stream,
-                client=(peer[0], peer[1]),
-                server=(sockname[0], sockname[1]),
+                client=peer,
+                server=server,
                 nursery=connections,
+                budgets=budgets,
+                liveness=liveness,
+                busy=busy,
+                release_http_slot=slots.release_busy if busy else partial(slots.release, peer[0]),
             )
-        except Exception:  # one connection's failure never takes the listener down
+        except Exception:  # a bug: one connection's failure never takes the listener down
             log.exception("connection handler failed")
 
-    async with trio.open_nursery() as nursery:
-        connections = handler_nursery or nursery
-        task_status.started((sockname[0], sockname[1]))
-        await trio.serve_listeners(handle, listeners, handler_nursery=connections)
+    def handle(stream: trio.SocketStream) -> None:
+        sock = stream.socket
+        try:
+            address = sock.getpeername()
+        except OSError:
+            sock.close()
+            return
+        peer = (str(address[0]), int(address[1]))
+        busy = not slots.admit(peer[0])
+        if busy:
+            if slots.busy >= BUSY_CONNECTIONS:
+                sock.close()  # far over the caps: not even a 503
+                return
+            slots.busy += 1
+        _keepalive(sock)
+        connections.start_soon(serve, stream, peer, busy)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            connections = handler_nursery or nursery
+            if liveness is not None:
+                await nursery.start(liveness.run)
+            task_status.started(server)
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(accept_connections, listener, handle)
+    finally:
+        for listener in listeners:
+            listener.socket.close()
