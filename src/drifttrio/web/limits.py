@@ -141,6 +141,20 @@ class ClientBudgets:
             budget.work -= work
         return 0.0
 
+    def charge_message(self, ip: str, nbytes: int, count: Callable[[], int]) -> tuple[float, int]:
+        """Charge one client message of ``nbytes`` to ``ip``, then its nodes as
+        ``count()`` gives them: ``(seconds to wait or 0.0, nodes)``.
+
+        Counting has a (bounded) cost of its own, so it is done only once the
+        message and its bytes are paid for: a flood over the budget is refused
+        without it (``nodes`` is then 0).
+        """
+        wait = self.charge(ip, messages=1, nbytes=nbytes)
+        if wait > 0.0:
+            return wait, 0
+        nodes = count()
+        return self.charge(ip, messages=0, work=nodes), nodes
+
 
 def _wait(tokens: float, cost: float, rate: float, burst: float) -> float:
     """Seconds until a bucket holding ``tokens`` can pay ``cost`` (0: now)."""
