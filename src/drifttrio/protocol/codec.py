@@ -357,6 +357,25 @@ def json_nodes(data: str | bytes, limit: int) -> int:
     return min(1 + sum(map(outside.count, _JSON_STRUCTURE)), limit + 1)
 
 
+def _item_lengths() -> tuple[int, ...]:
+    """For each initial byte, the length of a one-node item it starts (0 when the
+    length depends on what follows: strings of 24 bytes or more)."""
+    lengths = []
+    for head in range(256):
+        major, info = head >> 5, head & 31
+        width = (1 << (info - 24)) if 24 <= info < 28 else 0  # 1, 2, 4 or 8 bytes
+        if major in (2, 3):  # strings: header, then the payload
+            lengths.append(1 + info if info < 24 else 1 if info >= 28 else 0)
+        elif major == 7 and info >= 28:
+            lengths.append(1)  # break (0xff) or reserved: the decoder refuses the latter
+        else:
+            lengths.append(1 + width)  # numbers, simple values, containers, tags
+    return tuple(lengths)
+
+
+_ITEM_LENGTHS: Final = _item_lengths()
+
+
 def cbor_nodes(data: bytes, limit: int) -> int:
     """The nodes of a CBOR message (every item header, tags and breaks included; a
     byte string also counts one per :data:`BYTES_PER_NODE` bytes), or ``limit + 1``
@@ -366,36 +385,24 @@ def cbor_nodes(data: bytes, limit: int) -> int:
     is bounded by the limit, not by the size of the message. Malformed input is not
     detected here: the decoder refuses it (and reads no more items than counted).
     """
+    lengths = _ITEM_LENGTHS
     end = len(data)
     pos = 0
     nodes = 0
-    while pos < end:
+    while pos < end and nodes <= limit:
         head = data[pos]
-        pos += 1
-        info = head & 31
-        if info < 24:
-            arg = info
-        elif info == 24:
-            arg = data[pos] if pos < end else 0
-            pos += 1
-        elif info < 28:
-            width = 1 << (info - 24)  # 2, 4 or 8 bytes
-            arg = int.from_bytes(data[pos : pos + width], "big")
-            pos += width
-        else:
-            arg = 0  # indefinite length, break, or reserved (the decoder refuses those)
-        major = head >> 5
-        if major == 2:  # byte string
-            nodes += 1 + arg // BYTES_PER_NODE
-            pos += arg
-        elif major == 3:  # text string
-            nodes += 1
-            pos += arg
-        else:
-            nodes += 1
-        if nodes > limit:
-            return limit + 1
-    return nodes
+        step = lengths[head]
+        nodes += 1
+        if step:
+            pos += step
+            continue
+        # A string of 24 bytes or more: its length follows the initial byte.
+        width = 1 << ((head & 31) - 24)
+        size = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+        pos += 1 + width + size
+        if head >> 5 == 2:
+            nodes += size // BYTES_PER_NODE
+    return min(nodes, limit + 1)
 
 
 def message_nodes(data: str | bytes, limit: int) -> int:
@@ -406,8 +413,7 @@ def message_nodes(data: str | bytes, limit: int) -> int:
 
 def _too_many_nodes(limits: DecodeLimits) -> ProtocolError:
     return ProtocolError(
-        f"message has more than {limits.max_nodes} values and keys (max_message_nodes)",
-        status=413,
+        f"message has more than {limits.max_nodes} values and keys (max_message_nodes)"
     )
 
 
