@@ -328,8 +328,9 @@ def _load_cbor(data: bytes, limits: DecodeLimits) -> object:
 
 # -- what a message costs ----------------------------------------------------------
 
-_JSON_STRUCTURE: Final = (b"[", b"{", b",", b":")
-_JSON_STRUCTURE_TEXT: Final = ("[", "{", ",", ":")
+#: ``bytes.translate`` deletes these, leaving a JSON text's ``[``, ``{``, ``,`` and
+#: ``:`` (one C pass; ``bytes.count`` four times is three times slower).
+_NOT_JSON_STRUCTURE: Final = bytes(sorted(set(range(256)) - set(b"[{,:")))
 
 
 def json_nodes(data: str | bytes, limit: int) -> int:
@@ -337,24 +338,22 @@ def json_nodes(data: str | bytes, limit: int) -> int:
     if it has more than ``limit``; linear C-speed passes, no decoding.
 
     Every node but the first follows a ``[``, ``{``, ``,`` or ``:``, so counting them
-    is a bound. When that bound is over the limit the count is redone outside
-    strings only (a long string full of commas is one node), in passes whose Python
-    part is bounded by the limit.
+    is a bound. When that bound is over the limit, what strings hold is taken off
+    it (a long string full of commas is one node), in passes whose Python part is
+    bounded by the limit.
     """
-    if isinstance(data, str):
-        bound = 1 + sum(map(data.count, _JSON_STRUCTURE_TEXT))
-    else:
-        bound = 1 + sum(map(data.count, _JSON_STRUCTURE))
+    raw = data.encode() if isinstance(data, str) else data
+    bound = 1 + len(raw.translate(None, _NOT_JSON_STRUCTURE))
     if bound <= limit:
         return bound
-    raw = data.encode() if isinstance(data, str) else data
-    # Drop escapes that hide a quote; left to right, as a JSON parser reads them.
-    # (Outside strings a backslash is invalid JSON: the parser stops there.)
-    raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    if b"\\" in raw:
+        # Drop escapes that hide a quote, left to right as a JSON parser reads
+        # them. (Outside strings a backslash is invalid JSON: the parser stops.)
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
     if raw.count(b'"') // 2 > limit:
         return limit + 1  # each string is a node or a key
-    outside = b"".join(raw.split(b'"')[::2])
-    return min(1 + sum(map(outside.count, _JSON_STRUCTURE)), limit + 1)
+    inside = b"".join(raw.split(b'"')[1::2])
+    return min(bound - len(inside.translate(None, _NOT_JSON_STRUCTURE)), limit + 1)
 
 
 def _item_lengths() -> tuple[int, ...]:

@@ -147,10 +147,17 @@ class ClientBudgets:
 
         Counting has a (bounded) cost of its own, so it is done only once the
         message and its bytes are paid for: a flood over the budget is refused
-        without it (``nodes`` is then 0).
+        without it (``nodes`` is then 0). A refused message was received all the
+        same, so its message and bytes are taken anyway, as debt: an address
+        flooding from many connections waits for all it sent, not one message.
         """
         wait = self.charge(ip, messages=1, nbytes=nbytes)
         if wait > 0.0:
+            budget = self._budgets[ip]  # just charged: present, and refilled
+            if self.messages[0] > 0:
+                budget.messages -= 1
+            if self.nbytes[0] > 0:
+                budget.bytes -= nbytes
             return wait, 0
         nodes = count()
         return self.charge(ip, messages=0, work=nodes), nodes

@@ -146,6 +146,7 @@ class Session:
                 return None, ""  # websocket.disconnect: the peer is gone
             conn.messages_in += 1
             refusal: str | None = None
+            wait = 0.0
             if not bucket.take():
                 metrics.rejected["rate_limit"].inc()
                 rate = self.config.rate_limit_per_second
@@ -179,6 +180,11 @@ class Session:
                 if refused >= _MAX_REFUSED_IN_A_ROW:
                     return CloseCode.RATE_LIMITED, "rate limit exceeded"
                 conn.send_message(Error(refusal))
+                if wait > 0.0:
+                    # Read nothing more from this connection until its address can
+                    # pay: a refused message still cost its receipt, and the
+                    # address's other connections are paced the same way.
+                    await trio.sleep(wait)
                 continue
             refused = 0
             try:
