@@ -102,26 +102,27 @@ class Config:
     #: ``error``, and 100 refused in a row close the connection with 4029.
     rate_limit_burst: int = attrs.field(default=1000, validator=_positive)
     #: Most nodes (values and map keys; a byte string also counts one per 64 bytes)
-    #: in one message, counted before it is decoded: over it, ``error`` (HTTP 413).
-    #: Decoding and storing a message costs up to ~2 µs per node, none of it yielding.
+    #: in one message, counted before it is decoded: over it, ``error`` (HTTP 400).
+    #: Decoding, storing and encoding cost up to ~1.5 µs per node, none of it yielding.
     max_message_nodes: int = attrs.field(default=10_000, validator=_positive)
     #: Messages per second one client address may send over all its WebSocket
     #: connections and ``/send`` requests together (0: unlimited).
     address_messages_per_second: float = attrs.field(default=2000.0, validator=_non_negative)
-    #: Messages one client address may send in a burst; over its budget a WebSocket
-    #: message gets ``error`` (4029 after 100 in a row), ``/send`` gets 429.
+    #: Messages one client address may send in a burst. Over any of its budgets a
+    #: WebSocket message gets ``error`` and its connection is read no faster than the
+    #: budget (4029 after 100 refused in a row); ``/send`` gets 429.
     address_messages_burst: int = attrs.field(default=10_000, validator=_positive)
     #: Message bytes per second one client address may send, sustained (0: unlimited).
     address_bytes_per_second: float = attrs.field(
         default=8 * 1024 * 1024.0, validator=_non_negative
     )
     #: Message bytes one client address may send in a burst.
-    address_bytes_burst: int = attrs.field(default=32 * 1024 * 1024, validator=_positive)
+    address_bytes_burst: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     #: Nodes (see ``max_message_nodes``) per second one client address may send,
     #: sustained (0: unlimited): the decode work it may ask of the event loop.
     address_nodes_per_second: float = attrs.field(default=100_000.0, validator=_non_negative)
     #: Nodes one client address may send in a burst.
-    address_nodes_burst: int = attrs.field(default=20_000, validator=_positive)
+    address_nodes_burst: int = attrs.field(default=50_000, validator=_positive)
     #: ``POST /new`` per client address per minute (0: unlimited); beyond it: 429.
     new_rooms_per_minute: float = attrs.field(default=60.0, validator=_non_negative)
     #: Comma-separated origins allowed to open WebSockets (empty: any). Requests
