@@ -216,6 +216,19 @@ async def test_send_over_the_address_rate_gets_429_with_retry_after() -> None:
         assert 90 <= int(retry) <= 100  # one message at 0.01/s, rounded up
 
 
+async def test_send_is_rate_limited_per_address_like_one_websocket_connection() -> None:
+    """Whatever the connections it comes over (a new one per request here)."""
+    async with serving(rate_limit_per_second=0.01, rate_limit_burst=3) as (server, client):
+        room = await new_room(client)
+        body = json.dumps({"type": "ping", "nonce": 1})
+        responses = []
+        for _ in range(4):
+            async with httpx.AsyncClient(base_url=server.url, trust_env=False) as fresh:
+                responses.append(await fresh.post(f"/room/{room}/send", content=body))
+        assert [r.status_code for r in responses] == [200, 200, 200, 429]
+        assert 90 <= int(responses[-1].headers["retry-after"]) <= 100
+
+
 async def test_the_address_budget_is_shared_by_its_connections_and_send() -> None:
     """Four connections and /send from one address share one budget of 10 messages;
     another address has its own."""

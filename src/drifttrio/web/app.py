@@ -102,6 +102,9 @@ class DriftApp:
             nbytes=(cfg.address_bytes_per_second, cfg.address_bytes_burst),
             work=(cfg.address_nodes_per_second, cfg.address_nodes_burst),
         )
+        #: ``/send`` requests per client address, limited as one WebSocket connection's
+        #: messages are (``rate_limit_per_second``, ``rate_limit_burst``).
+        self._send_limit = ClientBudgets(messages=(cfg.rate_limit_per_second, cfg.rate_limit_burst))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -410,17 +413,13 @@ class DriftApp:
             hub.metrics.rejected["max_message_bytes"].inc()
             await self._error(send, 413, f"body larger than {self.config.max_message_bytes} bytes")
             return
-        # Charged like a WebSocket message, before the decode (see Session._reader).
         limits = self.config.decode_limits
-        wait, nodes = self.budgets.charge_message(
-            _client_ip(scope), len(body), lambda: json_nodes(body, limits.max_nodes)
-        )
+        wait, nodes = self._charge_send(_client_ip(scope), body, limits.max_nodes, hub)
         if wait > 0.0:
-            hub.metrics.rejected["address_budget"].inc()
             await self._error(
                 send,
                 429,
-                "rate limit: this client address is over its budget; try again later",
+                "rate limit: too many messages from this client address; try again later",
                 headers=[(b"retry-after", str(math.ceil(wait)).encode())],
             )
             return
@@ -449,6 +448,19 @@ class DriftApp:
             await self._error(send, reply.status, answer.message)
             return
         await self._respond(send, 200, None if answer is None else JSON.unstructure(answer))
+
+    def _charge_send(self, ip: str, body: bytes, limit: int, hub: Hub) -> tuple[float, int]:
+        """Charge a ``/send`` body before it is decoded, like a WebSocket message: to
+        the address's ``/send`` rate (one connection's), then to its budgets (see
+        ``Session._reader``). ``(seconds to wait or 0.0, nodes)``."""
+        wait = self._send_limit.charge(ip)
+        if wait > 0.0:
+            hub.metrics.rejected["rate_limit"].inc()
+            return wait, 0
+        wait, nodes = self.budgets.charge_message(ip, len(body), lambda: json_nodes(body, limit))
+        if wait > 0.0:
+            hub.metrics.rejected["address_budget"].inc()
+        return wait, nodes
 
     # -- WebSocket ------------------------------------------------------------------
 
