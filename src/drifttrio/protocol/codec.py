@@ -342,7 +342,8 @@ def json_nodes(data: str | bytes, limit: int) -> int:
     it (a long string full of commas is one node), in passes whose Python part is
     bounded by the limit.
     """
-    raw = data.encode() if isinstance(data, str) else data
+    # (A lone surrogate passes here; the parser refuses it.)
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     bound = 1 + len(raw.translate(None, _NOT_JSON_STRUCTURE))
     if bound <= limit:
         return bound
