@@ -143,8 +143,8 @@ def _encode(query: str, message: object) -> bytes:
 
 
 async def test_legit_values_are_counted_by_their_nodes_not_their_bytes() -> None:
-    """5,000 numbers and a 200 KB string full of commas are accepted; an array
-    twice the node limit is refused, even at a fraction of their size."""
+    """5,000 numbers and a 200 KB string full of commas are accepted (with an
+    array twice the node limit refused, next test, at a fraction of their size)."""
     async with serving() as (server, client):
         room = await new_room(client)
         async with member(server, room) as ws, member(server, room, "?cbor=true") as cb:
@@ -157,6 +157,12 @@ async def test_legit_values_are_counted_by_their_nodes_not_their_bytes() -> None
                 await cb.send(frame(BINARY, cbor2.dumps(push(value))))
                 assert (await cb.recv())["value"] == value
                 assert (await ws.recv())["value"] == value
+
+
+async def test_a_value_over_the_node_limit_is_refused_at_a_fraction_of_the_size() -> None:
+    async with serving() as (server, client):
+        room = await new_room(client)
+        async with member(server, room) as ws, member(server, room, "?cbor=true") as cb:
             over = [0] * 20_000  # 40 KB
             await ws.send_json(push(over))
             reply = await ws.recv()
