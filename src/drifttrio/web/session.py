@@ -172,7 +172,7 @@ class Session:
                     metrics.rejected["address_budget"].inc()
                     refusal = (
                         "rate limit: this client address is over its budget "
-                        f"(retry in {wait:.2g} s); message dropped"
+                        f"(retry in {wait:.2f} s); message dropped"
                     )
             if refusal is not None:
                 metrics.errors["rate_limited"].inc()
