@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from _rawws import BINARY, CLOSE, TEXT, TIMEOUT, RawWebSocket, close_code, frame
 from drifttrio import CloseCode, Config, RunningServer, open_server
 from drifttrio.protocol.codec import BYTES_PER_NODE, cbor_nodes, json_nodes
+from drifttrio.server import TRANSPORTS
 from drifttrio.web.limits import ClientBudgets
 
 MIB = 1024 * 1024
@@ -33,9 +34,11 @@ HONEST = "127.0.0.2"  # another loopback address: a budget of its own
 
 
 @asynccontextmanager
-async def serving(**settings: Any) -> AsyncIterator[tuple[RunningServer, httpx.AsyncClient]]:
+async def serving(
+    transport: str = "drifttrio", **settings: Any
+) -> AsyncIterator[tuple[RunningServer, httpx.AsyncClient]]:
     async with (
-        open_server(Config(**settings)) as server,
+        open_server(Config(**settings), transport=transport) as server,
         httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=TIMEOUT) as client,
     ):
         yield server, client
@@ -100,18 +103,19 @@ async def round_trips(ws: RawWebSocket, times: list[float], done: trio.Event) ->
 # -- the node limit ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(
     ("opcode", "query", "build"),
     [(TEXT, "", containers_json), (BINARY, "?cbor=true", containers_cbor)],
     ids=["json", "cbor"],
 )
 async def test_a_million_tiny_containers_is_refused_before_it_is_decoded(
-    opcode: int, query: str, build: Any
+    opcode: int, query: str, build: Any, transport: str
 ) -> None:
     """Refused with an error naming the limit, and another room's client is served
     throughout (it took seconds of event-loop time per message before)."""
     attack = frame(opcode, build())  # built (and masked) before anything is timed
-    async with serving() as (server, client):
+    async with serving(transport) as (server, client):
         quiet, noisy = await new_room(client), await new_room(client)
         async with (
             member(server, quiet, source=HONEST) as honest,
@@ -205,8 +209,9 @@ async def test_the_node_limit_is_configurable_and_applies_to_send() -> None:
 # -- per-address budgets --------------------------------------------------------------
 
 
-async def test_send_over_the_address_rate_gets_429_with_retry_after() -> None:
-    async with serving(address_messages_per_second=0.01, address_messages_burst=5) as (
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_send_over_the_address_rate_gets_429_with_retry_after(transport: str) -> None:
+    async with serving(transport, address_messages_per_second=0.01, address_messages_burst=5) as (
         _,
         client,
     ):
