@@ -105,6 +105,30 @@ class ClientBudgets:
         self._clock = clock
         self._budgets: OrderedDict[str, _Budget] = OrderedDict()
 
+    def _budget(self, ip: str) -> _Budget:
+        """``ip``'s buckets, refilled up to now (new ones start full)."""
+        now = self._clock()
+        budget = self._budgets.get(ip)
+        if budget is None:
+            budget = self._budgets[ip] = _Budget(
+                self.messages[1], self.nbytes[1], self.work[1], now
+            )
+            while len(self._budgets) > self.max_addresses:
+                self._budgets.popitem(last=False)
+            return budget
+        self._budgets.move_to_end(ip)
+        elapsed = now - budget.stamp
+        budget.stamp = now
+        (m_rate, m_burst), (b_rate, b_burst), (w_rate, w_burst) = (
+            self.messages,
+            self.nbytes,
+            self.work,
+        )
+        budget.messages = min(m_burst, budget.messages + elapsed * m_rate)
+        budget.bytes = min(b_burst, budget.bytes + elapsed * b_rate)
+        budget.work = min(w_burst, budget.work + elapsed * w_rate)
+        return budget
+
     def charge(self, ip: str, *, messages: int = 1, nbytes: int = 0, work: int = 0) -> float:
         """Charge ``ip`` if its budget allows: ``0.0`` if charged, else the seconds
         until it would be (nothing is charged then; a ``Retry-After``)."""
@@ -113,19 +137,7 @@ class ClientBudgets:
             self.nbytes,
             self.work,
         )
-        now = self._clock()
-        budget = self._budgets.get(ip)
-        if budget is None:
-            budget = self._budgets[ip] = _Budget(m_burst, b_burst, w_burst, now)
-            while len(self._budgets) > self.max_addresses:
-                self._budgets.popitem(last=False)
-        else:
-            self._budgets.move_to_end(ip)
-            elapsed = now - budget.stamp
-            budget.messages = min(m_burst, budget.messages + elapsed * m_rate)
-            budget.bytes = min(b_burst, budget.bytes + elapsed * b_rate)
-            budget.work = min(w_burst, budget.work + elapsed * w_rate)
-        budget.stamp = now
+        budget = self._budget(ip)
         wait = max(
             _wait(budget.messages, messages, m_rate, m_burst),
             _wait(budget.bytes, nbytes, b_rate, b_burst),
@@ -151,16 +163,29 @@ class ClientBudgets:
         same, so its message and bytes are taken anyway, as debt: an address
         flooding from many connections waits for all it sent, not one message.
         """
-        wait = self.charge(ip, messages=1, nbytes=nbytes)
+        (m_rate, m_burst), (b_rate, b_burst), (w_rate, w_burst) = (
+            self.messages,
+            self.nbytes,
+            self.work,
+        )
+        if m_rate <= 0 and b_rate <= 0 and w_rate <= 0:
+            return 0.0, count()  # no budgets: the push path pays only the count
+        budget = self._budget(ip)
+        wait = max(
+            _wait(budget.messages, 1, m_rate, m_burst),
+            _wait(budget.bytes, nbytes, b_rate, b_burst),
+        )
+        if m_rate > 0:
+            budget.messages -= 1
+        if b_rate > 0:
+            budget.bytes -= nbytes
         if wait > 0.0:
-            budget = self._budgets[ip]  # just charged: present, and refilled
-            if self.messages[0] > 0:
-                budget.messages -= 1
-            if self.nbytes[0] > 0:
-                budget.bytes -= nbytes
             return wait, 0
         nodes = count()
-        return self.charge(ip, messages=0, work=nodes), nodes
+        wait = _wait(budget.work, nodes, w_rate, w_burst)
+        if wait == 0.0 and w_rate > 0:
+            budget.work -= nodes
+        return wait, nodes
 
 
 def _wait(tokens: float, cost: float, rate: float, burst: float) -> float:
