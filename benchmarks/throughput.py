@@ -110,13 +110,16 @@ def pinned(cpu: int, argv: list[str]) -> list[str]:
 
 
 def server_env(args: argparse.Namespace) -> dict[str, str]:
-    # One publisher at full speed is what the per-connection rate limit exists to stop:
-    # switch it off to measure the relay itself. The connection limits only move when
-    # --connections needs more than their defaults.
+    # One publisher at full speed is what the per-connection rate limit and the
+    # per-address budgets exist to stop: switch them off to measure the relay itself.
+    # The connection limits only move when --connections needs more than their defaults.
     return {
         **os.environ,
         "DRIFTTRIO_STORE": "memory",
         "DRIFTTRIO_RATE_LIMIT_PER_SECOND": "0",
+        "DRIFTTRIO_ADDRESS_MESSAGES_PER_SECOND": "0",
+        "DRIFTTRIO_ADDRESS_BYTES_PER_SECOND": "0",
+        "DRIFTTRIO_ADDRESS_NODES_PER_SECOND": "0",
         "DRIFTTRIO_NEW_ROOMS_PER_MINUTE": "0",
         "DRIFTTRIO_MAX_CONNECTIONS": str(max(10000, args.connections + args.rooms + 16)),
         "DRIFTTRIO_MAX_CONNECTIONS_PER_IP": str(max(1024, args.connections + args.rooms + 16)),

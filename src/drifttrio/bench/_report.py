@@ -135,8 +135,10 @@ def _notes(results: list[ScenarioResult], complete: bool) -> list[str]:
         rate_limited = rate_limited or "rate limit" in text or "4029" in text
     if rate_limited:
         notes.append(
-            "hint: the server rate-limits each connection; benchmark drifttrio with "
-            "DRIFTTRIO_RATE_LIMIT_PER_SECOND=0 (and DRIFTTRIO_NEW_ROOMS_PER_MINUTE=0)"
+            "hint: the server rate-limits each connection and client address; benchmark "
+            "drifttrio with DRIFTTRIO_RATE_LIMIT_PER_SECOND=0 "
+            "DRIFTTRIO_ADDRESS_MESSAGES_PER_SECOND=0 DRIFTTRIO_ADDRESS_BYTES_PER_SECOND=0 "
+            "DRIFTTRIO_ADDRESS_NODES_PER_SECOND=0 (and DRIFTTRIO_NEW_ROOMS_PER_MINUTE=0)"
         )
     busy = [r.name for r in results if r.client_cpu is not None and r.client_cpu >= SATURATED]
     if busy:

@@ -7,6 +7,13 @@ reach a room, so nothing accepted here can break encoding for other members.
 
 Byte strings: CBOR byte strings are kept as ``bytes``. In JSON output they are
 written as an array of integers 0-255 (what upstream's server does).
+
+What a message costs: decoding, checking, storing and encoding a value take time
+in proportion to its *nodes* (values and map keys), whatever its size in bytes, and
+none of it yields to the event loop. :func:`message_nodes` counts them from the
+raw bytes first, at C speed for JSON and with a walk over CBOR item headers that
+stops at the limit, so a message over ``max_nodes`` is refused before it is decoded,
+and the count is what a client address is charged (see ``web/limits.py``).
 """
 
 from __future__ import annotations
@@ -47,14 +54,20 @@ __all__ = [
     "JSON",
     "Codec",
     "DecodeLimits",
+    "cbor_nodes",
     "check_value",
     "decode_client_message",
     "decode_json_client_message",
+    "json_nodes",
     "make_converter",
+    "message_nodes",
     "websocket_frame",
 ]
 
 _MAX_SAFE_INT: Final = 2**53
+#: A byte string counts one node per this many bytes (and one for itself): written
+#: to JSON members as an array of integers, each byte costs about 1/64 of a node.
+BYTES_PER_NODE: Final = 64
 
 
 @attrs.frozen
@@ -63,6 +76,8 @@ class DecodeLimits:
 
     max_depth: int = 64
     max_key_bytes: int = 1024
+    #: Most nodes (values, map keys, byte-string weight) in one message.
+    max_nodes: int = 10_000
 
 
 def _tag(cls: type[Any]) -> str:
@@ -317,22 +332,126 @@ def _load_cbor(data: bytes, limits: DecodeLimits) -> object:
         raise ProtocolError(f"invalid CBOR: {exc}") from None
 
 
+# -- what a message costs ----------------------------------------------------------
+
+#: ``bytes.translate`` deletes these, leaving a JSON text's ``[``, ``{``, ``,`` and
+#: ``:`` (one C pass; ``bytes.count`` four times is three times slower).
+_NOT_JSON_STRUCTURE: Final = bytes(sorted(set(range(256)) - set(b"[{,:")))
+
+
+def json_nodes(data: str | bytes, limit: int) -> int:
+    """An upper bound on the nodes (values and keys) of a JSON text, or ``limit + 1``
+    if it has more than ``limit``; linear C-speed passes, no decoding.
+
+    Every node but the first follows a ``[``, ``{``, ``,`` or ``:``, so counting them
+    is a bound. When that bound is over the limit, what strings hold is taken off
+    it (a long string full of commas is one node), in passes whose Python part is
+    bounded by the limit.
+    """
+    # (A lone surrogate passes here; the parser refuses it.)
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    bound = 1 + len(raw.translate(None, _NOT_JSON_STRUCTURE))
+    if bound <= limit:
+        return bound
+    if b"\\" in raw:
+        # Drop escapes that hide a quote, left to right as a JSON parser reads
+        # them. (Outside strings a backslash is invalid JSON: the parser stops.)
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    if raw.count(b'"') // 2 > limit:
+        return limit + 1  # each string is a node or a key
+    inside = b"".join(raw.split(b'"')[1::2])
+    return min(bound - len(inside.translate(None, _NOT_JSON_STRUCTURE)), limit + 1)
+
+
+def _item_lengths() -> tuple[int, ...]:
+    """For each initial byte, the length of a one-node item it starts (0 when the
+    length depends on what follows: strings of 24 bytes or more)."""
+    lengths = []
+    for head in range(256):
+        major, info = head >> 5, head & 31
+        width = (1 << (info - 24)) if 24 <= info < 28 else 0  # 1, 2, 4 or 8 bytes
+        if major in (2, 3):  # strings: header, then the payload
+            lengths.append(1 + info if info < 24 else 1 if info >= 28 else 0)
+        elif major == 7 and info >= 28:
+            lengths.append(1)  # break (0xff) or reserved: the decoder refuses the latter
+        else:
+            lengths.append(1 + width)  # numbers, simple values, containers, tags
+    return tuple(lengths)
+
+
+_ITEM_LENGTHS: Final = _item_lengths()
+
+
+def cbor_nodes(data: bytes, limit: int) -> int:
+    """The nodes of a CBOR message (every item header, tags and breaks included; a
+    byte string also counts one per :data:`BYTES_PER_NODE` bytes), or ``limit + 1``
+    if there are more than ``limit``: the walk stops there.
+
+    Only headers are read, string payloads are skipped by their length, so the cost
+    is bounded by the limit, not by the size of the message. Malformed input is not
+    detected here: the decoder refuses it (and reads no more items than counted).
+    """
+    lengths = _ITEM_LENGTHS
+    end = len(data)
+    pos = 0
+    nodes = 0
+    while pos < end and nodes <= limit:
+        head = data[pos]
+        step = lengths[head]
+        nodes += 1
+        if step:
+            pos += step
+            continue
+        # A string of 24 bytes or more: its length follows the initial byte.
+        width = 1 << ((head & 31) - 24)
+        size = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+        pos += 1 + width + size
+        if head >> 5 == 2:
+            nodes += size // BYTES_PER_NODE
+    return min(nodes, limit + 1)
+
+
+def message_nodes(data: str | bytes, limit: int) -> int:
+    """The nodes of one client frame (``str``: JSON, ``bytes``: CBOR), at most
+    ``limit + 1`` (meaning "over the limit"): what decoding it would cost."""
+    return json_nodes(data, limit) if isinstance(data, str) else cbor_nodes(data, limit)
+
+
+def _too_many_nodes(limits: DecodeLimits) -> ProtocolError:
+    return ProtocolError(
+        f"message has more than {limits.max_nodes} values and keys (max_message_nodes)"
+    )
+
+
 _CONVERTER: Final = JSON.converter
 
 
 def decode_client_message(
-    data: str | bytes, limits: DecodeLimits = DecodeLimits()
+    data: str | bytes, limits: DecodeLimits = DecodeLimits(), *, nodes: int | None = None
 ) -> ClientMessage:
     """Decode one client frame: ``str`` is JSON (a text frame), ``bytes`` is CBOR.
 
-    Raises :class:`ProtocolError` with a message fit to send back to the client.
+    Raises :class:`ProtocolError` with a message fit to send back to the client. A
+    message over ``limits.max_nodes`` is refused before it is decoded; ``nodes`` is
+    its :func:`message_nodes` count if the caller already took it (to charge it).
     """
+    if nodes is None:
+        nodes = message_nodes(data, limits.max_nodes)
+    if nodes > limits.max_nodes:
+        raise _too_many_nodes(limits)
     raw = _load_json(data) if isinstance(data, str) else _load_cbor(data, limits)
     return structure_client_message(raw, limits)
 
 
-def decode_json_client_message(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ClientMessage:
-    """Decode a client message sent as a JSON body (HTTP ``/send``)."""
+def decode_json_client_message(
+    data: bytes, limits: DecodeLimits = DecodeLimits(), *, nodes: int | None = None
+) -> ClientMessage:
+    """Decode a client message sent as a JSON body (HTTP ``/send``); ``nodes`` as
+    for :func:`decode_client_message` (here from :func:`json_nodes`)."""
+    if nodes is None:
+        nodes = json_nodes(data, limits.max_nodes)
+    if nodes > limits.max_nodes:
+        raise _too_many_nodes(limits)
     return structure_client_message(_load_json(data), limits)
 
 

@@ -136,6 +136,28 @@ class Config:
     #: Messages one connection may send in a burst; over the limit each message gets
     #: ``error``, and 100 refused in a row close the connection with 4029.
     rate_limit_burst: int = attrs.field(default=1000, validator=_positive)
+    #: Most nodes (values and map keys; a byte string also counts one per 64 bytes)
+    #: in one message, counted before it is decoded: over it, ``error`` (HTTP 400).
+    #: Decoding, storing and encoding cost up to ~1.5 µs per node, none of it yielding.
+    max_message_nodes: int = attrs.field(default=10_000, validator=_positive)
+    #: Messages per second one client address may send over all its WebSocket
+    #: connections and ``/send`` requests together (0: unlimited).
+    address_messages_per_second: float = attrs.field(default=2000.0, validator=_non_negative)
+    #: Messages one client address may send in a burst. Over any of its budgets a
+    #: WebSocket message gets ``error`` and its connection is read no faster than the
+    #: budget (4029 after 100 refused in a row); ``/send`` gets 429.
+    address_messages_burst: int = attrs.field(default=10_000, validator=_positive)
+    #: Message bytes per second one client address may send, sustained (0: unlimited).
+    address_bytes_per_second: float = attrs.field(
+        default=8 * 1024 * 1024.0, validator=_non_negative
+    )
+    #: Message bytes one client address may send in a burst.
+    address_bytes_burst: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    #: Nodes (see ``max_message_nodes``) per second one client address may send,
+    #: sustained (0: unlimited): the decode work it may ask of the event loop.
+    address_nodes_per_second: float = attrs.field(default=100_000.0, validator=_non_negative)
+    #: Nodes one client address may send in a burst (three full messages).
+    address_nodes_burst: int = attrs.field(default=30_000, validator=_positive)
     #: ``POST /new`` per client address per minute (0: unlimited); beyond it: 429.
     new_rooms_per_minute: float = attrs.field(default=60.0, validator=_non_negative)
     #: Comma-separated origins allowed to open WebSockets (empty: any). Requests
@@ -183,7 +205,11 @@ class Config:
 
     @property
     def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(max_depth=self.max_value_depth, max_key_bytes=self.max_key_bytes)
+        return DecodeLimits(
+            max_depth=self.max_value_depth,
+            max_key_bytes=self.max_key_bytes,
+            max_nodes=self.max_message_nodes,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:

@@ -75,6 +75,8 @@ LIMITS: Final = (
     "allowed_origins",
     "max_message_bytes",
     "rate_limit",
+    "max_message_nodes",
+    "address_budget",
 )
 
 _LATENCY_BUCKETS: Final = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, TypeAlias
@@ -20,7 +21,7 @@ import trio
 
 from .. import __version__
 from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, StorageError
-from ..protocol.codec import CBOR, JSON, decode_json_client_message
+from ..protocol.codec import CBOR, JSON, decode_json_client_message, json_nodes
 from ..protocol.messages import Error, Init, Push
 from ..runtime.config import Config
 from ..runtime.connection import Connection
@@ -94,9 +95,16 @@ class DriftApp:
         self._new_room_limiter = KeyedRateLimiter(
             cfg.new_rooms_per_minute / 60.0, max(cfg.new_rooms_per_minute, 1.0)
         )
-        #: What each client address may spend across all its connections (the
-        #: transport charges control frames to it too).
-        self.budgets = ClientBudgets()
+        #: What each client address may spend across all its connections and
+        #: ``/send`` requests (the transport charges control frames to it too).
+        self.budgets = ClientBudgets(
+            messages=(cfg.address_messages_per_second, cfg.address_messages_burst),
+            nbytes=(cfg.address_bytes_per_second, cfg.address_bytes_burst),
+            work=(cfg.address_nodes_per_second, cfg.address_nodes_burst),
+        )
+        #: ``/send`` requests per client address, limited as one WebSocket connection's
+        #: messages are (``rate_limit_per_second``, ``rate_limit_burst``).
+        self._send_limit = ClientBudgets(messages=(cfg.rate_limit_per_second, cfg.rate_limit_burst))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -405,8 +413,20 @@ class DriftApp:
             hub.metrics.rejected["max_message_bytes"].inc()
             await self._error(send, 413, f"body larger than {self.config.max_message_bytes} bytes")
             return
+        limits = self.config.decode_limits
+        wait, nodes = self._charge_send(_client_ip(scope), body, limits.max_nodes, hub)
+        if wait > 0.0:
+            await self._error(
+                send,
+                429,
+                "rate limit: too many messages from this client address; try again later",
+                headers=[(b"retry-after", str(math.ceil(wait)).encode())],
+            )
+            return
+        if nodes > limits.max_nodes:
+            hub.metrics.rejected["max_message_nodes"].inc()
         try:
-            message = decode_json_client_message(body, self.config.decode_limits)
+            message = decode_json_client_message(body, limits, nodes=nodes)
         except ProtocolError as exc:
             hub.metrics.messages_in["invalid"].inc()
             hub.metrics.errors["invalid"].inc()
@@ -461,6 +481,19 @@ class DriftApp:
         for piece in _pieces(parts, limit):
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+    def _charge_send(self, ip: str, body: bytes, limit: int, hub: Hub) -> tuple[float, int]:
+        """Charge a ``/send`` body before it is decoded, like a WebSocket message: to
+        the address's ``/send`` rate (one connection's), then to its budgets (see
+        ``Session._reader``). ``(seconds to wait or 0.0, nodes)``."""
+        wait = self._send_limit.charge(ip)
+        if wait > 0.0:
+            hub.metrics.rejected["rate_limit"].inc()
+            return wait, 0
+        wait, nodes = self.budgets.charge_message(ip, len(body), lambda: json_nodes(body, limit))
+        if wait > 0.0:
+            hub.metrics.rejected["address_budget"].inc()
+        return wait, nodes
 
     # -- WebSocket ------------------------------------------------------------------
 
@@ -570,7 +603,14 @@ class DriftApp:
             extra={"fields": _open_fields(conn, tag, _client_ip(scope))},
         )
         session = Session(
-            self.config, conn, room, receive, send, read_only=scope.get(_ACCESS_KEY) == READ
+            self.config,
+            conn,
+            room,
+            receive,
+            send,
+            read_only=scope.get(_ACCESS_KEY) == READ,
+            budgets=self.budgets,
+            ip=_client_ip(scope),
         )
         code: int | None = None
         reason, by_peer = "", False

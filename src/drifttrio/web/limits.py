@@ -105,6 +105,30 @@ class ClientBudgets:
         self._clock = clock
         self._budgets: OrderedDict[str, _Budget] = OrderedDict()
 
+    def _budget(self, ip: str) -> _Budget:
+        """``ip``'s buckets, refilled up to now (new ones start full)."""
+        now = self._clock()
+        budget = self._budgets.get(ip)
+        if budget is None:
+            budget = self._budgets[ip] = _Budget(
+                self.messages[1], self.nbytes[1], self.work[1], now
+            )
+            while len(self._budgets) > self.max_addresses:
+                self._budgets.popitem(last=False)
+            return budget
+        self._budgets.move_to_end(ip)
+        elapsed = now - budget.stamp
+        budget.stamp = now
+        (m_rate, m_burst), (b_rate, b_burst), (w_rate, w_burst) = (
+            self.messages,
+            self.nbytes,
+            self.work,
+        )
+        budget.messages = min(m_burst, budget.messages + elapsed * m_rate)
+        budget.bytes = min(b_burst, budget.bytes + elapsed * b_rate)
+        budget.work = min(w_burst, budget.work + elapsed * w_rate)
+        return budget
+
     def charge(self, ip: str, *, messages: int = 1, nbytes: int = 0, work: int = 0) -> float:
         """Charge ``ip`` if its budget allows: ``0.0`` if charged, else the seconds
         until it would be (nothing is charged then; a ``Retry-After``)."""
@@ -113,19 +137,7 @@ class ClientBudgets:
             self.nbytes,
             self.work,
         )
-        now = self._clock()
-        budget = self._budgets.get(ip)
-        if budget is None:
-            budget = self._budgets[ip] = _Budget(m_burst, b_burst, w_burst, now)
-            while len(self._budgets) > self.max_addresses:
-                self._budgets.popitem(last=False)
-        else:
-            self._budgets.move_to_end(ip)
-            elapsed = now - budget.stamp
-            budget.messages = min(m_burst, budget.messages + elapsed * m_rate)
-            budget.bytes = min(b_burst, budget.bytes + elapsed * b_rate)
-            budget.work = min(w_burst, budget.work + elapsed * w_rate)
-        budget.stamp = now
+        budget = self._budget(ip)
         wait = max(
             _wait(budget.messages, messages, m_rate, m_burst),
             _wait(budget.bytes, nbytes, b_rate, b_burst),
@@ -140,6 +152,40 @@ class ClientBudgets:
         if w_rate > 0:
             budget.work -= work
         return 0.0
+
+    def charge_message(self, ip: str, nbytes: int, count: Callable[[], int]) -> tuple[float, int]:
+        """Charge one client message of ``nbytes`` to ``ip``, then its nodes as
+        ``count()`` gives them: ``(seconds to wait or 0.0, nodes)``.
+
+        Counting has a (bounded) cost of its own, so it is done only once the
+        message and its bytes are paid for: a flood over the budget is refused
+        without it (``nodes`` is then 0). A refused message was received all the
+        same, so its message and bytes are taken anyway, as debt: an address
+        flooding from many connections waits for all it sent, not one message.
+        """
+        (m_rate, m_burst), (b_rate, b_burst), (w_rate, w_burst) = (
+            self.messages,
+            self.nbytes,
+            self.work,
+        )
+        if m_rate <= 0 and b_rate <= 0 and w_rate <= 0:
+            return 0.0, count()  # no budgets: the push path pays only the count
+        budget = self._budget(ip)
+        wait = max(
+            _wait(budget.messages, 1, m_rate, m_burst),
+            _wait(budget.bytes, nbytes, b_rate, b_burst),
+        )
+        if m_rate > 0:
+            budget.messages -= 1
+        if b_rate > 0:
+            budget.bytes -= nbytes
+        if wait > 0.0:
+            return wait, 0
+        nodes = count()
+        wait = _wait(budget.work, nodes, w_rate, w_burst)
+        if wait == 0.0 and w_rate > 0:
+            budget.work -= nodes
+        return wait, nodes
 
 
 def _wait(tokens: float, cost: float, rate: float, burst: float) -> float:

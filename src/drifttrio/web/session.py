@@ -1,26 +1,29 @@
 """One WebSocket member's session, independent of the ASGI server under it.
 
 A reader (this task) decodes client frames, applies the per-connection limits
-(rate limit, size, consecutive errors, read-only tokens) and hands commands to
-the room; a writer drains the member's outbox to the socket, in one write per
-batch when the transport takes pre-built frames. Either side ending ends both.
+(rate limit, size, consecutive errors, read-only tokens), charges each message
+to its client address's budget (messages, bytes and nodes, counted before the
+decode) and hands commands to the room; a writer drains the member's outbox to
+the socket, in one write per batch when the transport takes pre-built frames.
+Either side ending ends both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextlib import suppress
+from functools import partial
 from typing import Any, TypeAlias
 
 import trio
 
 from .._errors import CloseCode, ProtocolError
-from ..protocol.codec import decode_client_message
+from ..protocol.codec import decode_client_message, message_nodes
 from ..protocol.messages import ClientMessage, Error, Get, Ping, Push
 from ..runtime.config import Config
 from ..runtime.connection import Connection, Frame
 from ..runtime.room import Command, GetCommand, Leave, PingCommand, PushCommand, Room
-from .limits import TokenBucket
+from .limits import ClientBudgets, TokenBucket
 
 __all__ = ["READ_ONLY_REFUSAL", "Session", "command_for"]
 
@@ -55,6 +58,8 @@ class Session:
         send: Send,
         *,
         read_only: bool = False,
+        budgets: ClientBudgets | None = None,
+        ip: str = "unknown",
     ) -> None:
         self.config = config
         self.conn = conn
@@ -63,6 +68,9 @@ class Session:
         self.send = send
         #: A read-only room token: pushes are refused with ``error``.
         self.read_only = read_only
+        #: What the client address ``ip`` may spend, shared by all its connections.
+        self.budgets = budgets or ClientBudgets()
+        self.ip = ip
 
     async def run(self) -> tuple[int | None, str, bool]:
         """Run until either side ends; return the close code, its reason, and
@@ -128,6 +136,7 @@ class Session:
         # fewer reads and room batches per message, and a client that reads nothing
         # is not read from either. drifttrio's transport writes a batch at once.
         pace = not conn.framed
+        budgets, ip = self.budgets, self.ip
         while True:
             if pace:
                 await conn.outbox.wait_taken()
@@ -136,33 +145,53 @@ class Session:
                 conn.peer_close_code = message.get("code")
                 return None, ""  # websocket.disconnect: the peer is gone
             conn.messages_in += 1
+            refusal: str | None = None
+            wait = 0.0
             if not bucket.take():
                 metrics.rejected["rate_limit"].inc()
+                rate = self.config.rate_limit_per_second
+                refusal = f"rate limit: more than {rate:g} messages/s; message dropped"
+            data: str | bytes | None = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            size = len(data)
+            conn.bytes_in += size
+            bytes_in.inc(size)
+            if size > max_bytes or (
+                isinstance(data, str) and size * 4 > max_bytes and len(data.encode()) > max_bytes
+            ):
+                metrics.rejected["max_message_bytes"].inc()
+                return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
+            if refusal is None:
+                # Counted (bounded by the limit) and charged before the decode: a
+                # message over the address's budget is never decoded.
+                wait, nodes = budgets.charge_message(
+                    ip, size, partial(message_nodes, data, limits.max_nodes)
+                )
+                if wait > 0.0:
+                    metrics.rejected["address_budget"].inc()
+                    refusal = (
+                        "rate limit: this client address is over its budget "
+                        f"(retry in {wait:.2f} s); message dropped"
+                    )
+            if refusal is not None:
                 metrics.errors["rate_limited"].inc()
                 refused += 1
                 if refused >= _MAX_REFUSED_IN_A_ROW:
                     return CloseCode.RATE_LIMITED, "rate limit exceeded"
-                rate = self.config.rate_limit_per_second
-                conn.send_message(
-                    Error(f"rate limit: more than {rate:g} messages/s; message dropped")
-                )
+                conn.send_message(Error(refusal))
+                if wait > 0.0:
+                    # Read nothing more from this connection until its address can
+                    # pay: a refused message still cost its receipt, and the
+                    # address's other connections are paced the same way.
+                    await trio.sleep(wait)
                 continue
             refused = 0
-            data: str | bytes | None = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            conn.bytes_in += len(data)
-            bytes_in.inc(len(data))
-            if len(data) > max_bytes or (
-                isinstance(data, str)
-                and len(data) * 4 > max_bytes
-                and len(data.encode()) > max_bytes
-            ):
-                metrics.rejected["max_message_bytes"].inc()
-                return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
             try:
-                client_message = decode_client_message(data, limits)
+                client_message = decode_client_message(data, limits, nodes=nodes)
             except ProtocolError as exc:
+                if nodes > limits.max_nodes:
+                    metrics.rejected["max_message_nodes"].inc()
                 metrics.messages_in["invalid"].inc()
                 metrics.errors["invalid"].inc()
                 errors += 1
