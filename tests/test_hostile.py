@@ -199,7 +199,10 @@ async def test_ping_flood_and_pongs_do_not_stall_the_reader() -> None:
     # drifttrio transport only: hypercorn writes each pong from its reader, so a
     # flooder that reads nothing stalls its own connection there. Without a rate
     # limit (control frames are charged to it: see test_transport_limits.py).
-    async with serving(rate_limit_per_second=0) as (server, client):
+    async with serving(rate_limit_per_second=0, address_messages_per_second=0) as (
+        server,
+        client,
+    ):
         room = await new_room(client)
         async with raw_member(server, room) as flooder, raw_member(server, room) as other:
             # Unsolicited pongs are ignored; a flood of pings from a client that reads

@@ -29,7 +29,7 @@ from _redis import RedisServer
 from drifttrio import Config, DriftError, open_server
 from drifttrio.core.room_state import RoomLimits, RoomState, key_size, value_size
 from drifttrio.protocol import Append, Compact, Relay, Replace
-from drifttrio.protocol.codec import CBOR, JSON, decode_client_message
+from drifttrio.protocol.codec import CBOR, JSON, DecodeLimits, decode_client_message
 from drifttrio.protocol.messages import Action, Push, PushEvent, Value
 from drifttrio.runtime.hub import Hub, open_hub
 from drifttrio.storage.redis import PushItem, RedisStorage, encode_value
@@ -87,7 +87,8 @@ def retain(make: Callable[[int], object], codec: str) -> tuple[int, int]:
     try:
         before = tracemalloc.get_traced_memory()[0]
         for i, raw in enumerate(messages):
-            push = decode_client_message(raw)
+            # Shapes past max_message_nodes too: what a user who raises it pays.
+            push = decode_client_message(raw, DecodeLimits(max_nodes=1 << 30))
             assert isinstance(push, Push)
             outcome = state.push(f"k{i}", push.value, Replace())
             assert outcome.broadcast is not None
