@@ -238,6 +238,7 @@ class Hub:
         explicit: bool = False,
         framed: bool = False,
         transport: str = "in_process",
+        asks_after_join: bool = False,
     ) -> Connection:
         """A room member with an outbox sized by the config."""
         return Connection(
@@ -249,6 +250,7 @@ class Hub:
             framed=framed,
             metrics=self.metrics,
             transport=transport,
+            asks_after_join=asks_after_join,
         )
 
     # -- in-process API ------------------------------------------------------------

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from .._errors import CloseCode, ProtocolError
+from ..core.join_gate import GateMode, Held, JoinGate, Offer
 from ..core.room_state import RoomState, StreamChange
 from ..protocol.messages import (
     Action,
@@ -34,6 +35,7 @@ from ..protocol.messages import (
 from ..storage.base import Storage
 from .config import Config
 from .connection import Connection, Frame
+from .connection import _size as frame_size
 from .metrics import Metrics
 from .redact import room_tag
 
@@ -139,7 +141,18 @@ class _Done:
     origin: Reply
 
 
-_Effect: TypeAlias = _Direct | _Broadcast | _DebugInit | _Done
+@attrs.frozen(eq=False)
+class _Release:
+    """A member's ``get`` of ``key`` was answered (``key=None``: it pinged): its
+    gate lets the key (or everything) flow. Delivered in order with the other
+    effects, so no push of the batch overtakes the ``init``."""
+
+    conn: Connection
+    key: str | None
+    init_sent: bool = True
+
+
+_Effect: TypeAlias = _Direct | _Broadcast | _DebugInit | _Done | _Release
 
 #: The ``messages_in`` kind of commands other than pushes.
 _KINDS: dict[type, str] = {GetCommand: "get", PingCommand: "ping"}
@@ -169,6 +182,9 @@ class Room:
         self.inbox, self._commands = trio.open_memory_channel[Command](config.room_inbox_size)
         self.members: set[Connection] = set()
         self._debug_members = 0
+        #: Members whose join gate holds broadcasts, in join order (the first one's
+        #: gate opens first: every gate gets the same hold time).
+        self._holding: dict[Connection, JoinGate[Frame]] = {}
         self._committed_seq = state.seq
         self._open_replies: list[Reply] = []
         self.closed = False
@@ -220,6 +236,14 @@ class Room:
     async def _next_command(self) -> Command | None:
         idle = self.config.room_idle_seconds
         while True:
+            if self._holding:
+                with trio.move_on_at(next(iter(self._holding.values())).opens_at):
+                    try:
+                        return await self._commands.receive()
+                    except trio.EndOfChannel:
+                        return None
+                self._open_expired_gates()
+                continue
             if self.members:
                 # No deadline while there are members, and no cancel scope to pay for:
                 # it was a fair share of the cost of a one-command batch.
@@ -269,10 +293,12 @@ class Room:
             if conn in self.members:
                 self.members.discard(conn)
                 self._debug_members -= conn.debug
+                self._forget_gate(conn)
             return
         if conn.closed:
             return
         self.members.add(conn)
+        self._attach_gate(conn)
         if conn.debug:
             self._debug_members += 1
             for key, entries in self.state.dump():
@@ -306,7 +332,11 @@ class Room:
             if command.since is not None:
                 data = tuple(self.state.get(command.key, command.since))
                 effects.append((origin, Init(command.key, data)))
+            if isinstance(origin, Connection) and origin.gate is not None:
+                effects.append(_Release(origin, command.key, command.since is not None))
         elif isinstance(command, PingCommand):
+            if isinstance(origin, Connection) and origin.gate is not None:
+                effects.append(_Release(origin, None))
             effects.append((origin, Pong(command.nonce)))
         if isinstance(origin, Reply):
             effects.append(_Done(origin))
@@ -368,6 +398,8 @@ class Room:
                     self._out["init"] = self._out.get("init", 0) + 1
         elif isinstance(effect, _Done):
             effect.origin.done.set()
+        elif isinstance(effect, _Release):
+            self._release(effect)
         else:
             origin, message = effect
             self._out[message.TAG] = self._out.get(message.TAG, 0) + 1
@@ -387,10 +419,77 @@ class Room:
             frame = frames.get(conn.codec_key)
             if frame is None:
                 frame = frames[conn.codec_key] = conn.encode(message)
+            if conn.gate is not None and not self._pass_gate(conn, key, frame, effect):
+                continue
             conn.deliver(frame, entry.seq)
             delivered += 1
         self.metrics.fanout.observe(delivered)
         self._out["push"] = self._out.get("push", 0) + delivered
+
+    # -- the join gate: who receives a push before asking (core/join_gate.py) -----------
+
+    def _attach_gate(self, conn: Connection) -> None:
+        """Give a joining member its gate. WebSocket members in the default mode hold
+        broadcasts until they ask; explicit ones only get what they ask for; debug
+        members and in-process ones without keys receive everything from the join."""
+        if conn.debug:
+            return
+        if conn.explicit:
+            conn.gate = JoinGate(GateMode.EXPLICIT)
+        elif conn.asks_after_join and self.config.join_hold_seconds > 0:
+            conn.gate = JoinGate(
+                GateMode.HOLDING,
+                opens_at=trio.current_time() + self.config.join_hold_seconds,
+                max_items=self.config.outbox_messages,
+                max_bytes=self.config.outbox_bytes,
+            )
+            self._holding[conn] = conn.gate
+
+    def _forget_gate(self, conn: Connection) -> None:
+        self._holding.pop(conn, None)
+        conn.gate = None
+
+    def _pass_gate(self, conn: Connection, key: str, frame: Frame, effect: _Broadcast) -> bool:
+        """Whether a broadcast goes to ``conn`` now (else its gate held or skipped it)."""
+        gate = conn.gate
+        assert gate is not None
+        offer = gate.offer(
+            key,
+            frame,
+            effect.entry.seq,
+            retained=effect.changed,
+            size=frame_size(frame),
+            queued=(len(conn.outbox), conn.outbox.queued_bytes),
+        )
+        if offer is Offer.FULL:
+            self._let_flow(conn, gate.open())
+        return offer is Offer.DELIVER or offer is Offer.FULL
+
+    def _release(self, effect: _Release) -> None:
+        conn, gate = effect.conn, effect.conn.gate
+        if gate is None:
+            return
+        if effect.key is None:
+            held = gate.pinged()
+        else:
+            held = gate.asked(effect.key, init_sent=effect.init_sent)
+        self._let_flow(conn, held)
+
+    def _open_expired_gates(self) -> None:
+        now = trio.current_time()
+        for conn, gate in list(self._holding.items()):
+            if not gate.expired(now):
+                break
+            self._let_flow(conn, gate.open())
+
+    def _let_flow(self, conn: Connection, held: list[Held[Frame]]) -> None:
+        """Deliver what a gate gave back; drop the gate once it is open."""
+        if conn.gate is not None and conn.gate.mode is GateMode.OPEN:
+            self._forget_gate(conn)
+        for h in held:
+            conn.deliver(h.item, h.seq)
+        if held:
+            self._out["push"] = self._out.get("push", 0) + len(held)
 
     def _flush_counts(self) -> None:
         metrics = self.metrics
