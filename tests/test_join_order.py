@@ -47,13 +47,18 @@ def push_frame(key: str, value: Any, action: str = "append") -> dict[str, Any]:
     return {"type": "push", "key": key, "value": value, "action": {"type": action}}
 
 
-async def member(server: RunningServer, room: str) -> RawWebSocket:
-    """A connection whose broadcasts flow (its ping is answered)."""
+async def member(server: RunningServer, room: str, hello: str = "ping") -> RawWebSocket:
+    """A connection whose broadcasts flow: its first ``ping`` (or ``push``) was answered."""
     ws = await RawWebSocket.connect(server.host, server.port)
     await ws.handshake(f"/room/{room}/connect")
-    await ws.send_json({"type": "ping", "nonce": 1})
-    while (await ws.recv())["type"] != "pong":
-        pass
+    if hello == "ping":
+        await ws.send_json({"type": "ping", "nonce": 1})
+        while (await ws.recv())["type"] != "pong":
+            pass
+    else:
+        await ws.send_json(push_frame("hello", "me", "relay"))
+        while (await ws.recv()).get("key") != "hello":
+            pass
     return ws
 
 
@@ -94,11 +99,13 @@ async def join_once(server: RunningServer, room: str) -> tuple[str, int, int]:
         await ws.aclose()
 
 
-async def busy_joins(writer: RunningServer, reader: RunningServer, room: str) -> list[str]:
+async def busy_joins(
+    writer: RunningServer, reader: RunningServer, room: str, hello: str = "ping"
+) -> list[str]:
     """Join ``room`` on ``reader`` JOINS times while a member of ``writer`` appends."""
     problems: list[str] = []
     with trio.fail_after(TIMEOUT):
-        ws = await member(writer, room)
+        ws = await member(writer, room, hello)
         try:
             async with trio.open_nursery() as nursery:
                 stop = trio.Event()
@@ -139,13 +146,16 @@ async def test_every_join_gets_the_init_before_any_push(
 async def test_every_join_on_another_redis_node_gets_the_init_first(
     redis_server: RedisServer,
 ) -> None:
+    """The writer's first push opens its gate (a hold of a minute would otherwise
+    keep its own echo back past the test's guard)."""
     store = f"{redis_server.url}?prefix=t{secrets.token_hex(6)}"
+    settings = {"store": store, "join_hold_seconds": 60.0, **UNLIMITED}
     async with (
-        open_server(Config(store=store, **UNLIMITED)) as writer,
-        open_server(Config(store=store, **UNLIMITED), transport="hypercorn") as reader,
+        open_server(Config(**settings)) as writer,
+        open_server(Config(**settings), transport="hypercorn") as reader,
     ):
         room = await new_room(writer)
-        assert await busy_joins(writer, reader, room) == []
+        assert await busy_joins(writer, reader, room, hello="push") == []
 
 
 async def test_in_process_subscription_with_keys_gets_the_init_first() -> None:
@@ -204,7 +214,7 @@ def test_gate_opens_on_ping_or_time_with_everything_in_order() -> None:
             gate.offer(f"k{seq % 2}", f"push {seq}", seq, retained=True, size=1)
         assert not gate.expired(9.9)
         if opening == "ping":
-            held = gate.pinged()
+            held = gate.spoke()
         else:
             assert gate.expired(10.0)
             held = gate.open()
@@ -230,7 +240,7 @@ def test_gate_shares_the_outbox_budget_and_opens_when_it_is_spent() -> None:
 def test_explicit_gate_never_holds_and_never_opens() -> None:
     gate: JoinGate[str] = JoinGate(GateMode.EXPLICIT)
     assert gate.offer("k", "a", 1, retained=False, size=1) is Offer.SKIP
-    assert gate.pinged() == []
+    assert gate.spoke() == []
     assert gate.open() == []
     assert not gate.expired(1e9)
     assert gate.asked("k") == []
@@ -311,6 +321,23 @@ async def test_get_releases_its_key_after_the_init_and_ping_releases_the_rest(
             ("push", 3),
             ("pong", None),
         ]
+
+
+async def test_its_own_first_push_lets_everything_flow(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The npm client after a reconnect pushes its presence: from then on it gets all."""
+    async with room_of(join_hold_seconds=60.0) as (hub, room):
+        conn = websocket_member(hub)
+        await room.inbox.send(Join(conn))
+        await push(room, "k", "before")
+        assert await received(conn) == []
+        await room.inbox.send(PushCommand("presence", "me", Relay(), conn))
+        assert [(m["key"], m["seq"]) for m in await received(conn)] == [
+            ("k", 1),
+            ("presence", 2),
+        ]
+        assert not room._holding
 
 
 async def test_a_push_in_the_same_batch_never_overtakes_the_init() -> None:

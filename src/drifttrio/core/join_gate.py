@@ -15,11 +15,12 @@ broadcast and tells it what the connection did; it answers what to deliver.
     A broadcast of a key the connection has asked for flows; any other one is
     held, in order. ``asked(K)`` (the connection's ``get K`` was answered)
     lets K flow and gives back the held pushes of K the ``init`` does not cover
-    (relays: they are not retained). ``pinged()``, ``expire()`` (the hold time
-    is over) and a held backlog as large as the outbox budget open the gate:
-    everything held is given back in order and every broadcast flows. A client
-    that never asks (the npm client after a reconnect) thus still receives
-    everything, a little later.
+    (relays: they are not retained). ``spoke()`` (its first ``ping`` or
+    ``push``), ``open()`` once ``expired()`` (the hold time is over) and a held
+    backlog as large as the outbox budget open the gate: everything held is
+    given back in order and every broadcast flows. A client that never asks
+    (the npm client after a reconnect, which pushes its presence every second)
+    thus still receives everything, a little later.
 ``EXPLICIT`` (``?subscribe=explicit``, in-process subscriptions with keys)
     Only keys asked for flow, from their ``init`` on; nothing is held.
 ``OPEN``
@@ -56,8 +57,8 @@ class Offer(enum.Enum):
     HELD = "held"
     #: Not for this connection (an explicit connection has not asked for the key).
     SKIP = "skip"
-    #: Holding it would exceed the budget: the gate opened; deliver what
-    #: :meth:`JoinGate.open` returns, then this broadcast.
+    #: Held, it spent the budget: the gate opened; deliver what
+    #: :meth:`JoinGate.open` returns (this broadcast last).
     FULL = "full"
 
 
@@ -125,15 +126,15 @@ class JoinGate(Generic[T]):
             return Offer.DELIVER
         if self.mode is GateMode.EXPLICIT:
             return Offer.SKIP
-        frames, queued_bytes = queued
-        if (
-            frames + len(self._held) + 1 > self.max_items
-            or queued_bytes + self._held_bytes + size > self.max_bytes
-        ):
-            self.mode = GateMode.OPEN
-            return Offer.FULL
         self._held.append(Held(key, item, seq, retained, size))
         self._held_bytes += size
+        frames, queued_bytes = queued
+        if frames + len(self._held) >= self.max_items or (
+            queued_bytes + self._held_bytes >= self.max_bytes
+        ):
+            # Once in the outbox, the held frames just fill it (by count).
+            self.mode = GateMode.OPEN
+            return Offer.FULL
         return Offer.HELD
 
     def asked(self, key: str, *, init_sent: bool = True) -> list[Held[T]]:
@@ -154,8 +155,9 @@ class JoinGate(Generic[T]):
         self._held_bytes -= sum(h.size for h in mine)
         return mine if not init_sent else [h for h in mine if not h.retained]
 
-    def pinged(self) -> list[Held[T]]:
-        """The connection sent a ``ping``: a ``HOLDING`` gate opens (see :meth:`open`)."""
+    def spoke(self) -> list[Held[T]]:
+        """The connection sent a ``ping`` or a ``push``: a ``HOLDING`` gate opens (see
+        :meth:`open`). A client sends its ``get``s first, right after opening."""
         return self.open() if self.mode is GateMode.HOLDING else []
 
     def expired(self, now: float) -> bool:

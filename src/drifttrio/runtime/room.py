@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 import attrs
 import trio
@@ -143,8 +143,8 @@ class _Done:
 
 @attrs.frozen(eq=False)
 class _Release:
-    """A member's ``get`` of ``key`` was answered (``key=None``: it pinged): its
-    gate lets the key (or everything) flow. Delivered in order with the other
+    """A member's ``get`` of ``key`` was answered (``key=None``: it pinged or pushed):
+    its gate lets the key (or everything) flow. Delivered in order with the other
     effects, so no push of the batch overtakes the ``init``."""
 
     conn: Connection
@@ -308,6 +308,8 @@ class Room:
         origin = command.origin  # type: ignore[union-attr]
         kind = command.action.TAG if isinstance(command, PushCommand) else _KINDS[type(command)]
         self._in[kind] = self._in.get(kind, 0) + 1
+        if not isinstance(command, GetCommand) and self._holds(origin):
+            effects.append(_Release(origin, None))
         if isinstance(command, PushCommand):
             try:
                 outcome = self.state.push(command.key, command.value, command.action)
@@ -335,8 +337,6 @@ class Room:
             if isinstance(origin, Connection) and origin.gate is not None:
                 effects.append(_Release(origin, command.key, command.since is not None))
         elif isinstance(command, PingCommand):
-            if isinstance(origin, Connection) and origin.gate is not None:
-                effects.append(_Release(origin, None))
             effects.append((origin, Pong(command.nonce)))
         if isinstance(origin, Reply):
             effects.append(_Done(origin))
@@ -445,6 +445,15 @@ class Room:
             )
             self._holding[conn] = conn.gate
 
+    @staticmethod
+    def _holds(origin: Origin) -> TypeGuard[Connection]:
+        """Whether ``origin`` is a member whose gate holds (its ping or push opens it)."""
+        return (
+            isinstance(origin, Connection)
+            and origin.gate is not None
+            and origin.gate.mode is GateMode.HOLDING
+        )
+
     def _forget_gate(self, conn: Connection) -> None:
         self._holding.pop(conn, None)
         conn.gate = None
@@ -463,14 +472,14 @@ class Room:
         )
         if offer is Offer.FULL:
             self._let_flow(conn, gate.open())
-        return offer is Offer.DELIVER or offer is Offer.FULL
+        return offer is Offer.DELIVER
 
     def _release(self, effect: _Release) -> None:
         conn, gate = effect.conn, effect.conn.gate
         if gate is None:
             return
         if effect.key is None:
-            held = gate.pinged()
+            held = gate.spoke()
         else:
             held = gate.asked(effect.key, init_sent=effect.init_sent)
         self._let_flow(conn, held)

@@ -52,6 +52,7 @@ from .room import (
     _DebugInit,
     _Done,
     _Effect,
+    _Release,
 )
 
 __all__ = ["SharedRoom"]
@@ -170,6 +171,8 @@ class SharedRoom(Room):
     async def _push(self, pushes: list[PushCommand]) -> None:
         items = []
         for command in pushes:
+            if self._holds(command.origin):
+                self._deliver(_Release(command.origin, None))
             kind = cast(ActionName, command.action.TAG)
             self._in[kind] = self._in.get(kind, 0) + 1
             compact_seq = command.action.seq if isinstance(command.action, Compact) else 0
