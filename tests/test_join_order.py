@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import struct
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 import trio
 import trio.testing
 
-from _rawws import RawWebSocket
+from _rawws import CLOSE, RawWebSocket, frame
 from _redis import RedisServer
 from drifttrio import Config, RunningServer, open_server
 from drifttrio.core.join_gate import GateMode, JoinGate, Offer
@@ -156,6 +157,36 @@ async def test_every_join_on_another_redis_node_gets_the_init_first(
     ):
         room = await new_room(writer)
         assert await busy_joins(writer, reader, room, hello="push") == []
+
+
+@pytest.mark.parametrize("transport", ["drifttrio", "hypercorn"])
+async def test_no_data_frame_follows_the_close_frame_when_leaving_a_busy_room(
+    transport: str,
+) -> None:
+    """A page that unmounts a connection closes it while pushes stream in; its
+    browser reports "Data frame received after close" if any follows ours."""
+    async with open_server(Config(**UNLIMITED), transport=transport) as server:
+        room = await new_room(server)
+        with trio.fail_after(TIMEOUT):
+            ws = await member(server, room)
+            late: list[int] = []
+            async with trio.open_nursery() as nursery:
+                stop = trio.Event()
+                nursery.start_soon(append_until, ws, stop)
+                for _ in range(JOINS):
+                    leaving = await member(server, room)
+                    while (await leaving.recv())["type"] != "push":
+                        pass
+                    await leaving.send(frame(CLOSE, struct.pack("!H", 1000)))
+                    while (await leaving.recv_frame())[0] != CLOSE:
+                        pass
+                    with suppress(ConnectionError, trio.BrokenResourceError):
+                        while True:
+                            late.append((await leaving.recv_frame())[0])
+                    await leaving.aclose()
+                stop.set()
+            await ws.aclose()
+        assert late == []
 
 
 async def test_in_process_subscription_with_keys_gets_the_init_first() -> None:
