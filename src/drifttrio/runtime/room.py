@@ -411,10 +411,7 @@ class Room:
         frames: dict[Any, Frame] = {}
         delivered = 0
         for conn in self.members:
-            if conn.debug:
-                if effect.changed:
-                    continue
-            elif conn.explicit and key not in conn.subscriptions:
+            if conn.debug and effect.changed:
                 continue
             frame = frames.get(conn.codec_key)
             if frame is None:
