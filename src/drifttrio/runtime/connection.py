@@ -177,7 +177,7 @@ class Connection:
         self.policy = policy
         self.debug = debug
         self.explicit = explicit
-        #: Keys this connection sent ``get`` for (delivery filter in explicit mode).
+        #: Keys this connection sent ``get`` for (its gate lets them flow once answered).
         self.subscriptions: set[str] = set()
         #: What this member receives of keys it has not asked for yet (set by the
         #: room at the join; ``None``: every broadcast flows). See ``core/join_gate.py``.
