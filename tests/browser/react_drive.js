@@ -243,10 +243,11 @@ async function main(config) {
         const expected = await reducerState(alice);
         const check = (page, indexes) =>
           page.evaluate(async (wanted) => {
+            await app.settle(); // every connection asked for is rendered
             const joined = wanted.map((i) => app.joiners[i]);
             for (const j of joined) {
-              // Until the init is in and the room's last push has reached it.
-              while (j.first === null) await new Promise((resolve) => setTimeout(resolve, 5));
+              // Its first frame for the key is in, and the room's last push has reached it.
+              await j.firstFrame;
               await j.db.testLatency();
             }
             await app.settle();

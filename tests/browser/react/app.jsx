@@ -154,13 +154,19 @@ function Joiner({ index }) {
   const [state] = useSharedReducer('log', reduce, INITIAL);
   const record = useRef(null);
   if (record.current === null) {
-    record.current = app.joiners[index] = { first: null, state: INITIAL, db };
+    let resolve;
+    const firstFrame = new Promise((r) => (resolve = r));
+    record.current = app.joiners[index] = { first: null, firstFrame, state: INITIAL, db };
+    record.current.resolveFirst = resolve;
     app.pending--;
   }
   record.current.state = state;
   useEffect(() => {
     const onMessage = (message) => {
-      if (message.key === 'log' && record.current.first === null) record.current.first = message.type;
+      if (message.key === 'log' && record.current.first === null) {
+        record.current.first = message.type;
+        record.current.resolveFirst();
+      }
     };
     db.messageListener.addListener(onMessage);
     return () => db.messageListener.removeListener(onMessage);
