@@ -243,6 +243,7 @@ class Room:
                     except trio.EndOfChannel:
                         return None
                 self._open_expired_gates()
+                self._flush_counts()
                 continue
             if self.members:
                 # No deadline while there are members, and no cancel scope to pay for:
@@ -409,18 +410,22 @@ class Room:
         key, entry = effect.key, effect.entry
         message = PushEvent(key, entry.value, entry.seq)
         frames: dict[Any, Frame] = {}
-        delivered = 0
+        delivered = held = 0
         for conn in self.members:
             if conn.debug and effect.changed:
                 continue
             frame = frames.get(conn.codec_key)
             if frame is None:
                 frame = frames[conn.codec_key] = conn.encode(message)
-            if conn.gate is not None and not self._pass_gate(conn, key, frame, effect):
-                continue
+            if conn.gate is not None:
+                offer = self._pass_gate(conn, key, frame, effect)
+                if offer is not Offer.DELIVER:
+                    # Held (or sent with what the gate held): it is for this member.
+                    held += offer is not Offer.SKIP
+                    continue
             conn.deliver(frame, entry.seq)
             delivered += 1
-        self.metrics.fanout.observe(delivered)
+        self.metrics.fanout.observe(delivered + held)
         self._out["push"] = self._out.get("push", 0) + delivered
 
     # -- the join gate: who receives a push before asking (core/join_gate.py) -----------
@@ -455,8 +460,8 @@ class Room:
         self._holding.pop(conn, None)
         conn.gate = None
 
-    def _pass_gate(self, conn: Connection, key: str, frame: Frame, effect: _Broadcast) -> bool:
-        """Whether a broadcast goes to ``conn`` now (else its gate held or skipped it)."""
+    def _pass_gate(self, conn: Connection, key: str, frame: Frame, effect: _Broadcast) -> Offer:
+        """Offer a broadcast to ``conn``'s gate; ``DELIVER``: it goes to ``conn`` now."""
         gate = conn.gate
         assert gate is not None
         offer = gate.offer(
@@ -469,7 +474,7 @@ class Room:
         )
         if offer is Offer.FULL:
             self._let_flow(conn, gate.open())
-        return offer is Offer.DELIVER
+        return offer
 
     def _release(self, effect: _Release) -> None:
         conn, gate = effect.conn, effect.conn.gate
