@@ -1,7 +1,10 @@
 'use strict';
-// Build the browser app into OUTDIR: index.html, and app.js bundled with the
-// driftdb npm client it imports. Serve OUTDIR over HTTP and open
-// index.html?server=http://127.0.0.1:8080 to use it by hand.
+// Build the browser apps into OUTDIR:
+//   index.html + app.js      app.js bundled with the driftdb npm client it imports
+//   react.html + react.js    react/app.jsx, a React 18 app on driftdb-react,
+//                            bundled in production mode (as an app ships)
+// Serve OUTDIR over HTTP and open index.html?server=http://127.0.0.1:8080 (or
+// react.html?server=...) to use them by hand.
 //
 //   node build.js OUTDIR        (npm run build: dist/)
 //
@@ -18,14 +21,20 @@ if (!outdir) {
 }
 fs.mkdirSync(outdir, { recursive: true });
 fs.copyFileSync(path.join(__dirname, 'index.html'), path.join(outdir, 'index.html'));
-esbuild
-  .build({
+fs.copyFileSync(path.join(__dirname, 'react', 'index.html'), path.join(outdir, 'react.html'));
+const common = { bundle: true, format: 'iife', target: 'es2020', platform: 'browser', logLevel: 'warning' };
+Promise.all([
+  esbuild.build({
+    ...common,
     entryPoints: [path.join(__dirname, 'app.js')],
-    bundle: true,
-    format: 'iife',
-    target: 'es2020',
-    platform: 'browser',
     outfile: path.join(outdir, 'app.js'),
-    logLevel: 'warning',
-  })
-  .catch(() => process.exit(1)); // esbuild has printed the errors
+  }),
+  esbuild.build({
+    ...common,
+    entryPoints: [path.join(__dirname, 'react', 'app.jsx')],
+    outfile: path.join(outdir, 'react.js'),
+    jsx: 'automatic',
+    minify: true,
+    define: { 'process.env.NODE_ENV': '"production"' },
+  }),
+]).catch(() => process.exit(1)); // esbuild has printed the errors

@@ -31,9 +31,15 @@ ARTIFACTS_DIR = BROWSER_DIR.parent.parent / "test-artifacts"
 DRIVE_TIMEOUT = 60.0
 
 #: What the static server serves: file name -> content type.
-APP_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
+APP_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "react.html": "text/html; charset=utf-8",
+    "react.js": "text/javascript; charset=utf-8",
+}
 
 Drive = Callable[[RunningServer, list[dict[str, Any]]], Awaitable[dict[str, Any]]]
+ReactDrive = Callable[[RunningServer, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +59,7 @@ def node() -> str:
     exe = shutil.which("node")
     if exe is None:
         pytest.skip("node is not installed (bash .ci/run needs Node 20 for these tests)")
-    for package in ("driftdb", "esbuild", "playwright-core"):
+    for package in ("driftdb", "driftdb-react", "react", "react-dom", "esbuild", "playwright-core"):
         if not (BROWSER_DIR / "node_modules" / package).is_dir():
             pytest.skip(
                 f"tests/browser/node_modules/{package} is missing: "
@@ -64,7 +70,8 @@ def node() -> str:
 
 @pytest.fixture(scope="session")
 def app_files(node: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """index.html and the esbuild bundle of app.js, as served to the browser."""
+    """The apps as served to the browser: index.html with the esbuild bundle of
+    app.js, and react.html with the production bundle of react/app.jsx."""
     out = tmp_path_factory.mktemp("browser-app")
     proc = subprocess.run(
         [node, str(BROWSER_DIR / "build.js"), str(out)],
@@ -75,12 +82,10 @@ def app_files(node: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         check=False,
     )
     assert proc.returncode == 0, f"esbuild failed:\n{proc.stderr}"
-    files = {
-        "index.html": (out / "index.html").read_bytes(),
-        "app.js": (out / "app.js").read_bytes(),
-    }
-    # The bundle carries the npm client: its DbConnection and CBOR library.
+    files = {name: (out / name).read_bytes() for name in APP_FILES}
+    # The bundles carry the npm client: its DbConnection and CBOR library.
     assert b"DbConnection" in files["app.js"]
+    assert b"DbConnection" in files["react.js"]
     return files
 
 
@@ -139,36 +144,53 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]
         yield running
 
 
-@pytest.fixture
-def drive(node: str, chromium: str, app_url: str) -> Drive:
-    """Run drive.js with these steps against ``server``; return the JSON it printed.
+async def run_driver(node: str, script: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Run a driver script with ``config``; return the one JSON line it printed.
 
     A non-zero exit, or anything but one JSON line on stdout, fails the test
     with the script's stderr (which shows what every page displayed).
     """
+    with trio.fail_after(DRIVE_TIMEOUT):
+        proc = await trio.run_process(
+            [node, str(BROWSER_DIR / script), json.dumps(config)],
+            cwd=BROWSER_DIR,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    stdout = proc.stdout.decode(errors="replace")
+    stderr = proc.stderr.decode(errors="replace")
+    if os.environ.get("DRIVE_TRACE"):  # DRIVE_TRACE=1 pytest -s: show the trace
+        print(stderr)
+    assert proc.returncode == 0, (
+        f"{script} exited with {proc.returncode}\n"
+        f"--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}"
+    )
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"{script} printed {len(lines)} lines:\n{stdout}"
+    result: dict[str, Any] = json.loads(lines[0])
+    return result
+
+
+@pytest.fixture
+def drive(node: str, chromium: str, app_url: str) -> Drive:
+    """Run drive.js with these steps against ``server``; return the JSON it printed."""
 
     async def run(server: RunningServer, steps: list[dict[str, Any]]) -> dict[str, Any]:
         config = {"app": app_url, "server": server.url, "chromium": chromium, "steps": steps}
-        with trio.fail_after(DRIVE_TIMEOUT):
-            proc = await trio.run_process(
-                [node, str(BROWSER_DIR / "drive.js"), json.dumps(config)],
-                cwd=BROWSER_DIR,
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
-        stdout = proc.stdout.decode(errors="replace")
-        stderr = proc.stderr.decode(errors="replace")
-        if os.environ.get("DRIVE_TRACE"):  # DRIVE_TRACE=1 pytest -s: show the trace
-            print(stderr)
-        assert proc.returncode == 0, (
-            f"drive.js exited with {proc.returncode}\n"
-            f"--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}"
-        )
-        lines = [line for line in stdout.splitlines() if line.strip()]
-        assert len(lines) == 1, f"drive.js printed {len(lines)} lines:\n{stdout}"
-        result: dict[str, Any] = json.loads(lines[0])
-        return result
+        return await run_driver(node, "drive.js", config)
+
+    return run
+
+
+@pytest.fixture
+def react_drive(node: str, chromium: str, app_url: str) -> ReactDrive:
+    """Run react_drive.js (the React app's scenario) against ``server`` with these
+    settings; return the JSON it printed."""
+
+    async def run(server: RunningServer, settings: dict[str, Any]) -> dict[str, Any]:
+        config = {"app": app_url, "server": server.url, "chromium": chromium, **settings}
+        return await run_driver(node, "react_drive.js", config)
 
     return run
 

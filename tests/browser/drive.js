@@ -35,22 +35,10 @@
 // DRIVE_TIMEOUT_MS (30 s). DRIVE_TRACE=1 traces steps and console output on
 // stderr.
 const { chromium } = require('playwright-core');
+const { CHROMIUM_ARGS } = require('./chromium');
 
 const TIMEOUT_MS = Number(process.env.DRIVE_TIMEOUT_MS || 30000);
 const STEP_TIMEOUT_MS = Number(process.env.DRIVE_STEP_TIMEOUT_MS || 10000);
-
-// Chromium as root on a machine without internet: these flags or it hangs.
-// (Playwright makes a fresh --user-data-dir itself and refuses one in args.)
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 
 let browser = null;
 

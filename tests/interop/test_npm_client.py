@@ -385,3 +385,27 @@ async def test_reducer_takes_a_stream_sent_as_several_inits(
     assert result["inits"] > 1, "the stream came in one init: nothing was chunked"
     assert result["init_seqs"] == list(range(1, values + 1))
     assert result["errors"] == []
+
+
+# -- 10. Reducers joining a busy room (issue 17) ---------------------------------------
+
+
+@pytest.mark.parametrize("pace_ms", [8, 50, 100])
+async def test_reducers_joining_while_another_dispatches_get_the_whole_state(
+    server: RunningServer, run_node: RunNode, pace_ms: int
+) -> None:
+    """A Reducer that subscribes while another client dispatches every ``pace_ms``
+    ends with the dispatcher's state, never "initial state + the last actions"."""
+    joins = 10
+    result = await run_node(
+        "reducer_join.js", server.url, env={"PACE_MS": str(pace_ms), "JOINS": str(joins)}
+    )
+    assert result["expected_count"] == result["dispatched"] > joins
+    assert len(result["joins"]) == joins
+    for join in result["joins"]:
+        assert join["first_frame"] == "init", join
+        assert join["first_action"] == 1, join
+        assert join["count"] == result["dispatched"], join
+        assert join["equal"], join
+    assert result["truncated"] == 0
+    _no_errors(result)

@@ -326,6 +326,8 @@ async def check_compact_broadcast(ctx: _Context) -> None:
         expect("99" in str(error.get("message")), f"future compact: {error}")
     # The broadcast: seen above only if the server sends it; check on a fresh pair.
     async with ctx.socket(room["socket_url"]) as a, ctx.socket(room["socket_url"]) as b:
+        await b.send({"type": "get", "key": "c", "seq": 0})  # b asks, as clients do
+        await b.until("init", "c")
         await a.send(_push("c", 1, "append"))
         seq = (await b.until("push", "c"))["seq"]
         await a.send(_push("c", {"reset": 1}, "compact", seq=seq))

@@ -104,6 +104,10 @@ class Config:
     ping_timeout: float = attrs.field(default=20.0, validator=_positive)
     #: Broadcast ``compact`` as a push with its seq (``False``: strict upstream parity).
     broadcast_compact: bool = True
+    #: How long a new WebSocket connection's broadcasts are held, per key, until it
+    #: asks for the key with ``get`` (its ``init`` then comes first); its first
+    #: ``ping`` or ``push``, or the end of this time, lets everything flow (0: no hold).
+    join_hold_seconds: float = attrs.field(default=5.0, validator=_non_negative)
     #: Largest WebSocket message or HTTP body accepted, in bytes.
     max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
     #: Deepest nesting accepted in a value.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 import trio
 
 from .._errors import CloseCode
+from ..core.join_gate import JoinGate
 from ..core.room_state import ENTRY_COST, value_size
 from ..protocol.codec import CBOR, Codec
 from ..protocol.messages import Error, Init, SeqValue, ServerMessage
@@ -262,6 +263,7 @@ class Connection:
         framed: bool = False,
         metrics: Metrics | None = None,
         transport: str = "in_process",
+        asks_after_join: bool = False,
     ) -> None:
         #: A process-unique number, for log lines.
         self.id = next(_ids)
@@ -277,8 +279,15 @@ class Connection:
         self.policy = policy
         self.debug = debug
         self.explicit = explicit
-        #: Keys this connection sent ``get`` for (delivery filter in explicit mode).
+        #: Keys this connection sent ``get`` for (its gate lets them flow once answered).
         self.subscriptions: set[str] = set()
+        #: What this member receives of keys it has not asked for yet (set by the
+        #: room at the join; ``None``: every broadcast flows). See ``core/join_gate.py``.
+        self.gate: JoinGate[Frame] | None = None
+        #: Whether the client asks for its keys only after it has joined (a WebSocket
+        #: client sends its ``get``s once the socket is open): the room then holds its
+        #: broadcasts until it asks, for up to ``join_hold_seconds``.
+        self.asks_after_join = asks_after_join
         self.closed = False
         #: Set (with the reason) when the room decided to close this connection.
         self.close_code: int | None = None

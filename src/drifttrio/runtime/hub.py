@@ -345,6 +345,7 @@ class Hub:
         explicit: bool = False,
         framed: bool = False,
         transport: str = "in_process",
+        asks_after_join: bool = False,
     ) -> Connection:
         """A room member with an outbox sized by the config."""
         return Connection(
@@ -356,6 +357,7 @@ class Hub:
             framed=framed,
             metrics=self.metrics,
             transport=transport,
+            asks_after_join=asks_after_join,
         )
 
     # -- in-process API ------------------------------------------------------------

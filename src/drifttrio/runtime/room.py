@@ -13,12 +13,13 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 import attrs
 import trio
 
 from .._errors import CloseCode, ProtocolError
+from ..core.join_gate import GateMode, Held, JoinGate, Offer
 from ..core.room_state import PushOutcome, RoomState, StreamChange
 from ..protocol.messages import (
     Action,
@@ -34,6 +35,7 @@ from ..protocol.messages import (
 from ..storage.base import Storage
 from .config import Config
 from .connection import Connection, Frame, InitStream
+from .connection import _size as frame_size
 from .metrics import Metrics
 from .redact import room_tag
 
@@ -132,6 +134,9 @@ class _Broadcast:
     #: The stream's new length after a change, sent to debug members as a
     #: ``stream_size`` right after the push; ``None`` for a relay.
     debug_size: int | None = None
+    #: Whether the push changed a retained stream (an ``init`` of the key covers
+    #: it), rather than a relay (which a member's join gate sends after the init).
+    retained: bool = False
 
 
 @attrs.frozen
@@ -147,7 +152,18 @@ class _Done:
     origin: Reply
 
 
-_Effect: TypeAlias = _Direct | _Broadcast | _InitReply | _Done
+@attrs.frozen(eq=False)
+class _Release:
+    """A member's ``get`` of ``key`` was answered (``key=None``: it pinged or pushed):
+    its gate lets the key (or everything) flow. Delivered in order with the other
+    effects, so no push of the batch overtakes the ``init``."""
+
+    conn: Connection
+    key: str | None
+    init_sent: bool = True
+
+
+_Effect: TypeAlias = _Direct | _Broadcast | _InitReply | _Done | _Release
 
 #: The ``messages_in`` kind of commands other than pushes.
 _KINDS: dict[type, str] = {GetCommand: "get", PingCommand: "ping"}
@@ -177,6 +193,9 @@ class Room:
         self.inbox, self._commands = trio.open_memory_channel[Command](config.room_inbox_size)
         self.members: set[Connection] = set()
         self._debug_members = 0
+        #: Members whose join gate holds broadcasts, in join order (the first one's
+        #: gate opens first: every gate gets the same hold time).
+        self._holding: dict[Connection, JoinGate[Frame]] = {}
         self._committed_seq = state.seq
         self._open_replies: list[Reply] = []
         self.closed = False
@@ -228,6 +247,15 @@ class Room:
     async def _next_command(self) -> Command | None:
         idle = self.config.room_idle_seconds
         while True:
+            if self._holding:
+                with trio.move_on_at(next(iter(self._holding.values())).opens_at):
+                    try:
+                        return await self._commands.receive()
+                    except trio.EndOfChannel:
+                        return None
+                self._open_expired_gates()
+                self._flush_counts()
+                continue
             if self.members:
                 # No deadline while there are members, and no cancel scope to pay for:
                 # it was a fair share of the cost of a one-command batch.
@@ -277,10 +305,12 @@ class Room:
             if conn in self.members:
                 self.members.discard(conn)
                 self._debug_members -= conn.debug
+                self._forget_gate(conn)
             return
         if conn.closed:
             return
         self.members.add(conn)
+        self._attach_gate(conn)
         if conn.debug:
             self._debug_members += 1
             parts = [self._snapshot(key) for key in self.state.streams]
@@ -292,6 +322,8 @@ class Room:
         origin = command.origin  # type: ignore[union-attr]
         kind = command.action.TAG if isinstance(command, PushCommand) else _KINDS[type(command)]
         self._in[kind] = self._in.get(kind, 0) + 1
+        if not isinstance(command, GetCommand) and self._holds(origin):
+            effects.append(_Release(origin, None))
         if isinstance(command, PushCommand):
             try:
                 outcome = self.state.push(command.key, command.value, command.action)
@@ -318,6 +350,10 @@ class Room:
                 answer = self._answer_get(origin, command)
                 if answer is not None:
                     effects.append(answer)
+                if origin.gate is not None and command.key in origin.subscriptions:
+                    # Answered (not refused by the subscription cap): after the init,
+                    # the gate lets the key flow.
+                    effects.append(_Release(origin, command.key, command.since is not None))
         elif isinstance(command, PingCommand):
             effects.append((origin, Pong(command.nonce)))
         if isinstance(origin, Reply):
@@ -328,9 +364,11 @@ class Room:
         the stream's new length after a change (also after a quiet compact)."""
         change = outcome.change
         if change is None or not self._debug_members:
-            return None if outcome.broadcast is None else _Broadcast(key, outcome.broadcast)
+            if outcome.broadcast is None:
+                return None
+            return _Broadcast(key, outcome.broadcast, retained=change is not None)
         public = outcome.broadcast is not None
-        return _Broadcast(key, change.entry, public, self._length(key))
+        return _Broadcast(key, change.entry, public, self._length(key), retained=True)
 
     def _answer_get(self, conn: Connection, command: GetCommand) -> _Effect | None:
         """Subscribe ``conn`` to the key (within its cap) and snapshot the ``init``
@@ -419,6 +457,8 @@ class Room:
             self._out["init"] = self._out.get("init", 0) + 1
         elif isinstance(effect, _Done):
             effect.origin.done.set()
+        elif isinstance(effect, _Release):
+            self._release(effect)
         else:
             origin, message = effect
             self._out[message.TAG] = self._out.get(message.TAG, 0) + 1
@@ -428,21 +468,27 @@ class Room:
         key, entry = effect.key, effect.entry
         message = PushEvent(key, entry.value, entry.seq)
         frames: dict[Any, Frame] = {}
-        delivered = 0
+        delivered = held = 0
         public = effect.public
         for conn in self.members:
             if conn.debug:
                 if effect.debug_size is not None:
                     self._debug_change(conn, effect, frames)
                     continue
-            elif not public or (conn.explicit and key not in conn.subscriptions):
+            elif not public:
                 continue
             frame = frames.get(conn.codec_key)
             if frame is None:
                 frame = frames[conn.codec_key] = conn.encode(message)
+            if conn.gate is not None:
+                offer = self._pass_gate(conn, key, frame, effect)
+                if offer is not Offer.DELIVER:
+                    # Held (or sent with what the gate held): it is for this member.
+                    held += offer is not Offer.SKIP
+                    continue
             conn.deliver(frame, entry.seq)
             delivered += 1
-        self.metrics.fanout.observe(delivered)
+        self.metrics.fanout.observe(delivered + held)
         self._out["push"] = self._out.get("push", 0) + delivered
 
     def _debug_change(self, conn: Connection, effect: _Broadcast, frames: dict[Any, Frame]) -> None:
@@ -462,6 +508,80 @@ class Room:
         conn.deliver(size)
         self._out["push"] = self._out.get("push", 0) + 1
         self._out["stream_size"] = self._out.get("stream_size", 0) + 1
+
+    # -- the join gate: who receives a push before asking (core/join_gate.py) -----------
+
+    def _attach_gate(self, conn: Connection) -> None:
+        """Give a joining member its gate. WebSocket members in the default mode hold
+        broadcasts until they ask; explicit ones only get what they ask for; debug
+        members and in-process ones without keys receive everything from the join."""
+        if conn.debug:
+            return
+        if conn.explicit:
+            conn.gate = JoinGate(GateMode.EXPLICIT)
+        elif conn.asks_after_join and self.config.join_hold_seconds > 0:
+            conn.gate = JoinGate(
+                GateMode.HOLDING,
+                opens_at=trio.current_time() + self.config.join_hold_seconds,
+                max_items=self.config.outbox_messages,
+                max_bytes=self.config.outbox_bytes,
+            )
+            self._holding[conn] = conn.gate
+
+    @staticmethod
+    def _holds(origin: Origin) -> TypeGuard[Connection]:
+        """Whether ``origin`` is a member whose gate holds (its ping or push opens it)."""
+        return (
+            isinstance(origin, Connection)
+            and origin.gate is not None
+            and origin.gate.mode is GateMode.HOLDING
+        )
+
+    def _forget_gate(self, conn: Connection) -> None:
+        self._holding.pop(conn, None)
+        conn.gate = None
+
+    def _pass_gate(self, conn: Connection, key: str, frame: Frame, effect: _Broadcast) -> Offer:
+        """Offer a broadcast to ``conn``'s gate; ``DELIVER``: it goes to ``conn`` now."""
+        gate = conn.gate
+        assert gate is not None
+        offer = gate.offer(
+            key,
+            frame,
+            effect.entry.seq,
+            retained=effect.retained,
+            size=frame_size(frame),
+            queued=(len(conn.outbox), conn.outbox.queued_bytes),
+        )
+        if offer is Offer.FULL:
+            self._let_flow(conn, gate.open())
+        return offer
+
+    def _release(self, effect: _Release) -> None:
+        conn, gate = effect.conn, effect.conn.gate
+        if gate is None:
+            return
+        if effect.key is None:
+            held = gate.spoke()
+        else:
+            held = gate.asked(effect.key, init_sent=effect.init_sent)
+        self._let_flow(conn, held)
+
+    def _open_expired_gates(self) -> None:
+        now = trio.current_time()
+        for conn, gate in list(self._holding.items()):
+            if not gate.expired(now):
+                break
+            self._let_flow(conn, gate.open())
+
+    def _let_flow(self, conn: Connection, held: list[Held[Frame]]) -> None:
+        """Deliver what a gate gave back; drop the gate once it is open."""
+        if conn.gate is not None and conn.gate.mode is GateMode.OPEN:
+            self._forget_gate(conn)
+        for h in held:
+            conn.deliver(h.item, h.seq)
+        if held:
+            self._out["push"] = self._out.get("push", 0) + len(held)
 
     def _flush_counts(self) -> None:
         metrics = self.metrics

@@ -50,6 +50,7 @@ from .room import (
     RoomEnded,
     _Done,
     _Effect,
+    _Release,
 )
 
 __all__ = ["SharedRoom"]
@@ -172,6 +173,8 @@ class SharedRoom(Room):
         pushes = [command for command, _ in admitted]
         items = []
         for command, charge in admitted:
+            if self._holds(command.origin):
+                self._deliver(_Release(command.origin, None))
             kind = cast(ActionName, command.action.TAG)
             self._in[kind] = self._in.get(kind, 0) + 1
             compact_seq = command.action.seq if isinstance(command.action, Compact) else 0

@@ -580,6 +580,7 @@ class DriftApp:
             explicit=params.get("subscribe", "").lower() == "explicit",
             framed=framed,
             transport="drifttrio" if framed else "asgi",
+            asks_after_join=True,
         )
         # Join before accepting, so a client that sees the handshake complete is
         # already a member and misses nothing pushed after it.

@@ -862,7 +862,8 @@ class _WebSocketSession:
         if self.wire.closed:
             return
         if kind == "drifttrio.websocket.send_frames":
-            await self._send_bytes(message["data"])
+            if not self.closing:  # after our close frame, nothing else (RFC 6455 5.5.1)
+                await self._send_bytes(message["data"])
         elif kind == "websocket.send":
             if not self.accepted or self.closing:
                 self.gone = True  # not open: a misuse, as wsproto would refuse it
