@@ -539,6 +539,17 @@ async def attack_debug(port: int, room: str, tally: Tally) -> None:
         await _flood(port, room, tally, lambda: frame, connections=1)
 
 
+async def _persist(name: str, port: int, room: str, tally: Tally) -> None:
+    """Run an attack, and again whenever the server's answers break it (a closed
+    connection mid-send, say), until the window ends: an attacker does not give up."""
+    while True:
+        try:
+            await ATTACKS[name](port, room, tally)
+        except Exception as exc:  # an ExceptionGroup of its tasks too
+            tally.add(f"{name} restarted after {type(exc).__name__}")
+        await trio.sleep(0.05)
+
+
 ATTACKS: dict[str, Callable[[int, str, Tally], Awaitable[None]]] = {
     "json_containers": attack_json,
     "cbor_containers": attack_cbor,
@@ -584,7 +595,7 @@ async def run_attacks(
                 with trio.move_on_after(seconds):
                     async with trio.open_nursery() as attack:
                         for name, room in zip(names, rooms, strict=True):
-                            attack.start_soon(ATTACKS[name], server.port, room, tally)
+                            attack.start_soon(_persist, name, server.port, room, tally)
                         while True:
                             peak = max(peak, server.rss())
                             await trio.sleep(0.1)
