@@ -24,7 +24,15 @@ from ..protocol.messages import Error, Init, SeqValue, ServerMessage
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["Connection", "Frame", "InitStream", "Outbox", "Queued"]
+__all__ = [
+    "QUEUE_FAIR_BYTES",
+    "Connection",
+    "Frame",
+    "InitStream",
+    "Outbox",
+    "QueueBudget",
+    "Queued",
+]
 
 #: What goes through an outbox: an encoded frame, or a message object for
 #: in-process members (which have no codec).
@@ -111,6 +119,61 @@ class InitStream:
         return self._encode(Init(key, tuple(values[start:end]), more))
 
 
+#: Past ``max_queued_bytes``, what an outbox may still hold: a reader that keeps up
+#: rarely has more queued, one that stopped reading has far more.
+QUEUE_FAIR_BYTES: Final = 256 * 1024
+
+
+class QueueBudget:
+    """The bytes queued in all the outboxes of a server together (``max_queued_bytes``).
+
+    Past ``limit``, an outbox holding more than ``fair_bytes`` *and* at least the
+    average of the outboxes over ``fair_bytes`` takes no more frames: its
+    connection meets the slow-client policy (4008, or dropped frames). Readers that
+    do not read grow without pause and are soon the heaviest; readers that keep up
+    (or lag a moment) stay below ``fair_bytes`` or the average, and keep receiving.
+    So a thousand sockets that join a busy room and never read cannot make the
+    server hold ``outbox_bytes`` for each, and their backlog never costs the others.
+    """
+
+    __slots__ = ("fair_bytes", "heavy_bytes", "heavy_count", "limit", "used")
+
+    def __init__(self, limit: int, fair_bytes: int) -> None:
+        self.limit = limit
+        self.fair_bytes = fair_bytes
+        #: Bytes queued now, in every outbox that shares this budget.
+        self.used = 0
+        #: The outboxes holding more than ``fair_bytes``: how many, and their bytes.
+        self.heavy_count = 0
+        self.heavy_bytes = 0
+
+    def refuses(self, queued: int, size: int, heavy: bool) -> bool:
+        """Whether an outbox holding ``queued`` bytes after adding ``size`` more
+        (``heavy``: it holds more than ``fair_bytes`` already) must refuse them."""
+        if self.used + size <= self.limit or queued <= self.fair_bytes:
+            return False
+        count, total = self.heavy_count, self.heavy_bytes
+        if heavy:
+            total += size
+        else:
+            count, total = count + 1, total + queued
+        return queued * count >= total  # at least the average heavy outbox
+
+    def moved(self, before: int, after: int) -> None:
+        """An outbox went from ``before`` to ``after`` queued bytes."""
+        self.used += after - before
+        fair = self.fair_bytes
+        if before > fair:
+            if after > fair:
+                self.heavy_bytes += after - before
+            else:
+                self.heavy_count -= 1
+                self.heavy_bytes -= before
+        elif after > fair:
+            self.heavy_count += 1
+            self.heavy_bytes += after
+
+
 class Outbox:
     """A bounded queue of frames for one connection, bounded by count and by bytes.
 
@@ -121,6 +184,7 @@ class Outbox:
     """
 
     __slots__ = (
+        "_budget",
         "_closed",
         "_frames",
         "_inits",
@@ -131,7 +195,11 @@ class Outbox:
         "queued_bytes",
     )
 
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
+    def __init__(
+        self, max_messages: int, max_bytes: int, budget: QueueBudget | None = None
+    ) -> None:
+        #: The server-wide budget this outbox's bytes count against, if any.
+        self._budget = budget
         self._frames: list[Queued] = []
         #: How many :class:`InitStream` items are queued (none: the fast path).
         self._inits = 0
@@ -152,10 +220,17 @@ class Outbox:
         if self._closed:
             raise trio.ClosedResourceError("the outbox is closed")
         size = len(frame) if isinstance(frame, str | bytes) else _size(frame)
-        if len(self._frames) >= self._max_messages or self.queued_bytes + size > self._max_bytes:
+        queued = self.queued_bytes + size
+        if len(self._frames) >= self._max_messages or queued > self._max_bytes:
             raise trio.WouldBlock
+        budget = self._budget
+        if budget is not None:
+            before = self.queued_bytes
+            if budget.refuses(queued, size, before > budget.fair_bytes):
+                raise trio.WouldBlock  # the server's queues are full: this one holds most
+            budget.moved(before, queued)
         self._frames.append(frame)
-        self.queued_bytes += size
+        self.queued_bytes = queued
         if type(frame) is InitStream:
             self._inits += 1
         self._wake()
@@ -187,12 +262,27 @@ class Outbox:
             return self._take_through_init(max_frames)
         if len(frames) <= max_frames:
             self._frames = []
-            self.queued_bytes = 0
+            self._taken(self.queued_bytes)
             return frames  # type: ignore[return-value]  # no InitStream in it
         batch = frames[:max_frames]
         del frames[:max_frames]
-        self.queued_bytes -= sum(map(_size, batch))
+        self._taken(sum(map(_size, batch)))
         return batch  # type: ignore[return-value]
+
+    def _taken(self, size: int) -> None:
+        """``size`` bytes left this outbox (taken by the writer, or discarded)."""
+        before = self.queued_bytes
+        self.queued_bytes = before - size
+        if self._budget is not None:
+            self._budget.moved(before, before - size)
+
+    def discard(self) -> None:
+        """Close, and drop whatever is still queued (the connection is over): its
+        bytes no longer count against the server's budget."""
+        self.close()
+        self._frames = []
+        self._inits = 0
+        self._taken(self.queued_bytes)
 
     def _take_through_init(self, max_frames: int) -> list[Frame]:
         """The frames before the first queued init, or else that init's next chunk
@@ -204,14 +294,14 @@ class Outbox:
             if head.done:
                 del frames[0]
                 self._inits -= 1
-                self.queued_bytes -= head.charge
+                self._taken(head.charge)
             return [frame]
         end = 1
         while end < len(frames) and end < max_frames and not isinstance(frames[end], InitStream):
             end += 1
         batch: list[Frame] = frames[:end]  # type: ignore[assignment]  # stops at an init
         del frames[:end]
-        self.queued_bytes -= sum(map(_size, batch))
+        self._taken(sum(map(_size, batch)))
         return batch
 
     async def wait_taken(self) -> None:

@@ -41,7 +41,7 @@ from ..protocol.messages import (
 from ..storage import Storage, open_storage
 from ..storage.base import ExclusiveStorage, WriteHealth
 from .config import Config
-from .connection import Connection, Outbox
+from .connection import QUEUE_FAIR_BYTES, Connection, Outbox, QueueBudget
 from .metrics import Metrics
 from .redact import room_tag
 from .room import Command, GetCommand, Join, Leave, PushCommand, Reply, Room
@@ -81,6 +81,15 @@ class Hub:
         self._touching: set[str] = set()
         #: Bytes retained by the live rooms, against ``max_retained_bytes``.
         self.budget = RetainedBudget(self.config.max_retained_bytes, self._reclaim)
+        #: What all the outboxes of this hub's connections may hold together.
+        self.queues = (
+            QueueBudget(self.config.max_queued_bytes, QUEUE_FAIR_BYTES)
+            if self.config.max_queued_bytes
+            else None
+        )
+        if self.queues is not None:
+            queues = self.queues
+            self.metrics.queued_bytes.set_function(lambda: queues.used)
         self.metrics.retained_bytes.set_function(lambda: self.budget.used)
         #: When each live room was last sent a command from outside it (a join, an
         #: HTTP request, an in-process call): the oldest idle room is unloaded first.
@@ -350,7 +359,7 @@ class Hub:
         """A room member with an outbox sized by the config."""
         return Connection(
             codec=codec,
-            outbox=Outbox(self.config.outbox_messages, self.config.outbox_bytes),
+            outbox=Outbox(self.config.outbox_messages, self.config.outbox_bytes, self.queues),
             policy=self.config.slow_client_policy,
             debug=debug,
             explicit=explicit,
@@ -418,6 +427,7 @@ class Hub:
         finally:
             gauge.dec()
             conn.closed = True
+            conn.outbox.discard()
             with trio.move_on_after(self.config.write_timeout) as scope:
                 scope.shield = True
                 with suppress(trio.BrokenResourceError, trio.ClosedResourceError):

@@ -282,6 +282,11 @@ class Metrics:
             "Bytes retained by the rooms in memory, as charged against max_retained_bytes",
             registry=r,
         )
+        self.queued_bytes = Gauge(
+            "drifttrio_queued_bytes",
+            "Bytes queued in all outboxes, as charged against max_queued_bytes",
+            registry=r,
+        )
         self.rooms_evicted = Counter(
             "drifttrio_rooms_evicted",
             "Idle rooms unloaded early to stay within max_retained_bytes",

@@ -101,6 +101,7 @@ class Session:
                 nursery.cancel_scope.cancel()
         finally:
             conn.closed = True
+            conn.outbox.discard()  # what is left will not be sent: free its share
             with trio.move_on_after(self.config.write_timeout) as scope:
                 scope.shield = True
                 with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
