@@ -23,32 +23,15 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _rawws import BINARY, CLOSE, TEXT, TIMEOUT, RawWebSocket, close_code, frame
-from drifttrio import CloseCode, Config, RunningServer, open_server
+from _rawws import BINARY, CLOSE, TEXT, RawWebSocket, close_code, frame
+from drifttrio import CloseCode, RunningServer
 from drifttrio.protocol.codec import BYTES_PER_NODE, cbor_nodes, json_nodes
 from drifttrio.server import TRANSPORTS
 from drifttrio.web.limits import ClientBudgets
+from test_hostile import new_room, serving
 
 MIB = 1024 * 1024
 HONEST = "127.0.0.2"  # another loopback address: a budget of its own
-
-
-@asynccontextmanager
-async def serving(
-    transport: str = "drifttrio", **settings: Any
-) -> AsyncIterator[tuple[RunningServer, httpx.AsyncClient]]:
-    async with (
-        open_server(Config(**settings), transport=transport) as server,
-        httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=TIMEOUT) as client,
-    ):
-        yield server, client
-
-
-async def new_room(client: httpx.AsyncClient) -> str:
-    response = await client.post("/new")
-    assert response.status_code == 200
-    room: str = response.json()["room"]
-    return room
 
 
 @asynccontextmanager
