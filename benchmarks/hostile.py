@@ -612,6 +612,8 @@ async def run_attacks(
             await server.process.wait()
             nursery.cancel_scope.cancel()
     tracebacks = sum("Traceback" in line for line in server.lines)
+    first = next((i for i, line in enumerate(server.lines) if "Traceback" in line), None)
+    sample = "\n".join(server.lines[max(0, first - 2) : first + 40]) if first is not None else ""
     return {
         "attack": "+".join(names),
         "canary_quiet": quiet,
@@ -624,6 +626,7 @@ async def run_attacks(
         "rss_after_mb": round(rss_after / MIB, 1),
         "attacker": tally.counts,
         "server_tracebacks": tracebacks,
+        "server_first_traceback": sample,
         "server_log_lines": len(server.lines),
     }
 

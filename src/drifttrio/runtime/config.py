@@ -163,9 +163,9 @@ class Config:
     address_bytes_burst: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     #: Nodes (see ``max_message_nodes``) per second one client address may send,
     #: sustained (0: unlimited): the decode work it may ask of the event loop.
-    address_nodes_per_second: float = attrs.field(default=100_000.0, validator=_non_negative)
+    address_nodes_per_second: float = attrs.field(default=200_000.0, validator=_non_negative)
     #: Nodes one client address may send in a burst (three full messages).
-    address_nodes_burst: int = attrs.field(default=30_000, validator=_positive)
+    address_nodes_burst: int = attrs.field(default=100_000, validator=_positive)
     #: ``POST /new`` per client address per minute (0: unlimited); beyond it: 429.
     new_rooms_per_minute: float = attrs.field(default=60.0, validator=_non_negative)
     #: Comma-separated origins allowed to open WebSockets (empty: any). Requests
