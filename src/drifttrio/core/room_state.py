@@ -164,47 +164,39 @@ def key_size(key: str) -> int:
 
 def _object_size(value: object) -> int:
     t = type(value)
+    items: Iterable[object]
     if t is dict:
         mapping: dict[str, object] = value  # type: ignore[assignment]
         total = _sizeof(mapping) + _ROUND_CONTAINER
-        for key, item in mapping.items():
+        for key in mapping:
             total += _sizeof(key) + _ROUND_STR if key.isascii() else _wide_str_size(key)
-            ti = type(item)
-            if ti is str:
-                s: str = item  # type: ignore[assignment]
-                total += _sizeof(s) + _ROUND_STR if s.isascii() else _wide_str_size(s)
-            elif ti is int:
-                if not -5 <= item <= 256:  # type: ignore[operator]
-                    total += _NUMBER
-            elif ti is float:
-                total += _NUMBER
-            elif ti is dict:
-                total += _object_size(item) if item else _EMPTY_DICT
-            elif ti is list:
-                total += _object_size(item) if item else _EMPTY_LIST
-            elif ti is bytes:
-                total += _object_size(item)
-        return total
-    if t is list:
-        items: list[object] = value  # type: ignore[assignment]
+        items = mapping.values()
+    elif t is list:
+        items = value  # type: ignore[assignment]
         total = _sizeof(items) + _ROUND_CONTAINER
-        for item in items:  # the same as for a dict's values, for speed
-            ti = type(item)
-            if ti is dict:
-                total += _object_size(item) if item else _EMPTY_DICT
-            elif ti is list:
-                total += _object_size(item) if item else _EMPTY_LIST
-            elif ti is str:
-                s = item  # type: ignore[assignment]
-                total += _sizeof(s) + _ROUND_STR if s.isascii() else _wide_str_size(s)
-            elif ti is int:
-                if not -5 <= item <= 256:  # type: ignore[operator]
-                    total += _NUMBER
-            elif ti is float:
+    else:
+        return _scalar_size(value)
+    for item in items:  # the scalars inline, for speed: most items are scalars
+        ti = type(item)
+        if ti is dict:
+            total += _object_size(item) if item else _EMPTY_DICT
+        elif ti is list:
+            total += _object_size(item) if item else _EMPTY_LIST
+        elif ti is str:
+            s: str = item  # type: ignore[assignment]
+            total += _sizeof(s) + _ROUND_STR if s.isascii() else _wide_str_size(s)
+        elif ti is int:
+            if not -5 <= item <= 256:  # type: ignore[operator]
                 total += _NUMBER
-            elif ti is bytes:
-                total += _object_size(item)
-        return total
+        elif ti is float:
+            total += _NUMBER
+        elif ti is bytes:
+            total += _scalar_size(item)
+    return total
+
+
+def _scalar_size(value: object) -> int:
+    t = type(value)
     if t is str:
         text: str = value  # type: ignore[assignment]
         return _sizeof(text) + _ROUND_STR if text.isascii() else _wide_str_size(text)
