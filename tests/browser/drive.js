@@ -34,26 +34,7 @@
 // times out (DRIVE_STEP_TIMEOUT_MS, 10 s); the whole run stops by itself after
 // DRIVE_TIMEOUT_MS (30 s). DRIVE_TRACE=1 traces steps and console output on
 // stderr.
-const { chromium } = require('playwright-core');
-const { CHROMIUM_ARGS } = require('./chromium');
-
-const TIMEOUT_MS = Number(process.env.DRIVE_TIMEOUT_MS || 30000);
-const STEP_TIMEOUT_MS = Number(process.env.DRIVE_STEP_TIMEOUT_MS || 10000);
-
-let browser = null;
-
-/** With DRIVE_TRACE set, log to stderr with a timestamp (the test shows it with -s). */
-function trace(message) {
-  if (process.env.DRIVE_TRACE) process.stderr.write(`[${new Date().toISOString()}] ${message}\n`);
-}
-
-function fail(message) {
-  process.stderr.write(`FAIL: ${message}\n`);
-  const exit = () => process.exit(1);
-  if (browser) browser.close().then(exit, exit);
-  else exit();
-  setTimeout(exit, 3000).unref();
-}
+const { STEP_TIMEOUT_MS, runDriver, trace } = require('./chromium');
 
 async function snapshot(page) {
   return page.evaluate(() => {
@@ -93,13 +74,8 @@ async function snapshot(page) {
   });
 }
 
-async function main(config) {
-  browser = await chromium.launch({
-    executablePath: config.chromium,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: STEP_TIMEOUT_MS,
-  });
+async function main(config, launch) {
+  const browser = await launch(config);
   const context = await browser.newContext({ viewport: { width: 760, height: 640 } });
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const pages = {};
@@ -260,24 +236,7 @@ async function main(config) {
   const result = { pages: {}, console_errors: consoleErrors, timings_ms: timings };
   for (const [name, page] of Object.entries(pages)) result.pages[name] = await snapshot(page);
   await browser.close();
-  browser = null;
   return result;
 }
 
-const overall = setTimeout(() => fail(`timed out after ${TIMEOUT_MS} ms`), TIMEOUT_MS);
-process.on('unhandledRejection', (err) => fail(`unhandled rejection: ${err && err.stack ? err.stack : err}`));
-let config;
-try {
-  config = JSON.parse(process.argv[2]);
-} catch (err) {
-  fail(`usage: node drive.js CONFIG_JSON (${err})`);
-}
-if (config) {
-  main(config).then(
-    (result) => {
-      clearTimeout(overall);
-      process.stdout.write(JSON.stringify(result) + '\n');
-    },
-    (err) => fail(err && err.stack ? err.stack : String(err)),
-  );
-}
+runDriver('drive.js', 30000, main);

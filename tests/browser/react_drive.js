@@ -16,11 +16,7 @@
 // Prints one JSON line with what the pages showed; exits non-zero with the
 // reason (and what every page showed) on stderr if a step fails or times out.
 // DRIVE_TRACE=1 traces the steps on stderr.
-const { chromium } = require('playwright-core');
-const { CHROMIUM_ARGS } = require('./chromium');
-
-const TIMEOUT_MS = Number(process.env.DRIVE_TIMEOUT_MS || 55000);
-const STEP_TIMEOUT_MS = Number(process.env.DRIVE_STEP_TIMEOUT_MS || 10000);
+const { CHROMIUM_ARGS, STEP_TIMEOUT_MS, runDriver, trace } = require('./chromium');
 
 // Several pages work at once here: none of them may be throttled as a background tab.
 const ARGS = [
@@ -34,20 +30,6 @@ const ARGS = [
 // browser is answered locally, and the test checks which URL the code encodes.
 const QR_SERVICE = 'https://api.jamsocket.live/**';
 const QR_IMAGE = '<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>';
-
-let browser = null;
-
-function trace(message) {
-  if (process.env.DRIVE_TRACE) process.stderr.write(`[${new Date().toISOString()}] ${message}\n`);
-}
-
-function fail(message) {
-  process.stderr.write(`FAIL: ${message}\n`);
-  const exit = () => process.exit(1);
-  if (browser) browser.close().then(exit, exit);
-  else exit();
-  setTimeout(exit, 3000).unref();
-}
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -71,13 +53,8 @@ function snapshot(page) {
   });
 }
 
-async function main(config) {
-  browser = await chromium.launch({
-    executablePath: config.chromium,
-    headless: true,
-    args: ARGS,
-    timeout: STEP_TIMEOUT_MS,
-  });
+async function main(config, launch) {
+  const browser = await launch(config, ARGS);
   const context = await browser.newContext({ viewport: { width: 760, height: 900 } });
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const qrRequests = [];
@@ -306,24 +283,7 @@ async function main(config) {
   for (const [name, page] of Object.entries(pages)) result.pages[name] = await snapshot(page);
   result.qr_requests = qrRequests;
   await browser.close();
-  browser = null;
   return result;
 }
 
-const overall = setTimeout(() => fail(`timed out after ${TIMEOUT_MS} ms`), TIMEOUT_MS);
-process.on('unhandledRejection', (err) => fail(`unhandled rejection: ${err && err.stack ? err.stack : err}`));
-let config;
-try {
-  config = JSON.parse(process.argv[2]);
-} catch (err) {
-  fail(`usage: node react_drive.js CONFIG_JSON (${err})`);
-}
-if (config) {
-  main(config).then(
-    (result) => {
-      clearTimeout(overall);
-      process.stdout.write(JSON.stringify(result) + '\n');
-    },
-    (err) => fail(err && err.stack ? err.stack : String(err)),
-  );
-}
+runDriver('react_drive.js', 55000, main);
