@@ -75,8 +75,8 @@ class Config:
     #: Bytes of retained values per ``init`` frame: a longer stream is sent as several
     #: ``init``s of the key, encoded one at a time as the client reads them.
     init_chunk_bytes: int = attrs.field(default=64 * 1024, validator=_within_half_outbox)
-    #: Bytes queued in all outboxes together (0: unlimited). Past it, a connection
-    #: with more than ``QUEUE_FAIR_BYTES`` (256 KiB) queued meets the slow-client
+    #: Bytes queued in all outboxes together (0: unlimited). Past it, the connection
+    #: with the most queued (over ``QUEUE_FAIR_BYTES``, 256 KiB) meets the slow-client
     #: policy; connections that keep up are not refused.
     max_queued_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_non_negative)
     #: Keys one connection may ``get`` (0: unlimited); a ``get`` for one more key is

@@ -127,51 +127,48 @@ QUEUE_FAIR_BYTES: Final = 256 * 1024
 class QueueBudget:
     """The bytes queued in all the outboxes of a server together (``max_queued_bytes``).
 
-    Past ``limit``, an outbox holding more than ``fair_bytes`` *and* at least the
-    average of the outboxes over ``fair_bytes`` takes no more frames: its
-    connection meets the slow-client policy (4008, or dropped frames). Readers that
+    Past ``limit``, the heaviest outbox (holding more than ``fair_bytes``, and the
+    most of all) takes no more frames: its connection meets the slow-client policy
+    (4008, or dropped frames) and, once it ends, gives its bytes back. Readers that
     do not read grow without pause and are soon the heaviest; readers that keep up
-    (or lag a moment) stay below ``fair_bytes`` or the average, and keep receiving.
-    So a thousand sockets that join a busy room and never read cannot make the
-    server hold ``outbox_bytes`` for each, and their backlog never costs the others.
+    (or lag a moment) are never refused for the others' backlog. So a thousand
+    sockets that join a busy room and never read cannot make the server hold
+    ``outbox_bytes`` for each.
     """
 
-    __slots__ = ("fair_bytes", "heavy_bytes", "heavy_count", "limit", "used")
+    __slots__ = ("_most", "_stale", "fair_bytes", "heavy", "limit", "used")
 
     def __init__(self, limit: int, fair_bytes: int) -> None:
         self.limit = limit
         self.fair_bytes = fair_bytes
         #: Bytes queued now, in every outbox that shares this budget.
         self.used = 0
-        #: The outboxes holding more than ``fair_bytes``: how many, and their bytes.
-        self.heavy_count = 0
-        self.heavy_bytes = 0
+        #: The outboxes holding more than ``fair_bytes``: the ones that may be refused.
+        self.heavy: set[Outbox] = set()
+        #: The most a heavy outbox holds; recounted only after the heaviest shrank.
+        self._most = 0
+        self._stale = False
 
-    def refuses(self, queued: int, size: int, heavy: bool) -> bool:
-        """Whether an outbox holding ``queued`` bytes after adding ``size`` more
-        (``heavy``: it holds more than ``fair_bytes`` already) must refuse them."""
+    def refuses(self, outbox: Outbox, queued: int, size: int) -> bool:
+        """Whether ``outbox``, holding ``queued`` bytes once it takes ``size`` more,
+        must refuse them: the budget is spent and it is the heaviest."""
         if self.used + size <= self.limit or queued <= self.fair_bytes:
             return False
-        count, total = self.heavy_count, self.heavy_bytes
-        if heavy:
-            total += size
-        else:
-            count, total = count + 1, total + queued
-        return queued * count >= total  # at least the average heavy outbox
+        if self._stale:
+            self._most = max((other.queued_bytes for other in self.heavy), default=0)
+            self._stale = False
+        return queued >= self._most
 
-    def moved(self, before: int, after: int) -> None:
-        """An outbox went from ``before`` to ``after`` queued bytes."""
+    def moved(self, outbox: Outbox, before: int, after: int) -> None:
+        """``outbox`` went from ``before`` to ``after`` queued bytes."""
         self.used += after - before
-        fair = self.fair_bytes
-        if before > fair:
-            if after > fair:
-                self.heavy_bytes += after - before
-            else:
-                self.heavy_count -= 1
-                self.heavy_bytes -= before
-        elif after > fair:
-            self.heavy_count += 1
-            self.heavy_bytes += after
+        if after > self.fair_bytes:
+            self.heavy.add(outbox)
+            self._most = max(self._most, after)
+        elif before > self.fair_bytes:
+            self.heavy.discard(outbox)
+        if after < before >= self._most:
+            self._stale = True  # the heaviest shrank: recount when it matters
 
 
 class Outbox:
@@ -225,10 +222,15 @@ class Outbox:
             raise trio.WouldBlock
         budget = self._budget
         if budget is not None:
+            # Inline for the usual case (every member of a broadcast comes here):
+            # the budget has room and this outbox holds less than its share.
             before = self.queued_bytes
-            if budget.refuses(queued, size, before > budget.fair_bytes):
+            if budget.used + size > budget.limit and budget.refuses(self, queued, size):
                 raise trio.WouldBlock  # the server's queues are full: this one holds most
-            budget.moved(before, queued)
+            if queued <= budget.fair_bytes:
+                budget.used += size
+            else:
+                budget.moved(self, before, queued)
         self._frames.append(frame)
         self.queued_bytes = queued
         if type(frame) is InitStream:
@@ -273,8 +275,12 @@ class Outbox:
         """``size`` bytes left this outbox (taken by the writer, or discarded)."""
         before = self.queued_bytes
         self.queued_bytes = before - size
-        if self._budget is not None:
-            self._budget.moved(before, before - size)
+        budget = self._budget
+        if budget is not None:
+            if before <= budget.fair_bytes:
+                budget.used -= size  # the usual case: it held less than its share
+            else:
+                budget.moved(self, before, before - size)
 
     def discard(self) -> None:
         """Close, and drop whatever is still queued (the connection is over): its
