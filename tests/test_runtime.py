@@ -694,3 +694,12 @@ async def test_a_room_that_stops_wakes_every_waiting_request() -> None:
         # The failed batch and everything queued behind it got an answer; none hangs.
         assert len(outcomes) == 6
         assert all("unavailable" in message for message in outcomes)
+
+
+def test_room_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``drifttrio rooms export ID`` would take such an id for an option (1 id in 64)."""
+    from drifttrio.runtime import hub
+
+    drawn = iter(["-pnhW45wdDsL_fR3Af_ZKA", "pnhW45wdDsL_fR3Af_ZKA-"])
+    monkeypatch.setattr(hub.secrets, "token_urlsafe", lambda _n: next(drawn))
+    assert hub.new_room_id() == "pnhW45wdDsL_fR3Af_ZKA-"

@@ -57,6 +57,15 @@ _ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 WRITE_PROBE_INTERVAL: Final = 1.0
 
 
+def new_room_id() -> str:
+    """A fresh 128-bit random id that does not start with ``-``: one in 64 did, and
+    ``drifttrio rooms export ID`` took it for an option."""
+    while True:
+        room_id = secrets.token_urlsafe(16)
+        if not room_id.startswith("-"):
+            return room_id
+
+
 def valid_room_id(room_id: str) -> bool:
     """Whether ``room_id`` has the shape of a room id (anything else is unknown)."""
     return _ROOM_ID.fullmatch(room_id) is not None
@@ -185,7 +194,7 @@ class Hub:
         limit = self.config.max_rooms
         if limit and await self.storage.count_rooms() >= limit:
             raise CapacityError(f"the server's limit of {limit} rooms is reached")
-        room_id = secrets.token_urlsafe(16)
+        room_id = new_room_id()
         await self.storage.create_room(room_id)
         return room_id
 
