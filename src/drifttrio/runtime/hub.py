@@ -459,7 +459,7 @@ class Subscription:
                 frames = await self.connection.outbox.receive_batch()
             except trio.EndOfChannel:
                 raise StopAsyncIteration from None
-            self._buffer.extend(f for f in frames if not isinstance(f, str | bytes))
+            self._buffer.extend(f for f in frames if not isinstance(f, (str, bytes)))
         return self._buffer.pop(0)
 
 

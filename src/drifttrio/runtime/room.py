@@ -287,7 +287,7 @@ class Room:
         changes: list[StreamChange] = []
         pending: list[Command] = []
         for command in commands:
-            if isinstance(command, Join | Leave):
+            if isinstance(command, (Join, Leave)):
                 # Membership changes are barriers: deliver what came before first.
                 await self._commit_and_deliver(pending, changes, effects)
                 pending, changes, effects = [], [], []

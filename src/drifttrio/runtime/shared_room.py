@@ -130,7 +130,7 @@ class SharedRoom(Room):
         while True:
             command = await super()._next_command()
             now = trio.current_time()
-            if not isinstance(command, _FeedEvents | _FeedLost) or self.members:
+            if not isinstance(command, (_FeedEvents, _FeedLost)) or self.members:
                 self._used_at = now
             elif (
                 now - self._used_at > self.config.room_idle_seconds
@@ -150,9 +150,9 @@ class SharedRoom(Room):
                 pushes = []
             if isinstance(command, _FeedEvents):
                 await self._advance(command.events)
-            elif isinstance(command, Join | Leave):
+            elif isinstance(command, (Join, Leave)):
                 self._membership(command)
-            elif isinstance(command, GetCommand | PingCommand):
+            elif isinstance(command, (GetCommand, PingCommand)):
                 effects: list[_Effect] = []
                 self._apply(command, [], effects)
                 for effect in effects:

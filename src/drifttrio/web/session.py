@@ -237,7 +237,7 @@ class Session:
                     size = len(data)
                     await send({"type": "drifttrio.websocket.send_frames", "data": data})
                 else:
-                    size = sum(len(f) for f in frames if isinstance(f, str | bytes))
+                    size = sum(len(f) for f in frames if isinstance(f, (str, bytes)))
                     await _send_frames(send, frames)
                 conn.bytes_out += size
                 bytes_out.inc(size)
