@@ -250,11 +250,11 @@ class Config:
     #: Frames queued for one connection before the slow-client policy applies.
     outbox_messages: int = attrs.field(default=1024, validator=_count())
     #: Bytes queued for one connection before the slow-client policy applies.
-    outbox_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_count())
+    outbox_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_count(low=2))
     #: Bytes of retained values per ``init`` frame: a longer stream is sent as several
     #: ``init``s of the key, encoded one at a time as the client reads them.
     init_chunk_bytes: int = attrs.field(
-        default=64 * 1024, validator=_count(also=_within_half_outbox)
+        default=64 * 1024, validator=_count(high=MAX_COUNT // 2, also=_within_half_outbox)
     )
     #: Bytes queued in all outboxes together (0: unlimited). Past it, the connection
     #: with the most queued (over ``QUEUE_FAIR_BYTES``, 256 KiB) meets the slow-client
