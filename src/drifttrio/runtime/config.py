@@ -17,6 +17,7 @@ from ..core.room_state import RoomLimits
 from ..protocol.codec import DecodeLimits
 
 __all__ = [
+    "LOG_LEVELS",
     "MAX_COUNT",
     "MAX_RATE",
     "MAX_SECONDS",
@@ -50,10 +51,11 @@ MIN_SECONDS: Final = 0.001
 #: Redis's Lua scripts) holds exactly. Anything larger means "unlimited": say 0.
 MAX_COUNT: Final = 2**53
 #: Fastest rate (per second or per minute): a billion, more than any network
-#: delivers; past it, refills overflow nothing but mean nothing either (0: unlimited).
+#: delivers. Faster means "unlimited": say 0.
 MAX_RATE: Final = 1e9
-#: Slowest positive rate: once a million seconds (11.6 days). A slower one would
-#: make the wait it asks of a client (``Retry-After``) overflow a float.
+#: Slowest positive rate: once a million seconds (11.6 days). Slower is a typo for
+#: 0, and near 0 the wait a client is told (``Retry-After``: burst / rate) overflows
+#: a float (at 5e-324 it is infinite and every refusal failed).
 MIN_RATE: Final = 1e-6
 #: Deepest ``max_value_depth``: orjson encodes at most 255 levels of nesting, and a
 #: frame wraps a value in up to 3 more (an ``init``): a deeper value could be
@@ -222,7 +224,9 @@ _FLAG = _Flag()
 
 @attrs.frozen(kw_only=True)
 class Config:
-    """Everything that can be tuned. Every field has a ``DRIFTTRIO_<NAME>`` variable."""
+    """Everything that can be tuned. Every field has a ``DRIFTTRIO_<NAME>`` variable
+    and a rule (its validator) checked whenever a config is built: a bad value raises
+    :class:`ConfigError` at start-up, never a failure per request later."""
 
     #: Storage URL: ``memory`` or ``sqlite:///PATH[?synchronous=normal|full]``.
     #: The library default is ``memory``; ``drifttrio serve`` and ``drifttrio.asgi``
