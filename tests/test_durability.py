@@ -307,7 +307,7 @@ async def server_process(cwd: Path, *args: str) -> AsyncIterator[tuple[ChildProc
 
 async def test_serve_stores_rooms_in_drifttrio_db_by_default(tmp_path: Path) -> None:
     async with server_process(tmp_path) as (child, url):
-        assert "(store: sqlite:///drifttrio.db)" in child.log
+        assert f"(store: sqlite:///{tmp_path / 'drifttrio.db'})" in child.log  # absolute
         async with http_client(url) as client:
             info = await new_room(client)
             assert await http_send(client, info, push("k", "kept")) == (200, None)

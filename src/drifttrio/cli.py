@@ -1,4 +1,11 @@
-"""The ``drifttrio`` command line."""
+"""The ``drifttrio`` command line: ``serve``, ``rooms``, ``check``, ``bench``.
+
+Exit codes: 0 done; 2 the command is wrong (a flag, a ``DRIFTTRIO_*`` variable, a
+store URL, an address this machine cannot listen on): the same command fails the
+same way, fix it; 1 the command is right but something it needs is busy or
+unreachable right now (the port is in use, another server holds the store, Redis
+does not answer): the same command can work later. Either way, one line on stderr.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NoReturn, cast
 
 import trio
 
@@ -17,8 +24,8 @@ from ._errors import ConfigError, StorageError
 from ._logging import LOG_FORMATS, configure_logging
 from .bench._cli import add_bench_parser, run_bench_command
 from .client._cli import add_check_parser, run_check_command
-from .runtime.config import Config
-from .server import serve
+from .runtime.config import LOG_LEVELS, Config, parse_setting, warn_unknown_variables
+from .server import ListenError, serve
 from .storage import Storage
 from .storage.base import ExclusiveStorage
 
@@ -31,9 +38,13 @@ DEFAULT_STORE = "sqlite:///drifttrio.db"
 #: ``drifttrio rooms`` actions that write: refused while a server holds the store lock
 #: (its rooms would not see the change, and could overwrite it). The others only read.
 _WRITE_ACTIONS: Final = frozenset({"import", "delete"})
+_DESCRIPTION = (
+    "A DriftDB-compatible real-time relay: clients join a room over WebSocket or HTTP"
+    " and push values under keys; every member gets them in one order."
+)
 
 
-async def _serve_until_signal(config: Config, host: str, port: int, transport: str) -> None:
+async def _serve_until_signal(config: Config, transport: str) -> None:
     # Catch the signals before serving: a SIGTERM sent as soon as the "listening"
     # line appears must shut down gracefully, not kill the process.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -43,23 +54,63 @@ async def _serve_until_signal(config: Config, host: str, port: int, transport: s
                 log.info("received %s", signal.Signals(signum).name)
                 return
 
-        await serve(
-            config, host=host, port=port, transport=transport, shutdown_trigger=wait_for_signal
-        )
+        await serve(config, transport=transport, shutdown_trigger=wait_for_signal)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (``drifttrio: ...``), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"drifttrio: {message} (see: {self.prog} --help)\n")
+
+
+def _setting(name: str) -> Callable[[str], Any]:
+    """An argparse ``type`` reading setting ``name`` with its own rule, so a bad
+    flag is refused in the same words as a bad variable (naming the flag)."""
+
+    def parse(raw: str) -> Any:
+        try:
+            return parse_setting(name, raw, source="")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drifttrio", description=__doc__)
+    parser = _Parser(prog="drifttrio", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"drifttrio {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="run the server")
-    run.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    run.add_argument("--port", type=int, default=8080, help="port to listen on (8080; 0: any)")
+    # Every subcommand's parser is a _Parser too (argparse builds them with the parent's class).
+    commands = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+    )
+    run = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server until Ctrl-C or SIGTERM. Every flag has a DRIFTTRIO_<NAME>"
+        " variable (docs/quickstart.md lists them all); a flag wins over its variable.",
+    )
+    run.add_argument("--version", action="version", version=f"drifttrio {__version__}")
+    run.add_argument(
+        "--host",
+        type=_setting("host"),
+        default=None,
+        help="address to listen on (default: 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    run.add_argument(
+        "--port",
+        type=_setting("port"),
+        default=None,
+        help="port to listen on, 0 to 65535 (default: 8080; 0: any free port)",
+    )
     run.add_argument(
         "--store",
+        metavar="URL",
         default=None,
-        help="sqlite:///PATH[?synchronous=full] | memory "
-        f"(default: $DRIFTTRIO_STORE or {DEFAULT_STORE})",
+        help="where rooms are kept: sqlite:///PATH[?synchronous=full], memory,"
+        " redis://[:PASSWORD@]HOST:PORT/DB or redis+cluster://HOST:PORT[,HOST:PORT...]"
+        f" (default: $DRIFTTRIO_STORE or {DEFAULT_STORE})",
     )
     run.add_argument(
         "--transport",
@@ -67,24 +118,45 @@ def _parser() -> argparse.ArgumentParser:
         default="drifttrio",
         help="drifttrio's own h11/wsproto transport (default, fastest) or hypercorn's trio worker",
     )
-    run.add_argument("--slow-client-policy", choices=["disconnect", "drop"], default=None)
+    run.add_argument(
+        "--slow-client-policy",
+        type=_setting("slow_client_policy"),
+        metavar="{disconnect,drop}",
+        default=None,
+        help="when a client's queue is full: disconnect it with 4008 (default) or drop"
+        " frames and tell it with an error",
+    )
     run.add_argument(
         "--no-broadcast-compact",
         action="store_true",
         default=None,
         help="do not broadcast compact (strict upstream parity)",
     )
-    run.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    run.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=None,
+        help="lowest level logged to stderr: debug, info (default), warning or error",
+    )
     run.add_argument(
         "--log-format", choices=LOG_FORMATS, default=None, help="text (default), kv or json"
     )
     run.add_argument(
         "--metrics-port",
-        type=int,
+        type=_setting("metrics_port"),
+        metavar="PORT",
         default=None,
-        help="port of the internal /metrics, /healthz, /readyz listener (-1: none, the default)",
+        help="port of the internal /metrics, /healthz, /readyz listener (default: -1, none;"
+        " 0: any free port)",
     )
-    run.add_argument("--metrics-host", default=None, help="its address (127.0.0.1)")
+    run.add_argument(
+        "--metrics-host",
+        type=_setting("metrics_host"),
+        metavar="HOST",
+        default=None,
+        help="address of that listener (default: 127.0.0.1)",
+    )
     run.add_argument(
         "--public-metrics",
         action="store_true",
@@ -95,7 +167,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-inspector", action="store_true", default=None, help="do not serve the /ui inspector"
     )
     run.add_argument(
-        "--shutdown-timeout", type=float, default=None, help="seconds a graceful drain may take"
+        "--shutdown-timeout",
+        type=_setting("shutdown_timeout"),
+        metavar="SECONDS",
+        default=None,
+        help="seconds a graceful drain may take (default: 10)",
     )
     _rooms_parser(commands)
     add_check_parser(commands)
@@ -107,6 +183,7 @@ def _rooms_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     rooms = commands.add_parser("rooms", help="list, inspect, export, import, delete stored rooms")
     rooms.add_argument(
         "--store",
+        metavar="URL",
         default=None,
         help=f"the store to work on (default: $DRIFTTRIO_STORE or {DEFAULT_STORE})",
     )
@@ -209,6 +286,9 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         config = Config.from_env(
             store=store,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
             slow_client_policy=args.slow_client_policy,
             broadcast_compact=False if args.no_broadcast_compact else None,
             log_format=args.log_format,
@@ -218,16 +298,19 @@ def _main(argv: Sequence[str] | None) -> int:
             inspector=False if args.no_inspector else None,
             shutdown_timeout=args.shutdown_timeout,
         )
-        configure_logging(config.log_format, args.log_level)
-        trio.run(_serve_until_signal, config, args.host, args.port, args.transport)
+        configure_logging(config.log_format, config.log_level)
+        warn_unknown_variables()
+        trio.run(_serve_until_signal, config, args.transport)
     except BaseException as exc:
         return _startup_failure(exc)
     return 0
 
 
 def _startup_failure(exc: BaseException) -> int:
-    """One line and an exit code for errors a user can fix (a bad setting, a store
-    that can't be reached, a port in use); anything else is a bug: re-raised."""
+    """One line and an exit code for errors a user can fix; anything else is a
+    bug: re-raised. 2: the command or a setting is wrong (:class:`ConfigError`);
+    1: something it needs is busy or unreachable (the store, the address, the
+    network). See the module docstring."""
     leaf = exc
     while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
         leaf = leaf.exceptions[0]
@@ -235,9 +318,12 @@ def _startup_failure(exc: BaseException) -> int:
         return 130
     if isinstance(leaf, BrokenPipeError):
         raise leaf  # main() handles it: the reader of our output went away
-    if isinstance(leaf, ConfigError | StorageError | OSError):
+    if isinstance(leaf, ConfigError):
         print(f"drifttrio: {leaf}", file=sys.stderr)
-        return 2 if isinstance(leaf, ConfigError) else 1
+        return 2
+    if isinstance(leaf, StorageError | ListenError | OSError):
+        print(f"drifttrio: {leaf}", file=sys.stderr)
+        return 1
     raise exc
 
 

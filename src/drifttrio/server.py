@@ -10,9 +10,12 @@ or, with ``task_status``::
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import resource
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -24,7 +27,7 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from ._errors import ConfigError
+from ._errors import ConfigError, DriftError
 from .runtime.config import Config
 from .runtime.hub import Hub
 from .web.app import DriftApp
@@ -33,9 +36,11 @@ from .web.transport import serve_tcp
 
 __all__ = [
     "RESERVED_DESCRIPTORS",
+    "ListenError",
     "RunningServer",
     "fit_descriptors",
     "hypercorn_config",
+    "open_listeners",
     "open_server",
     "raise_descriptor_limit",
     "serve",
@@ -86,27 +91,125 @@ def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
     return hc
 
 
+class ListenError(DriftError):
+    """The address to listen on is taken (another server?): the settings are right,
+    the machine is busy. Settings it cannot listen on at all (no such address, a
+    port below 1024 without the right) raise :class:`ConfigError`."""
+
+
+async def open_listeners(
+    host: str, port: int, *, flags: tuple[str, str] = ("--host", "--port")
+) -> list[trio.SocketListener]:
+    """Bind ``host:port`` and listen, or say in one sentence why not (naming the
+    ``flags`` that choose the address): :class:`ListenError` if the address is in
+    use, :class:`ConfigError` if this machine cannot listen there at all."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise _listen_error(host, port, exc, flags) from None
+
+
+def _listen_error(
+    host: str, port: int, exc: OSError, flags: tuple[str, str]
+) -> ListenError | ConfigError:
+    host_flag, port_flag = flags
+    where = f"cannot listen on {f'[{host}]' if ':' in host else host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(
+            f"{where}: unknown host ({host_flag} takes an address or a name of this machine,"
+            " such as 127.0.0.1 or 0.0.0.0)"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return ListenError(
+            f"{where}: address already in use (another drifttrio? stop it or pick another"
+            f" {port_flag})"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ConfigError(
+            f"{where}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE;"
+            f" pick a {port_flag} above 1023)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            f"{where}: not an address of this machine ({host_flag} takes one of its"
+            " addresses, 127.0.0.1 or 0.0.0.0)"
+        )
+    return ListenError(f"{where}: {exc.strerror or exc}")
+
+
+def shown_store(url: str) -> str:
+    """``url`` as the startup line shows it: a SQLite path made absolute (started
+    from another directory, ``sqlite:///drifttrio.db`` is another database) and a
+    password masked (logs are read by more people than the secret is meant for)."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite" and not parts.netloc:
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if not path or path == ":memory:":
+            return url
+        return f"sqlite:///{os.path.abspath(path)}" + (f"?{parts.query}" if parts.query else "")
+    if "@" in parts.netloc:
+        userinfo, hosts = parts.netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            return url.replace(parts.netloc, f"{user}:***@{hosts}", 1)
+    return url
+
+
 async def serve(
     config: Config | None = None,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
+    host: str | None = None,
+    port: int | None = None,
     transport: str = "drifttrio",
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (or until cancelled).
 
+    ``host`` and ``port``, when given, win over ``config.host`` and ``config.port``
+    (127.0.0.1:8080 by default).
     ``transport`` is ``"drifttrio"`` (its own h11/wsproto transport: frames built
     once, writes coalesced, read/write deadlines) or ``"hypercorn"`` (the same app
     under hypercorn's trio worker). On shutdown (the drain) the listener stops, every
     member is closed with 1001, rooms commit what they had queued and end, and
     everything is over within ``shutdown_timeout``.
     ``task_status`` reports a :class:`RunningServer` once the socket is bound.
+
+    The listeners are bound before the store is opened: a port in use fails with
+    :class:`ListenError` and leaves nothing behind (no database file created).
     """
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-    config = fit_descriptors(config or Config(), raise_descriptor_limit())
+    config = config or Config()
+    if host is not None or port is not None:  # checked like any setting
+        config = attrs.evolve(
+            config,
+            host=config.host if host is None else host,
+            port=config.port if port is None else port,
+        )
+    config = fit_descriptors(config, raise_descriptor_limit())
+    public = await open_listeners(config.host, config.port)
+    ops: list[trio.SocketListener] = []
+    try:
+        if config.metrics_port >= 0:
+            ops = await open_listeners(
+                config.metrics_host, config.metrics_port, flags=("--metrics-host", "--metrics-port")
+            )
+        await _serve_on(config, public, ops, transport, shutdown_trigger, task_status)
+    finally:
+        for listener in (*public, *ops):
+            listener.socket.close()  # closed already unless something failed early
+
+
+async def _serve_on(
+    config: Config,
+    public: list[trio.SocketListener],
+    ops: list[trio.SocketListener],
+    transport: str,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    task_status: trio.TaskStatus[RunningServer],
+) -> None:
+    """:func:`serve` once its listeners are bound."""
     hub = Hub(config)  # opens the store: a bad --store fails here, plainly
     app = DriftApp(config, hub=hub)
     metrics_url: str | None = None
@@ -125,7 +228,10 @@ async def serve(
     def started(url: str, bound_host: str, bound_port: int) -> None:
         server = RunningServer(url, bound_host, bound_port, hub, metrics_url)
         log.info(
-            "drifttrio listening on %s (store: %s) [transport: %s]", url, config.store, transport
+            "drifttrio listening on %s (store: %s) [transport: %s]",
+            url,
+            shown_store(config.store),
+            transport,
         )
         if metrics_url is not None:
             log.info("metrics, health and readiness on %s", metrics_url)
@@ -133,22 +239,16 @@ async def serve(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
-        if config.metrics_port >= 0:
+        if ops:
             ops_host, ops_port = await nursery.start(
-                partial(
-                    serve_tcp,
-                    OpsApp(hub),
-                    config,
-                    host=config.metrics_host,
-                    port=config.metrics_port,
-                )
+                partial(serve_tcp, OpsApp(hub), config, listeners=ops)
             )
             metrics_url = f"http://{f'[{ops_host}]' if ':' in ops_host else ops_host}:{ops_port}"
         try:
             if transport == "hypercorn":
-                await _serve_hypercorn(app, config, host, port, shutdown, started)
+                await _serve_hypercorn(app, config, public, shutdown, started)
             else:
-                await _serve_own(app, config, host, port, shutdown, started)
+                await _serve_own(app, config, public, shutdown, started)
             # The listener stopped and members were told: let every room commit what
             # it had queued and end, within what is left of the deadline.
             with trio.move_on_at(deadline) as waiting:
@@ -227,8 +327,7 @@ def fit_descriptors(config: Config, limit: tuple[int, int] | None) -> Config:
 async def _serve_own(
     app: DriftApp,
     config: Config,
-    host: str,
-    port: int,
+    listeners: list[trio.SocketListener],
     shutdown: Callable[[], Awaitable[None]],
     started: Callable[[str, str, int], None],
 ) -> None:
@@ -239,10 +338,9 @@ async def _serve_own(
                     serve_tcp,
                     app,
                     config,
-                    host=host,
-                    port=port,
                     handler_nursery=connections,
                     budgets=app.budgets,
+                    listeners=listeners,
                 )
             )
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -258,8 +356,7 @@ async def _serve_own(
 async def _serve_hypercorn(
     app: DriftApp,
     config: Config,
-    host: str,
-    port: int,
+    listeners: list[trio.SocketListener],
     shutdown: Callable[[], Awaitable[None]],
     started: Callable[[str, str, int], None],
 ) -> None:
@@ -268,18 +365,17 @@ async def _serve_hypercorn(
         # Members get write_timeout to see their close frame; then everything stops.
         scope.deadline = trio.current_time() + config.write_timeout
 
+    hc = hypercorn_config(config, config.host, config.port)
+    # The sockets are bound already: hypercorn takes them over by descriptor (and
+    # closes them); ours let go of them.
+    hc.bind = [f"fd://{listener.socket.detach()}" for listener in listeners]
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as web:
             binds: list[str] = await web.start(
-                partial(
-                    hypercorn.trio.serve,
-                    cast(Any, app),
-                    hypercorn_config(config, host, port),
-                    shutdown_trigger=trigger,
-                )
+                partial(hypercorn.trio.serve, cast(Any, app), hc, shutdown_trigger=trigger)
             )
             bound = urlsplit(binds[0])
-            started(binds[0], bound.hostname or host, bound.port or port)
+            started(binds[0], bound.hostname or config.host, bound.port or config.port)
 
 
 @asynccontextmanager

@@ -1002,16 +1002,19 @@ async def serve_tcp(
     port: int = 0,
     handler_nursery: trio.Nursery | None = None,
     budgets: ClientBudgets | None = None,
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``host:port`` and serve every connection; reports the bound address.
+    """Listen on ``host:port`` (or on ``listeners``, already bound: they are then
+    this call's to close) and serve every connection; reports the bound address.
 
     Connections run in ``handler_nursery`` (default: one of this task's), so a
     caller can stop listening and still let open connections finish. Connections
     in the HTTP phase are capped (``max_http_connections*``); WebSockets share one
     ping timer; ``budgets`` is charged for control frames.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
     server = (sockname[0], sockname[1])
     slots = HttpConnections(config.max_http_connections, config.max_http_connections_per_ip)
