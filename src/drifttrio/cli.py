@@ -111,10 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _RoomIdParser(argparse.ArgumentParser):
-    """A ``drifttrio rooms`` action's parser: any argument that is not one of its
-    option strings is a value, so a room id that starts with ``-`` (1 in 64 of the
-    ids stored before 977d3ce, and other servers' ids) is taken as the id it is."""
+class _RoomIds(argparse.ArgumentParser):
+    """Mixed into a ``drifttrio rooms`` action's parser: any argument that is not one
+    of its option strings is a value, so a room id that starts with ``-`` (1 in 64 of
+    the ids stored before 977d3ce, and other servers' ids) is taken as the id it is."""
 
     def _parse_optional(self, arg_string: str) -> Any:
         name = arg_string.split("=", 1)[0]
@@ -127,7 +127,9 @@ def _rooms_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     store_help = f"the store to work on (default: $DRIFTTRIO_STORE or {DEFAULT_STORE})"
     rooms = commands.add_parser("rooms", help="list, inspect, export, import, delete stored rooms")
     rooms.add_argument("--store", default=None, help=store_help)
-    actions = rooms.add_subparsers(dest="action", required=True, parser_class=_RoomIdParser)
+    # On the class of the rooms parser, whatever it is, so its way of reporting errors stays.
+    room_ids: type[argparse.ArgumentParser] = type("_RoomActionParser", (_RoomIds, type(rooms)), {})
+    actions = rooms.add_subparsers(dest="action", required=True, parser_class=room_ids)
 
     def action(name: str, help: str, *, room: bool = True) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=help)
