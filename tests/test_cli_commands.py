@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from _procs import child_env
+from drifttrio.storage import SqliteStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 #: ``python -m drifttrio.cli``, importing this checkout's drifttrio.
@@ -290,3 +291,29 @@ def test_a_url_without_scheme_or_server_is_one_line(
         f"{prefix}: cannot reach http://{address}: all attempts to connect to {address} failed"
         " (is the server running, and is this its address?)"
     ]
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+async def test_a_read_sees_what_a_server_that_started_meanwhile_wrote(tmp_path: Path) -> None:
+    """A database no server has open is read as immutable (no -wal appears); once a
+    server opens it, its writes are in the -wal, which an immutable read would miss."""
+    database = tmp_path / "rooms.db"
+    writer = SqliteStorage(database)
+    await writer.create_room("before")
+    await writer.aclose()
+    assert files(tmp_path) == ["rooms.db"]
+    reader = SqliteStorage(database, access="read", threads=False)
+    try:
+        assert [info.room_id for info in await reader.list_rooms()] == ["before"]
+        assert files(tmp_path) == ["rooms.db"]
+        server = SqliteStorage(database)  # a server starts: the -wal appears
+        try:
+            await server.create_room("meanwhile")
+            assert [info.room_id for info in await reader.list_rooms()] == ["before", "meanwhile"]
+        finally:
+            await server.aclose()
+    finally:
+        await reader.aclose()
