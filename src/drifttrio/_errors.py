@@ -21,6 +21,7 @@ __all__ = [
     "ProtocolError",
     "RoomNotFound",
     "StorageError",
+    "unwrap_group",
 ]
 
 
@@ -71,3 +72,11 @@ class CapacityError(DriftError):
 
 class StorageError(DriftError):
     """The storage backend failed; the operation was not committed."""
+
+
+def unwrap_group(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups, as trio's
+    nurseries wrap it; a group of several is returned as it is."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -20,14 +20,14 @@ from typing import Any, Final, NoReturn, cast
 import trio
 
 from . import __version__
-from ._errors import ConfigError, StorageError
+from ._errors import ConfigError, StorageError, unwrap_group
 from ._logging import LOG_FORMATS, configure_logging
 from .bench._cli import add_bench_parser, run_bench_command
 from .client._cli import add_check_parser, run_check_command
 from .runtime.config import LOG_LEVELS, Config, parse_setting, warn_unknown_variables
 from .server import ListenError, serve
-from .storage import Storage
-from .storage.base import ExclusiveStorage
+from .storage import Storage, StoreAccess
+from .storage.base import ExclusiveStorage, shown_url
 
 __all__ = ["main"]
 
@@ -35,9 +35,17 @@ log = logging.getLogger("drifttrio")
 
 #: What ``drifttrio serve`` and ``drifttrio.asgi`` store rooms in by default.
 DEFAULT_STORE = "sqlite:///drifttrio.db"
-#: ``drifttrio rooms`` actions that write: refused while a server holds the store lock
-#: (its rooms would not see the change, and could overwrite it). The others only read.
-_WRITE_ACTIONS: Final = frozenset({"import", "delete"})
+#: How each ``drifttrio rooms`` action opens the store: only ``import`` may create one
+#: (a mistyped --store is an error, not a new empty database), and the ones that only
+#: read never write to it. The writing ones are refused while a server holds the store
+#: lock (its rooms would not see the change, and could overwrite it).
+_ROOMS_ACCESS: Final[dict[str, StoreAccess]] = {
+    "list": "read",
+    "inspect": "read",
+    "export": "read",
+    "import": "create",
+    "delete": "write",
+}
 _DESCRIPTION = (
     "A DriftDB-compatible real-time relay: clients join a room over WebSocket or HTTP"
     " and push values under keys; every member gets them in one order."
@@ -179,31 +187,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _RoomIds(argparse.ArgumentParser):
+    """Mixed into a ``drifttrio rooms`` action's parser: any argument that is not one
+    of its option strings is a value, so a room id that starts with ``-`` (1 in 64 of
+    the ids stored before 977d3ce, and other servers' ids) is taken as the id it is."""
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        name = arg_string.split("=", 1)[0]
+        if arg_string != "--" and name not in self._option_string_actions:
+            return None  # a positional (argparse would take it for an unknown option)
+        return super()._parse_optional(arg_string)
+
+
 def _rooms_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    store_help = f"the store to work on (default: $DRIFTTRIO_STORE or {DEFAULT_STORE})"
     rooms = commands.add_parser("rooms", help="list, inspect, export, import, delete stored rooms")
-    rooms.add_argument(
-        "--store",
-        metavar="URL",
-        default=None,
-        help=f"the store to work on (default: $DRIFTTRIO_STORE or {DEFAULT_STORE})",
-    )
-    actions = rooms.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="every stored room, one JSON object a line")
-    actions.add_parser("inspect", help="a room's seq and retained keys").add_argument("room")
-    export = actions.add_parser("export", help="write a room as JSON Lines")
-    export.add_argument("room")
+    rooms.add_argument("--store", metavar="URL", default=None, help=store_help)
+    # On the class of the rooms parser, whatever it is, so its way of reporting errors stays.
+    room_ids: type[argparse.ArgumentParser] = type("_RoomActionParser", (_RoomIds, type(rooms)), {})
+    actions = rooms.add_subparsers(dest="action", required=True, parser_class=room_ids)
+
+    def action(name: str, help: str, *, room: bool = True) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help)
+        # --store after the action too (rooms list --store X); SUPPRESS: unless given,
+        # it leaves the one before the action (rooms --store X list) as it was.
+        parser.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=store_help)
+        if room:
+            parser.add_argument("room")
+        return parser
+
+    action("list", "every stored room, one JSON object a line", room=False)
+    action("inspect", "a room's seq and retained keys")
+    export = action("export", "write a room as JSON Lines")
     export.add_argument("-o", "--output", default="-", help="file (default: stdout)")
-    load = actions.add_parser("import", help="create or replace a room from JSON Lines")
+    load = action("import", "create or replace a room from JSON Lines", room=False)
     load.add_argument("input", nargs="?", default="-", help="file (default: stdin)")
     load.add_argument("--room", default=None, help="import under this id (default: the file's)")
-    actions.add_parser("delete", help="delete a room and its data").add_argument("room")
+    action("delete", "delete a room and its data")
 
 
 async def _rooms(args: argparse.Namespace, store: str) -> int:
     """Run one ``drifttrio rooms`` action against the store."""
     from .storage import open_storage
 
-    storage = open_storage(store)
+    storage = open_storage(store, _ROOMS_ACCESS[args.action])
     run = getattr(storage, "run", None)
     if run is None:
         return await _rooms_action(args, store, storage)
@@ -222,7 +249,7 @@ async def _rooms_action(args: argparse.Namespace, store: str, storage: Storage) 
     from .runtime.hub import valid_room_id
 
     try:
-        if args.action in _WRITE_ACTIONS and isinstance(storage, ExclusiveStorage):
+        if _ROOMS_ACCESS[args.action] != "read" and isinstance(storage, ExclusiveStorage):
             storage.take_store_lock("admin")
         if args.action == "list":
             for row in await admin.list_rooms(storage):
@@ -242,7 +269,11 @@ async def _rooms_action(args: argparse.Namespace, store: str, storage: Storage) 
             return 0
         snapshot = await storage.load_room(args.room)
         if snapshot is None:
-            print(f"drifttrio: no room {args.room!r} in {store}", file=sys.stderr)
+            print(
+                f"drifttrio: no room {args.room!r} in {shown_url(store)}"
+                " (drifttrio rooms list shows the stored ones)",
+                file=sys.stderr,
+            )
             return 1
         if args.action == "inspect":
             print(orjson.dumps(admin.inspect_room(args.room, snapshot)).decode())
@@ -311,9 +342,7 @@ def _startup_failure(exc: BaseException) -> int:
     bug: re-raised. 2: the command or a setting is wrong (:class:`ConfigError`);
     1: something it needs is busy or unreachable (the store, the address, the
     network). See the module docstring."""
-    leaf = exc
-    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-        leaf = leaf.exceptions[0]
+    leaf = unwrap_group(exc)
     if isinstance(leaf, KeyboardInterrupt):
         return 130
     if isinstance(leaf, BrokenPipeError):

@@ -30,6 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 from ._errors import ConfigError, DriftError
 from .runtime.config import Config
 from .runtime.hub import Hub
+from .storage.base import shown_url
 from .web.app import DriftApp
 from .web.ops import OpsApp
 from .web.transport import serve_tcp
@@ -140,19 +141,14 @@ def _listen_error(
 def shown_store(url: str) -> str:
     """``url`` as the startup line shows it: a SQLite path made absolute (started
     from another directory, ``sqlite:///drifttrio.db`` is another database) and a
-    password masked (logs are read by more people than the secret is meant for)."""
+    password masked (:func:`~drifttrio.storage.base.shown_url`)."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite" and not parts.netloc:
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if not path or path == ":memory:":
             return url
         return f"sqlite:///{os.path.abspath(path)}" + (f"?{parts.query}" if parts.query else "")
-    if "@" in parts.netloc:
-        userinfo, hosts = parts.netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            return url.replace(parts.netloc, f"{user}:***@{hosts}", 1)
-    return url
+    return shown_url(url)
 
 
 async def serve(

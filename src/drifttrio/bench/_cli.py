@@ -133,14 +133,21 @@ def run_bench_command(args: argparse.Namespace) -> int:
     import orjson
     import trio
 
+    from .._errors import ConfigError
+    from ..client._reach import server_url
     from ._errors import BenchError
     from ._model import BenchOptions
     from ._report import format_table, to_json
     from ._runner import run_bench
 
+    try:
+        url = server_url(args.url)
+    except ConfigError as exc:
+        print(f"drifttrio bench: {exc}", file=sys.stderr)
+        return 2
     scenarios = [name for names in args.scenarios or [DEFAULT_SCENARIOS] for name in names]
     options = BenchOptions(
-        url=args.url,
+        url=url,
         scenarios=tuple(dict.fromkeys(scenarios)),
         seconds=args.seconds,
         warmup=args.warmup,

@@ -13,6 +13,7 @@ import httpx
 import orjson
 import trio
 
+from ..client._reach import cannot_reach
 from ._errors import BenchError
 from ._model import BenchOptions, ScenarioResult, ServerUsage
 from ._proc import ProcSample, own_cpu_seconds, sample_process
@@ -83,7 +84,7 @@ class Context:
         try:
             response = await self.http.post(url)
         except httpx.HTTPError as exc:
-            raise BenchError(f"cannot reach {self.base_url}: {exc or type(exc).__name__}") from None
+            raise BenchError(cannot_reach(self.base_url, exc)) from None
         if response.status_code != 200:
             hint = " (too many new rooms: wait a minute)" if response.status_code == 429 else ""
             raise BenchError(

@@ -8,29 +8,45 @@ from .._errors import ConfigError
 from .base import RoomInfo as RoomInfo
 from .base import RoomSnapshot as RoomSnapshot
 from .base import Storage as Storage
+from .base import StoreAccess as StoreAccess
+from .base import shown_url
 from .memory import MemoryStorage as MemoryStorage
 from .sqlite import SqliteStorage as SqliteStorage
 
-__all__ = ["MemoryStorage", "RoomInfo", "RoomSnapshot", "SqliteStorage", "Storage", "open_storage"]
+__all__ = [
+    "MemoryStorage",
+    "RoomInfo",
+    "RoomSnapshot",
+    "SqliteStorage",
+    "Storage",
+    "StoreAccess",
+    "open_storage",
+]
 
 
-def open_storage(url: str) -> Storage:
-    """Build the backend named by a ``--store`` URL."""
+def open_storage(url: str, access: StoreAccess = "create") -> Storage:
+    """Build the backend named by a ``--store`` URL.
+
+    ``access`` says whether a missing store may be created (see :data:`StoreAccess`).
+    Every way this can fail is a :class:`~drifttrio.ConfigError` (the URL or what it
+    points at is wrong) or a :class:`~drifttrio.StorageError` (the store is there but
+    cannot be used now), with one sentence naming the store and what to do.
+    """
     if url == "memory" or url.startswith("memory:"):
         return MemoryStorage()
     if url.startswith("sqlite:"):
-        return _open_sqlite(url)
+        return _open_sqlite(url, access)
     if url.startswith(("redis:", "rediss:", "redis+cluster:", "rediss+cluster:")):
         from .redis import RedisStorage
 
         return RedisStorage(url)
     raise ConfigError(
-        f"unknown store {url!r}: expected memory, sqlite:///PATH, redis://HOST:PORT/DB"
+        f"unknown store {shown_url(url)!r}: expected memory, sqlite:///PATH, redis://HOST:PORT/DB"
         " or redis+cluster://HOST:PORT[,HOST:PORT...]"
     )
 
 
-def _open_sqlite(url: str) -> SqliteStorage:
+def _open_sqlite(url: str, access: StoreAccess) -> SqliteStorage:
     """``sqlite:///relative.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``;
     ``?synchronous=full`` for power-loss durability (default ``normal``)."""
     parts = urlsplit(url)
@@ -41,4 +57,4 @@ def _open_sqlite(url: str) -> SqliteStorage:
         raise ConfigError(f"store {url!r}: no database path (sqlite:///PATH)")
     query = parse_qs(parts.query)
     synchronous = query.get("synchronous", ["normal"])[-1]
-    return SqliteStorage(path, synchronous=synchronous)
+    return SqliteStorage(path, synchronous=synchronous, access=access)

@@ -13,14 +13,39 @@ Two optional capabilities, declared here so nobody probes for them by name:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
+from urllib.parse import urlsplit
 
 import attrs
 
 from ..core.room_state import Stream, StreamChange
 from .lock import LockPurpose
 
-__all__ = ["ExclusiveStorage", "RoomInfo", "RoomSnapshot", "Storage", "WriteHealth"]
+__all__ = [
+    "ExclusiveStorage",
+    "RoomInfo",
+    "RoomSnapshot",
+    "Storage",
+    "StoreAccess",
+    "WriteHealth",
+    "shown_url",
+]
+
+#: How a command opens a store: ``create`` it if missing (a server, ``rooms import``),
+#: ``write`` to one that exists (``rooms delete``), or ``read`` one that exists without
+#: writing a byte to it (``rooms list``, ``inspect``, ``export``): a mistyped path is
+#: then an error, not a new empty store.
+StoreAccess: TypeAlias = Literal["create", "write", "read"]
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages may show it: a password in it is replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 @attrs.frozen

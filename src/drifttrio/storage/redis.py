@@ -33,7 +33,7 @@ from .._errors import ConfigError, StorageError
 from ..core.room_state import Stream, StreamChange, value_size
 from ..protocol.messages import SeqValue, Value
 from . import _redis_scripts as scripts
-from .base import RoomInfo, RoomSnapshot
+from .base import RoomInfo, RoomSnapshot, shown_url
 
 __all__ = ["ActionName", "Event", "PushItem", "PushResult", "RedisStorage", "parse_records"]
 
@@ -191,10 +191,14 @@ class RedisStorage:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = query.get("prefix", ["drifttrio"])[-1]
-        self.log_length = int(query.get("log", [str(DEFAULT_LOG_LENGTH)])[-1])
+        shown = shown_url(url)
+        log_length = query.get("log", [str(DEFAULT_LOG_LENGTH)])[-1]
+        if not (log_length.isascii() and log_length.isdigit()):
+            raise ConfigError(f"store {shown!r}: log must be a whole number, got {log_length!r}")
+        self.log_length = int(log_length)
         self.persistence = query.get("persistence", ["check"])[-1]
         if self.persistence not in ("check", "unsafe"):
-            raise ConfigError(f"store {url!r}: persistence must be 'check' or 'unsafe'")
+            raise ConfigError(f"store {shown!r}: persistence must be 'check' or 'unsafe'")
         self.cluster = parts.scheme in ("redis+cluster", "rediss+cluster")
         ssl = parts.scheme.startswith("rediss")
         common: dict[str, Any] = {
@@ -216,7 +220,7 @@ class RedisStorage:
             try:
                 nodes.append((host.strip("[]"), int(port)))
             except ValueError:
-                raise ConfigError(f"store {url!r}: bad host:port {hostport!r}") from None
+                raise ConfigError(f"store {shown!r}: bad host:port {hostport!r}") from None
         self.client: Any
         if self.cluster:
             self.client = coredis.RedisCluster(
@@ -225,10 +229,10 @@ class RedisStorage:
             self._publish = "SPUBLISH"
         else:
             if len(nodes) != 1:
-                raise ConfigError(f"store {url!r}: one host (use redis+cluster:// for several)")
+                raise ConfigError(f"store {shown!r}: one host (use redis+cluster:// for several)")
             db = parts.path.strip("/") or "0"
             if not db.isdigit():
-                raise ConfigError(f"store {url!r}: the database must be a number")
+                raise ConfigError(f"store {shown!r}: the database must be a number")
             self.client = coredis.Redis(host=nodes[0][0], port=nodes[0][1], db=int(db), **common)
             self._publish = "PUBLISH"
         self._scripts: dict[str, Any] = {}
@@ -271,7 +275,10 @@ class RedisStorage:
                 raise leaf from None
             if self._running:
                 raise
-            raise StorageError(f"cannot use Redis at {self._where()}: {leaf}") from exc
+            raise StorageError(
+                f"cannot use Redis at {self._where()}: {leaf}"
+                " (check that Redis runs there and the store URL)"
+            ) from exc
 
     def _where(self) -> str:
         return urlsplit(self.url).netloc.rsplit("@", 1)[-1] or "127.0.0.1:6379"

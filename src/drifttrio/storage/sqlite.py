@@ -29,10 +29,10 @@ from typing import Any, Final, TypeVar
 import cbor2
 import trio
 
-from .._errors import ConfigError, RoomNotFound, StorageError
+from .._errors import ConfigError, DriftError, RoomNotFound, StorageError
 from ..core.room_state import Stream, StreamChange
 from ..protocol.messages import SeqValue, Value
-from .base import RoomInfo, RoomSnapshot
+from .base import RoomInfo, RoomSnapshot, StoreAccess
 from .lock import LockPurpose, StoreLock
 
 __all__ = ["SqliteStorage"]
@@ -75,6 +75,58 @@ def _decode(blob: bytes) -> Value:
     return Value(cbor2.loads(blob))
 
 
+def _wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _make_directory(path: Path) -> None:
+    """Create the directory a new database goes in, or say in one sentence why not."""
+    directory = path.parent
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"cannot create the SQLite store {path}: {existing} is a file, not a directory"
+            " (check the store path)"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the SQLite store {path}: cannot make the directory {directory}"
+            f" ({exc.strerror}); create it or pick another path"
+        ) from None
+
+
+def _check_tables(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a SQLite file that is not a drifttrio store (and a file that is not SQLite)."""
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rooms'")
+    if found.fetchone() is None:
+        raise ConfigError(f"{path} is not a drifttrio store: it has no rooms table (check --store)")
+
+
+def _open_failure(path: Path, access: StoreAccess, exc: sqlite3.Error) -> DriftError:
+    """The one sentence for a SQLite file that could not be opened: a ConfigError when
+    the path or its permissions are wrong, a StorageError when it is busy."""
+    reason = str(exc)
+    if "file is not a database" in reason:
+        return ConfigError(f"{path} is not a SQLite database (check the store path)")
+    if "unable to open database file" in reason and access == "create":
+        return ConfigError(
+            f"cannot create the SQLite store {path}: its directory {path.parent} is not"
+            " writable (fix its permissions or pick another path)"
+        )
+    if "unable to open database file" in reason or "readonly" in reason:
+        return ConfigError(
+            f"cannot open the SQLite store {path} ({reason}): check the permissions of the"
+            " file and its directory"
+        )
+    if "locked" in reason or "busy" in reason:
+        return StorageError(
+            f"the SQLite store {path} is locked by another process ({reason}): stop it and retry"
+        )
+    return StorageError(f"cannot open the SQLite store {path}: {reason}")
+
+
 class SqliteStorage:
     """Rooms in one SQLite file (``:memory:`` works too, for tests)."""
 
@@ -86,6 +138,7 @@ class SqliteStorage:
         clock: Callable[[], float] = time.time,
         threads: bool = True,
         lock_held_by_parent: bool = False,
+        access: StoreAccess = "create",
     ) -> None:
         """``threads=False`` runs queries on the event loop instead: for tests under
         trio's MockClock, whose autojump does not wait for worker threads.
@@ -93,6 +146,9 @@ class SqliteStorage:
         ``lock_held_by_parent``: a parent process holds the store lock for this one
         (a :class:`StoreLock` it acquired before starting its workers), so
         :meth:`take_store_lock` takes nothing.
+
+        ``access``: whether a missing file is created (:data:`~.base.StoreAccess`);
+        ``"read"`` opens a read-only connection, so nothing is written.
         """
         synchronous = synchronous.upper()
         if synchronous not in _SYNCHRONOUS:
@@ -107,31 +163,81 @@ class SqliteStorage:
         self._lock_held_by_parent = lock_held_by_parent
         self._lock: StoreLock | None = None
         self._write_failure: str | None = None
+        self.access: StoreAccess = access
         self._db: sqlite3.Connection | None = None
-        try:
-            self._db = self._connect()
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open SQLite database {self.path!r}: {exc}") from None
+        #: A read-only connection to a database no server has open reads the file
+        #: as immutable, which creates no -wal and -shm files beside it.
+        self._immutable = False
+        self._db = self._open()
 
-    def _connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(_SCHEMA)
+    # -- opening ------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect as :attr:`access` allows; every failure is one sentence naming the file."""
+        if self.path == ":memory:":
+            return self._connect_for_writing(":memory:", existing=False)
+        path = Path(self.path).absolute()
+        if path.is_dir():
+            raise ConfigError(f"{path} is a directory, not a SQLite file (check the store path)")
+        if not path.exists():
+            if self.access != "create":
+                raise ConfigError(f"no store at {path} (check --store)")
+            _make_directory(path)
+        try:
+            if self.access == "read":
+                return self._connect_read_only(path)
+            return self._connect_for_writing(str(path), existing=self.access == "write")
+        except sqlite3.Error as exc:
+            raise _open_failure(path, self.access, exc) from None
+
+    def _connect_for_writing(self, path: str, *, existing: bool) -> sqlite3.Connection:
+        """The read-write connection; ``existing``: refuse a file that is not a store."""
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        try:
+            if existing:
+                _check_tables(db, Path(path))  # before the schema is added to any file
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _connect_read_only(self, path: Path) -> sqlite3.Connection:
+        """A connection that cannot write: ``mode=ro``. Opened that way, SQLite still
+        creates the -wal and -shm files of a WAL database that has none (nobody has it
+        open); such a database is read as immutable instead, and :meth:`_run` reads it
+        again the usual way if a server opened it meanwhile (its -wal appeared)."""
+        self._immutable = not _wal_path(path).exists()
+        mode = "mode=ro&immutable=1" if self._immutable else "mode=ro"
+        db = sqlite3.connect(
+            f"{path.as_uri()}?{mode}", uri=True, check_same_thread=False, isolation_level=None
+        )
+        try:
+            _check_tables(db, path)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
         """Run ``fn`` on the connection; a ``write`` records its outcome (``write_failure``)."""
-        db = self._db
-        if db is None:
+        if self._db is None:
             raise StorageError("the SQLite storage is closed")
+        db: sqlite3.Connection = self._db
 
         def work() -> T:
+            nonlocal db
             try:
                 result = fn(db)
+                if self._immutable and _wal_path(Path(self.path).absolute()).exists():
+                    # A server opened the file while it was read as immutable: what
+                    # was read may be torn by its checkpoint. Read it the usual way.
+                    db.close()
+                    db = self._db = self._connect_read_only(Path(self.path).absolute())
+                    result = fn(db)
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")

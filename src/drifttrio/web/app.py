@@ -20,7 +20,16 @@ import orjson
 import trio
 
 from .. import __version__
-from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, StorageError
+from .._errors import (
+    CapacityError,
+    CloseCode,
+    ConfigError,
+    DriftError,
+    ProtocolError,
+    RoomNotFound,
+    StorageError,
+    unwrap_group,
+)
 from ..protocol.codec import CBOR, JSON, decode_json_client_message, json_nodes
 from ..protocol.messages import Error, Init, Push
 from ..runtime.config import Config
@@ -76,6 +85,26 @@ def parse_query(query: bytes | str) -> dict[str, str]:
     return params
 
 
+def _require_trio() -> None:
+    """Refuse to start outside Trio (hypercorn's default asyncio worker), in one line
+    rather than a traceback from deep inside the first nursery."""
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        raise ConfigError(
+            "drifttrio.asgi needs hypercorn's trio worker: run hypercorn -k trio drifttrio.asgi:app"
+        ) from None
+
+
+def _startup_error(exc: BaseException) -> str:
+    """One line for why the hub could not start: the error itself, out of the nursery's
+    group; its text if drifttrio raised it on purpose, its type too if not."""
+    exc = unwrap_group(exc)
+    if isinstance(exc, DriftError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _flag(params: dict[str, str], name: str) -> bool:
     return params.get(name, "").lower() in ("true", "1", "yes")
 
@@ -83,9 +112,21 @@ def _flag(params: dict[str, str], name: str) -> bool:
 class DriftApp:
     """The drifttrio ASGI application."""
 
-    def __init__(self, config: Config | None = None, *, hub: Hub | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        hub: Hub | None = None,
+        startup_failed: Callable[[str], None] | None = None,
+    ) -> None:
+        """Serve ``hub``'s rooms, or (without one) run a hub of its own from ``config``
+        in the ASGI lifespan. ``startup_failed`` is called with one line saying why
+        that hub could not start (a bad store, not on Trio), before the lifespan
+        reports ``lifespan.startup.failed``: :mod:`drifttrio.asgi` ends the process there.
+        """
         self.config = config or (hub.config if hub is not None else Config())
         self.hub = hub
+        self._startup_failed = startup_failed
         self._owns_hub = hub is None
         self._ready = hub is not None
         cfg = self.config
@@ -132,17 +173,25 @@ class DriftApp:
             await receive()
             await send({"type": "lifespan.shutdown.complete"})
             return
+        started = False
         try:
+            _require_trio()
+            hub = Hub(self.config)  # opens the store: a bad store fails here
             async with trio.open_nursery() as nursery:
-                self.hub = await nursery.start(Hub(self.config).run)
-                self._ready = True
+                self.hub = await nursery.start(hub.run)
+                self._ready = started = True
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
                 self._ready = False
                 self.hub.close_all()
                 nursery.cancel_scope.cancel()
         except Exception as exc:
-            await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+            if started:
+                raise
+            reason = _startup_error(exc)
+            if self._startup_failed is not None:
+                self._startup_failed(reason)
+            await send({"type": "lifespan.startup.failed", "message": reason})
             raise
         await send({"type": "lifespan.shutdown.complete"})
 
