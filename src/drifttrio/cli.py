@@ -97,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--shutdown-timeout", type=float, default=None, help="seconds a graceful drain may take"
     )
+    run.add_argument(
+        "--trusted-proxies",
+        default=None,
+        help="addresses/networks of your reverse proxies, whose X-Forwarded-For names the client"
+        " (e.g. 127.0.0.1,10.0.0.0/8)",
+    )
     _rooms_parser(commands)
     add_check_parser(commands)
     add_bench_parser(commands)
@@ -217,6 +223,7 @@ def _main(argv: Sequence[str] | None) -> int:
             public_metrics=args.public_metrics,
             inspector=False if args.no_inspector else None,
             shutdown_timeout=args.shutdown_timeout,
+            trusted_proxies=args.trusted_proxies,
         )
         configure_logging(config.log_format, args.log_level)
         trio.run(_serve_until_signal, config, args.host, args.port, args.transport)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
 
@@ -15,6 +16,17 @@ from ..protocol.codec import DecodeLimits
 __all__ = ["Config", "SlowClientPolicy"]
 
 SlowClientPolicy = Literal["disconnect", "drop"]
+_Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Settings that are gone, and what to set instead: naming one stops the server,
+#: since keeping its old meaning (or silently dropping it) would be unsafe.
+_REMOVED: Final = {
+    "DRIFTTRIO_TRUST_FORWARDED_PROTO": (
+        "DRIFTTRIO_TRUST_FORWARDED_PROTO is no longer supported: it believed"
+        " X-Forwarded-Proto from any client; set DRIFTTRIO_TRUSTED_PROXIES to your"
+        " reverse proxy's address instead (for example 127.0.0.1)"
+    ),
+}
 
 
 def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
@@ -44,6 +56,39 @@ def _within_half_outbox(inst: Config, attr: attrs.Attribute[Any], value: int) ->
             f"{attr.name} ({value}) must be at most half of outbox_bytes ({inst.outbox_bytes}):"
             " an init chunk has to fit in an outbox with room to spare"
         )
+
+
+def _trusted_proxies(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
+    _parse_networks(value)
+
+
+def _parse_networks(text: str) -> tuple[_Network, ...]:
+    """The networks of a ``trusted_proxies`` value (an address is a network of one);
+    :class:`ConfigError` naming the first entry that is neither."""
+    networks: list[_Network] = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError:
+            loose = _loose_network(entry)
+            if loose is not None:
+                raise ConfigError(
+                    f"trusted_proxies: {entry!r} has host bits set (did you mean {loose}?)"
+                ) from None
+            raise ConfigError(
+                f"trusted_proxies: {entry!r} is not an IP address or network"
+                " (for example 127.0.0.1,10.0.0.0/8,::1)"
+            ) from None
+    return tuple(networks)
+
+
+def _loose_network(entry: str) -> _Network | None:
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return None
 
 
 def _policy(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
@@ -179,8 +224,12 @@ class Config:
     #: Seconds a room token stays valid (tokens from ``POST /new``, and the default
     #: of ``POST /room/ID/token``).
     room_token_ttl_seconds: float = attrs.field(default=3600.0, validator=_positive)
-    #: Trust ``X-Forwarded-Proto`` (set it when behind a TLS-terminating proxy).
-    trust_forwarded_proto: bool = False
+    #: Comma-separated addresses and networks of the reverse proxies in front of the
+    #: server (``127.0.0.1,10.0.0.0/8,::1``; empty: none). From these peers only,
+    #: ``X-Forwarded-For`` / ``Forwarded`` name the client that limits and logs
+    #: count, ``X-Forwarded-Proto`` says whether it came over TLS, and the
+    #: per-address HTTP-phase cap does not apply (the total cap does).
+    trusted_proxies: str = attrs.field(default="", validator=_trusted_proxies)
     #: CORS allowed origin (``*`` like upstream, or one origin; empty disables CORS).
     cors_origin: str = "*"
     #: Port of the internal listener for ``/metrics``, ``/healthz`` and ``/readyz``
@@ -204,6 +253,11 @@ class Config:
         )
 
     @property
+    def trusted_networks(self) -> tuple[_Network, ...]:
+        """``trusted_proxies``, parsed."""
+        return _parse_networks(self.trusted_proxies)
+
+    @property
     def room_limits(self) -> RoomLimits:
         return RoomLimits(
             max_keys=self.max_keys_per_room,
@@ -223,6 +277,9 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Build a config from ``DRIFTTRIO_*`` variables; ``overrides`` win."""
         env = os.environ if environ is None else environ
+        for name, advice in _REMOVED.items():
+            if name in env:
+                raise ConfigError(advice)
         values: dict[str, Any] = {}
         for field in attrs.fields(cls):
             name = f"DRIFTTRIO_{field.name.upper()}"
