@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from _procs import TIMEOUT, child_env, drifttrio_command, start_child
-from _rawws import RawWebSocket
+from _rawws import PING, PONG, RawWebSocket, frame
 from drifttrio import Config, RunningServer, open_server
 from drifttrio._errors import ConfigError
 from drifttrio.server import TRANSPORTS
@@ -283,6 +283,26 @@ async def test_new_rooms_limit_and_budgets_count_forwarded_clients(transport: st
         assert await send(room, "198.51.100.1") == 200
         assert await send(room, "198.51.100.1") == 429
         assert await send(room, "198.51.100.2") == 200
+
+
+async def test_control_frames_are_charged_to_the_forwarded_client() -> None:
+    """The transport charges pings to the address the app resolved (one scope):
+    with one message of budget per address, two clients behind the proxy each get
+    their pong; counted as the proxy, the second ping would get none."""
+    settings = {
+        "trusted_proxies": "127.0.0.1",
+        "address_messages_per_second": 0.01,
+        "address_messages_burst": 1,
+    }
+    async with serving("drifttrio", **settings) as (server, room):
+        sockets = [
+            await upgrade(server, room, "198.51.100.1", 101),
+            await upgrade(server, room, "198.51.100.2", 101),
+        ]
+        for ws in sockets:
+            await ws.send(frame(PING, b"hi"))
+            assert await ws.recv_frame() == (PONG, b"hi")
+            await ws.aclose()
 
 
 async def test_open_log_line_names_the_forwarded_client(
