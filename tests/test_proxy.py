@@ -129,7 +129,8 @@ def test_forwarded_is_ignored_when_x_forwarded_headers_are_there() -> None:
 
 
 def test_parse_address() -> None:
-    assert str(parse_address(" 10.0.0.1 ")) == "10.0.0.1"
+    assert parse_address(" 10.0.0.1 ") == "10.0.0.1"
+    assert parse_address("2001:DB8:0::7") == "2001:db8::7"
     assert parse_address("10.0.0.1:80:80") is None
     assert parse_address("") is None
 

@@ -27,28 +27,34 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, MutableMapping
-from typing import Any, TypeAlias
-
-import attrs
+import socket
+from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any, Final, TypeAlias
 
 __all__ = ["Network", "TrustedProxies", "parse_address"]
 
 #: One entry of ``trusted_proxies``.
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-_Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: One hop of a forwarding header: the address the proxy saw, packed (4 or 16
+#: bytes; ``None``: unreadable), and the scheme it said (``None``: not said).
+_Hop: TypeAlias = tuple[bytes | None, str | None]
 
 #: ``proto`` values that mean the client used TLS, and those that mean it did not.
-_SECURE = frozenset({"https", "wss"})
-_PLAIN = frozenset({"http", "ws"})
+_SECURE: Final = frozenset({"https", "wss"})
+_PLAIN: Final = frozenset({"http", "ws"})
+_V4_MAPPED: Final = bytes(10) + b"\xff\xff"
 #: One ``name=value`` pair of a ``Forwarded`` element: a token or a quoted string.
-_PAIR = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)=([^";,\s]+|"(?:[^"\\]|\\.)*")\s*')
+_PAIR: Final = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)=([^";,\s]+|"(?:[^"\\]|\\.)*")\s*')
 
 
-def parse_address(text: str) -> _Address | None:
-    """The IP address of one hop as proxies write it (``1.2.3.4``, ``1.2.3.4:80``,
-    ``2001:db8::1``, ``[2001:db8::1]:80``), an IPv4-mapped IPv6 address as IPv4;
-    ``None`` for anything else (``unknown``, an obfuscated ``_id``, junk)."""
+def _packed(text: str) -> bytes | None:
+    """The address of one hop as proxies write it (``1.2.3.4``, ``1.2.3.4:80``,
+    ``2001:db8::1``, ``[2001:db8::1]:80``), packed, an IPv4-mapped IPv6 address
+    as IPv4; ``None`` for anything else (``unknown``, an obfuscated ``_id``, junk).
+
+    ``inet_pton`` rather than :mod:`ipaddress`: a few hundred nanoseconds per
+    address instead of several microseconds, on every request from a proxy.
+    """
     text = text.strip()
     if text.startswith("["):
         text, bracket, _port = text[1:].partition("]")
@@ -57,43 +63,54 @@ def parse_address(text: str) -> _Address | None:
     elif text.count(":") == 1:
         text = text.partition(":")[0]
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return packed[12:] if packed.startswith(_V4_MAPPED) else packed
 
 
-@attrs.frozen
-class _Hop:
-    """One hop a proxy reported: the address it saw (``None``: unreadable) and
-    the scheme the request came in with (``None``: not said)."""
+def _text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
-    address: _Address | None
-    proto: str | None = None
+
+def parse_address(text: str) -> str | None:
+    """A hop's address in its canonical form (see :func:`_packed`), or ``None``."""
+    packed = _packed(text)
+    return None if packed is None else _text(packed)
 
 
 class TrustedProxies:
     """The peers whose forwarding headers are believed (``trusted_proxies``)."""
 
-    __slots__ = ("networks",)
+    __slots__ = ("_ranges", "networks")
 
     def __init__(self, networks: Iterable[Network] = ()) -> None:
         self.networks = tuple(networks)
+        #: (address length, network, netmask), as integers: a hop is trusted when
+        #: its length matches and ``address & netmask == network``.
+        self._ranges = tuple(
+            (n.max_prefixlen // 8, int(n.network_address), int(n.netmask)) for n in self.networks
+        )
 
     def __bool__(self) -> bool:
         return bool(self.networks)
 
     def trusts(self, peer: str) -> bool:
         """Whether ``peer`` (an address as the socket reports it) is a trusted proxy."""
-        if not self.networks:
+        if not self._ranges:
             return False
-        address = parse_address(peer)
-        return address is not None and self._trusted(address)
+        packed = _packed(peer)
+        return packed is not None and self._trusted(packed)
 
-    def _trusted(self, address: _Address) -> bool:
-        return any(address in network for network in self.networks)
+    def _trusted(self, packed: bytes) -> bool:
+        size, value = len(packed), int.from_bytes(packed, "big")
+        return any(
+            size == length and value & mask == network for length, network, mask in self._ranges
+        )
 
     def apply(self, scope: MutableMapping[str, Any]) -> None:
         """Rewrite an ASGI scope's ``client`` and ``scheme`` to the real client's,
@@ -116,15 +133,14 @@ class TrustedProxies:
             elif name == b"forwarded":
                 forwarded.append(value)
         if forwarded_for or forwarded_proto:
-            hop = self._client(_x_forwarded_for(forwarded_for)) if forwarded_for else None
+            address = self._client(_x_forwarded_for(forwarded_for))[0] if forwarded_for else None
             proto = _proto(forwarded_proto[-1].rpartition(b",")[2]) if forwarded_proto else None
         elif forwarded:
-            hop = self._client(_forwarded(forwarded))
-            proto = hop.proto if hop is not None else None
+            address, proto = self._client(_forwarded(forwarded))
         else:
             return
-        if hop is not None and hop.address is not None:
-            scope["client"] = (str(hop.address), 0)
+        if address is not None:
+            scope["client"] = (_text(address), 0)
         if proto is not None:
             secure = proto in _SECURE
             if scope.get("type") == "websocket":
@@ -132,38 +148,42 @@ class TrustedProxies:
             else:
                 scope["scheme"] = "https" if secure else "http"
 
-    def _client(self, hops: list[_Hop]) -> _Hop | None:
-        """The client among ``hops`` (nearest last): the first untrusted one from
-        the right, or the leftmost when all are trusted; ``None`` when a hop
-        that would have to be read is unreadable (the peer is the client then)."""
-        for hop in reversed(hops):
-            if hop.address is None:
-                return None
-            if not self._trusted(hop.address):
+    def _client(self, hops: Iterator[_Hop]) -> _Hop:
+        """The client among ``hops`` (given nearest first): the first untrusted
+        one, or the farthest when all are trusted; ``(None, None)`` when a hop
+        that has to be read is unreadable (the peer is the client then). Hops
+        are parsed as they are reached: what a client put in front of the first
+        untrusted hop costs a split, never a parse."""
+        farthest: _Hop = (None, None)
+        for hop in hops:
+            address = hop[0]
+            if address is None:
+                return None, None
+            if not self._trusted(address):
                 return hop
-        return hops[0] if hops else None
+            farthest = hop
+        return farthest
 
 
-def _x_forwarded_for(values: list[bytes]) -> list[_Hop]:
-    """The hops of ``X-Forwarded-For`` header lines (several lines are one list)."""
-    return [
-        _Hop(parse_address(entry.decode("latin-1")))
-        for value in values
-        for entry in value.split(b",")
-    ]
+def _x_forwarded_for(values: list[bytes]) -> Iterator[_Hop]:
+    """The hops of ``X-Forwarded-For`` header lines (several lines are one list),
+    nearest first."""
+    for value in reversed(values):
+        for entry in reversed(value.split(b",")):
+            yield _packed(entry.decode("latin-1")), None
 
 
-def _forwarded(values: list[bytes]) -> list[_Hop]:
-    """The hops of RFC 7239 ``Forwarded`` header lines: each element's ``for``
-    and ``proto``. An element that does not parse is an unreadable hop.
+def _forwarded(values: list[bytes]) -> Iterator[_Hop]:
+    """The hops of RFC 7239 ``Forwarded`` header lines, nearest first: each
+    element's ``for`` and ``proto``. An element that does not parse is an
+    unreadable hop.
 
     Elements are split at every comma: the values a proxy writes (addresses,
     schemes) hold none, and what a client wrote further left is never read past
     its first untrusted hop.
     """
-    hops: list[_Hop] = []
-    for value in values:
-        for element in value.decode("latin-1").split(","):
+    for value in reversed(values):
+        for element in reversed(value.decode("latin-1").split(",")):
             pairs: dict[str, str] = {}
             for pair in element.split(";"):
                 match = _PAIR.fullmatch(pair)
@@ -171,9 +191,8 @@ def _forwarded(values: list[bytes]) -> list[_Hop]:
                     pairs.clear()
                     break
                 pairs.setdefault(match.group(1).lower(), match.group(2).strip('"'))
-            address = parse_address(pairs["for"]) if "for" in pairs else None
-            hops.append(_Hop(address, _proto(pairs.get("proto", "").encode("latin-1"))))
-    return hops
+            address = _packed(pairs["for"]) if "for" in pairs else None
+            yield address, _proto(pairs.get("proto", "").encode("latin-1"))
 
 
 def _proto(value: bytes) -> str | None:
