@@ -1,6 +1,6 @@
 """docs/single-machine.md: the backup command of the page, run as written (paths
 substituted) against a live server's SQLite store, gives a copy holding every
-committed push, the ones still in the WAL included."""
+committed push, the ones still in the WAL included; its systemd unit verifies."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from _procs import drifttrio_command
 from drifttrio import Config, open_server
 from drifttrio.storage import open_storage
 
@@ -68,3 +70,29 @@ async def test_backup_of_a_live_store_holds_every_commit(tmp_path: Path) -> None
         await storage.aclose()
     assert snapshot is not None
     assert snapshot.seq == 50
+
+
+def test_systemd_unit_is_valid(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` accepts the page's unit (the installed
+    ``drifttrio`` script in place of /opt/drifttrio's). Skips without systemd."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    page = (ROOT / "docs" / "single-machine.md").read_text()
+    units = re.findall(r"^```ini\n(.*?)^```$", page, re.M | re.S)
+    assert len(units) == 1, "docs/single-machine.md should hold one systemd unit"
+    unit = str(units[0])
+    assert "ExecStart=/opt/drifttrio/bin/drifttrio serve " in unit
+    assert "TimeoutStopSec=20" in unit
+    assert Config().shutdown_timeout < 20  # systemd waits longer than the drain
+    service = tmp_path / "drifttrio.service"
+    service.write_text(unit.replace("/opt/drifttrio/bin/drifttrio", drifttrio_command()[0]))
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", str(service)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "drifttrio.service" not in result.stderr, result.stderr  # no warning about it
