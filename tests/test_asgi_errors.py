@@ -62,7 +62,8 @@ CASES = [
     pytest.param(
         ["-k", "trio"],
         {"max_rooms": "many"},
-        "drifttrio: DRIFTTRIO_MAX_ROOMS must be 0 (unlimited) or a whole number from 1 to 9007199254740992, got 'many'",
+        "drifttrio: DRIFTTRIO_MAX_ROOMS must be 0 (unlimited) or a whole number"
+        " from 1 to 9007199254740992, got 'many'",
         id="bad-setting",
     ),
     pytest.param(

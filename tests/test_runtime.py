@@ -120,8 +120,8 @@ def test_config_from_env() -> None:
     assert config.slow_client_policy == "drop"
     with pytest.raises(ConfigError, match="DRIFTTRIO_OUTBOX_BYTES"):
         Config.from_env({"DRIFTTRIO_OUTBOX_BYTES": "lots"})
-    with pytest.raises(ConfigError, match="DRIFTTRIO_TRUST_FORWARDED_PROTO"):
-        Config.from_env({"DRIFTTRIO_TRUST_FORWARDED_PROTO": "maybe"})
+    with pytest.raises(ConfigError, match="DRIFTTRIO_PUBLIC_METRICS"):
+        Config.from_env({"DRIFTTRIO_PUBLIC_METRICS": "maybe"})
     assert Config.from_env({}) == Config()
 
 

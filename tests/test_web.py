@@ -638,9 +638,10 @@ async def test_server_shutdown_closes_members_with_1001(
 # -- URLs: forwarded proto and root path -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("trust", "secure"), [(False, False), (True, True)])
-async def test_forwarded_proto(trust: bool, secure: bool, transport: str) -> None:
-    async with serve_and_connect(Config(trust_forwarded_proto=trust), transport) as client:
+@pytest.mark.parametrize(("proxies", "secure"), [("", False), ("127.0.0.1", True)])
+async def test_forwarded_proto(proxies: str, secure: bool, transport: str) -> None:
+    """``X-Forwarded-Proto`` counts from a trusted proxy only (the client here)."""
+    async with serve_and_connect(Config(trusted_proxies=proxies), transport) as client:
         info = await new_room(client, headers={"x-forwarded-proto": "https"})
         again = (
             await client.get(f"/room/{info['room']}", headers={"x-forwarded-proto": "https"})

@@ -181,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds a graceful drain may take (default: 10)",
     )
+    run.add_argument(
+        "--trusted-proxies",
+        default=None,
+        help="addresses/networks of your reverse proxies, whose X-Forwarded-For names the client"
+        " (e.g. 127.0.0.1,10.0.0.0/8)",
+    )
     _rooms_parser(commands)
     add_check_parser(commands)
     add_bench_parser(commands)
@@ -328,6 +334,7 @@ def _main(argv: Sequence[str] | None) -> int:
             public_metrics=args.public_metrics,
             inspector=False if args.no_inspector else None,
             shutdown_timeout=args.shutdown_timeout,
+            trusted_proxies=args.trusted_proxies,
         )
         configure_logging(config.log_format, config.log_level)
         warn_unknown_variables()

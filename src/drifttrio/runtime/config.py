@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
 
@@ -39,7 +40,7 @@ SlowClientPolicy = Literal["disconnect", "drop"]
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 #: ``DRIFTTRIO_*`` variables that are not settings: the project's own tooling reads
 #: them (the test suite, ``.ci/run``), so they are known, never warned about.
-TOOLING_VARIABLES: Final = frozenset({"DRIFTTRIO_REQUIRE_REDIS"})
+TOOLING_VARIABLES: Final = frozenset({"DRIFTTRIO_REQUIRE_REDIS", "DRIFTTRIO_REQUIRE_NGINX"})
 
 #: Longest duration any setting takes: ten years. Longer is a typo (where 0 means
 #: "forever" or "off", say 0), and the bound keeps every deadline handed to trio, a
@@ -61,6 +62,18 @@ MIN_RATE: Final = 1e-6
 #: frame wraps a value in up to 3 more (an ``init``): a deeper value could be
 #: accepted but never sent as JSON.
 MAX_VALUE_DEPTH: Final = 250
+
+_Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Settings that are gone, and what to set instead: naming one stops the server,
+#: since keeping its old meaning (or silently dropping it) would be unsafe.
+_REMOVED: Final = {
+    "DRIFTTRIO_TRUST_FORWARDED_PROTO": (
+        "DRIFTTRIO_TRUST_FORWARDED_PROTO is no longer supported: it believed"
+        " X-Forwarded-Proto from any client; set DRIFTTRIO_TRUSTED_PROXIES to your"
+        " reverse proxy's address instead (for example 127.0.0.1)"
+    ),
+}
 
 
 class SettingError(ConfigError):
@@ -211,6 +224,39 @@ def _within_half_outbox(inst: Config, attr: attrs.Attribute[Any], value: int) ->
             f"{attr.name} ({value}) must be at most half of outbox_bytes ({inst.outbox_bytes}):"
             " an init chunk has to fit in an outbox with room to spare"
         )
+
+
+def _trusted_proxies(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
+    _parse_networks(value)
+
+
+def _parse_networks(text: str) -> tuple[_Network, ...]:
+    """The networks of a ``trusted_proxies`` value (an address is a network of one);
+    :class:`ConfigError` naming the first entry that is neither."""
+    networks: list[_Network] = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError:
+            loose = _loose_network(entry)
+            if loose is not None:
+                raise ConfigError(
+                    f"trusted_proxies: {entry!r} has host bits set (did you mean {loose}?)"
+                ) from None
+            raise ConfigError(
+                f"trusted_proxies: {entry!r} is not an IP address or network"
+                " (for example 127.0.0.1,10.0.0.0/8,::1)"
+            ) from None
+    return tuple(networks)
+
+
+def _loose_network(entry: str) -> _Network | None:
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return None
 
 
 _PORT = _count(low=0, high=65535, note=" (0: any free port)")
@@ -367,8 +413,12 @@ class Config:
     #: Seconds a room token stays valid (tokens from ``POST /new``, and the default
     #: of ``POST /room/ID/token``).
     room_token_ttl_seconds: float = attrs.field(default=3600.0, validator=_seconds())
-    #: Trust ``X-Forwarded-Proto`` (set it when behind a TLS-terminating proxy).
-    trust_forwarded_proto: bool = attrs.field(default=False, validator=_FLAG)
+    #: Comma-separated addresses and networks of the reverse proxies in front of the
+    #: server (``127.0.0.1,10.0.0.0/8,::1``; empty: none). From these peers only,
+    #: ``X-Forwarded-For`` / ``Forwarded`` name the client that limits and logs
+    #: count, ``X-Forwarded-Proto`` says whether it came over TLS, and the
+    #: per-address HTTP-phase cap does not apply (the total cap does).
+    trusted_proxies: str = attrs.field(default="", validator=_trusted_proxies)
     #: CORS allowed origin (``*`` like upstream, or one origin; empty disables CORS).
     cors_origin: str = attrs.field(default="*", validator=_CORS_ORIGIN)
     #: Port of the internal listener for ``/metrics``, ``/healthz`` and ``/readyz``
@@ -392,6 +442,11 @@ class Config:
         return frozenset(
             o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
         )
+
+    @property
+    def trusted_networks(self) -> tuple[_Network, ...]:
+        """``trusted_proxies``, parsed."""
+        return _parse_networks(self.trusted_proxies)
 
     @property
     def room_limits(self) -> RoomLimits:
@@ -418,6 +473,9 @@ class Config:
         :func:`warn_unknown_variables`.
         """
         env = os.environ if environ is None else environ
+        for name, advice in _REMOVED.items():
+            if name in env:
+                raise ConfigError(advice)
         values: dict[str, Any] = {}
         from_env: dict[str, str] = {}
         for field in attrs.fields(cls):

@@ -39,6 +39,7 @@ from ..runtime.redact import room_tag
 from ..runtime.room import Join
 from .limits import ClientBudgets, ConnectionCounter, KeyedRateLimiter
 from .ops import handle_ops, is_ops_path
+from .proxy import TrustedProxies
 from .session import READ_ONLY_REFUSAL, Session, command_for
 from .tokens import READ, WRITE, issue_room_token, token_expiry, verify_room_token
 from .transport import FRAMES_EXTENSION
@@ -146,9 +147,13 @@ class DriftApp:
         #: ``/send`` requests per client address, limited as one WebSocket connection's
         #: messages are (``rate_limit_per_second``, ``rate_limit_burst``).
         self._send_limit = ClientBudgets(messages=(cfg.rate_limit_per_second, cfg.rate_limit_burst))
+        #: Whose ``X-Forwarded-*`` / ``Forwarded`` headers name the client.
+        self._proxies = TrustedProxies(cfg.trusted_networks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if self._proxies and kind != "lifespan":
+            self._proxies.apply(scope)  # the real client, for everything below
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
@@ -256,10 +261,7 @@ class DriftApp:
 
     def _room_info(self, scope: Scope, room_id: str, token: str | None = None) -> dict[str, str]:
         headers = dict(scope.get("headers") or ())
-        secure = scope.get("scheme") in ("https", "wss")
-        if self.config.trust_forwarded_proto:
-            proto = headers.get(b"x-forwarded-proto", b"").split(b",")[0].strip().lower()
-            secure = secure or proto in (b"https", b"wss")
+        secure = scope.get("scheme") in ("https", "wss")  # a trusted proxy's word included
         host = headers.get(b"host", b"").decode("latin-1")
         if not _HOST.fullmatch(host):
             server = scope.get("server") or ("localhost", None)

@@ -66,6 +66,7 @@ from ..runtime.config import Config
 from .frames import Close, FrameError, FrameReader, Ping, close_frame, ping_frame, pong_frame
 from .limits import ClientBudgets, TokenBucket
 from .liveness import Liveness
+from .proxy import TrustedProxies
 
 __all__ = [
     "FRAGMENT_COST",
@@ -922,10 +923,16 @@ def _client_ip(scope: MutableMapping[str, Any]) -> str:
 
 class HttpConnections:
     """Connections in the HTTP phase (accepted, not upgraded): in total and per
-    client address, plus those being told 503 for being over a cap."""
+    client address, plus those being told 503 for being over a cap.
 
-    def __init__(self, total: int, per_ip: int) -> None:
+    Counted at accept, before any header is read, so by the peer's address: a
+    trusted proxy (``trusted``) carries every user's connections and is held to
+    the total cap only.
+    """
+
+    def __init__(self, total: int, per_ip: int, trusted: TrustedProxies | None = None) -> None:
         self.limits = (total, per_ip)
+        self.trusted = trusted or TrustedProxies()
         self.total = 0
         self.by_ip: dict[str, int] = {}
         #: Over a cap, being answered (at most BUSY_CONNECTIONS).
@@ -935,7 +942,9 @@ class HttpConnections:
         """Count a connection in, if it fits the caps."""
         total, per_ip = self.limits
         held = self.by_ip.get(ip, 0)
-        if (total and self.total >= total) or (per_ip and held >= per_ip):
+        if total and self.total >= total:
+            return False
+        if per_ip and held >= per_ip and not self.trusted.trusts(ip):
             return False
         self.total += 1
         self.by_ip[ip] = held + 1
@@ -1017,7 +1026,11 @@ async def serve_tcp(
         listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
     server = (sockname[0], sockname[1])
-    slots = HttpConnections(config.max_http_connections, config.max_http_connections_per_ip)
+    slots = HttpConnections(
+        config.max_http_connections,
+        config.max_http_connections_per_ip,
+        TrustedProxies(config.trusted_networks),
+    )
     liveness = (
         Liveness(config.ping_interval, config.ping_timeout) if config.ping_interval > 0 else None
     )
