@@ -9,7 +9,7 @@
 // (scrollWidth) against the box that holds it (clientWidth of its parent, which
 // is where a theme puts a horizontal scrollbar), and the right edge of its last
 // column against the viewport. The viewport showing the table under
-// `screenshot_heading` is saved as a screenshot. Prints one JSON line; see
+// `screenshot_heading` on the first page is saved as a screenshot. Prints one JSON line; see
 // chromium.js for failures and timeouts.
 const { STEP_TIMEOUT_MS, runDriver } = require('./chromium');
 
@@ -55,7 +55,7 @@ async function main(config, launch) {
       ),
     };
     const shot = pages[path].tables.find((t) => t.heading === config.screenshot_heading);
-    if (config.screenshot && shot) {
+    if (config.screenshot && path === config.pages[0] && shot) {
       // The viewport with the table's top in view: what a reader sees of it.
       await page.locator(`table[data-index="${shot.index}"]`).evaluate((el) => el.scrollIntoView());
       await page.screenshot({ path: config.screenshot });

@@ -139,8 +139,6 @@
 
   /** Add an entry to "Live messages" (newest first); returns it, to annotate later. */
   function logLine(type, key, text) {
-    count += 1;
-    $('count').textContent = String(count);
     const li = document.createElement('li');
     li.dataset.type = type;
     if (key !== undefined) li.dataset.key = key;
@@ -168,7 +166,7 @@
     const range = entry.values ? `, seq ${entry.first}…${entry.last}` : ' (nothing retained: a relay key)';
     const parts = entry.messages > 1 ? ` in ${entry.messages} messages` : '';
     entry.li.dataset.values = String(entry.values);
-    entry.li.textContent = `${entry.time} init ${show(message.key)}: ${entry.values} values${range}${parts}`;
+    entry.li.textContent = `${entry.time} init ${show(message.key)}: ${entry.values} value${entry.values === 1 ? '' : 's'}${range}${parts}`;
   }
 
   /**
@@ -204,6 +202,8 @@
   }
 
   function onMessage(message) {
+    count += 1;
+    $('count').textContent = String(count);
     if (message.type === 'init') {
       // On join; a long stream comes as several inits of its key, seqs ascending.
       logInit(message);
