@@ -448,11 +448,13 @@ async def test_debug_connection() -> None:
         await hub.push(room_id, "r", "gone", Relay())
         debug, plain = make_conn(debug=True, explicit=True), make_conn()
         await join(room, debug, plain)
-        # On join: an init of every key that has a stream.
+        # On join: an init of every key that has a stream, and an empty one of
+        # each key relayed lately (its values are not retained).
         joined = await drain(debug)
         assert sorted(joined, key=lambda m: m.key) == [
             Init("a", (SeqValue(1, 1), SeqValue(2, 2))),
             Init("b", (SeqValue("x", 3),)),
+            Init("r", ()),
         ]
         # A stream change: the push and the stream's new length (never the stream).
         await hub.push(room_id, "a", 3)
@@ -466,6 +468,36 @@ async def test_debug_connection() -> None:
         await hub.push(room_id, "a", "c", Compact(5))
         assert await drain(debug) == [PushEvent("a", "c", 5), StreamSize("a", 1)]
         assert pushes(await drain(plain)) == [("a", "c", 5)]
+
+
+async def test_debug_connection_lists_relay_keys_on_join() -> None:
+    """Relay-only keys used before a debug member joined come as empty inits, after
+    the streams, oldest first; the room remembers a bounded number of them."""
+    async with hub_with_room() as (hub, room_id, room):
+        await hub.push(room_id, "cursor", {"x": 1}, Relay())
+        await hub.push(room_id, "chat", "hi")
+        await hub.push(room_id, "chat", "relayed too", Relay())  # has a stream: once
+        await hub.push(room_id, "typing", True, Relay())
+        await hub.push(room_id, "cursor", {"x": 2}, Relay())  # used again: newest
+        debug = make_conn(debug=True)
+        await join(room, debug)
+        assert await drain(debug) == [
+            Init("chat", (SeqValue("hi", 2),)),
+            Init("typing", ()),
+            Init("cursor", ()),
+        ]
+        # An ordinary member is told nothing on join.
+        plain = make_conn()
+        await join(room, plain)
+        assert await drain(plain) == []
+        # Bounded: the 1,000 keys relayed last.
+        for i in range(1500):
+            await hub.push(room_id, f"k{i}", i, Relay())
+        late = make_conn(debug=True)
+        await join(room, late)
+        inits = [m.key for m in await drain(late)]
+        assert inits[0] == "chat"
+        assert inits[1:] == [f"k{i}" for i in range(500, 1500)]
 
 
 async def test_debug_connection_in_process() -> None:

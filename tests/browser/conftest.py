@@ -40,6 +40,7 @@ APP_FILES = {
 
 Drive = Callable[[RunningServer, list[dict[str, Any]]], Awaitable[dict[str, Any]]]
 ReactDrive = Callable[[RunningServer, dict[str, Any]], Awaitable[dict[str, Any]]]
+DocsDrive = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @pytest.fixture(scope="session")
@@ -191,6 +192,16 @@ def react_drive(node: str, chromium: str, app_url: str) -> ReactDrive:
     async def run(server: RunningServer, settings: dict[str, Any]) -> dict[str, Any]:
         config = {"app": app_url, "server": server.url, "chromium": chromium, **settings}
         return await run_driver(node, "react_drive.js", config)
+
+    return run
+
+
+@pytest.fixture
+def docs_drive(node: str, chromium: str) -> DocsDrive:
+    """Run docs_drive.js (measure a built site's tables) with these settings."""
+
+    async def run(settings: dict[str, Any]) -> dict[str, Any]:
+        return await run_driver(node, "docs_drive.js", {"chromium": chromium, **settings})
 
     return run
 

@@ -51,6 +51,13 @@ async function snapshot(page) {
           retained: Number(tr.dataset.retained),
         })),
         live: Array.from(document.querySelectorAll('#live li'), (li) => li.textContent),
+        live_entries: Array.from(document.querySelectorAll('#live li'), (li) => ({
+          type: li.dataset.type,
+          key: li.dataset.key,
+          size: li.dataset.size === undefined ? null : Number(li.dataset.size),
+          values: li.dataset.values === undefined ? null : Number(li.dataset.values),
+          length: li.textContent.length,
+        })),
         at_seq: text('at-seq'),
         value_at: text('value-at'),
         stream_at: Array.from(document.querySelectorAll('#stream-at li'), (li) => li.textContent),

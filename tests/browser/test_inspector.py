@@ -16,7 +16,7 @@ import pytest
 
 from drifttrio import RunningServer
 from drifttrio.core import StreamChange
-from drifttrio.protocol.messages import Replace, SeqValue, Value
+from drifttrio.protocol.messages import Relay, Replace, SeqValue, Value
 
 pytestmark = pytest.mark.browser
 
@@ -104,8 +104,94 @@ async def test_inspector_long_stream_and_compact(server: RunningServer, drive: D
     ui = result["pages"]["ui"]
     assert {k["key"]: k["retained"] for k in ui["keys"]} == {"log": 6, "fresh": 1}
     assert ui["stream_at"] == ['#2995 {"reset":true}']
-    inits = [line for line in ui["live"] if '"type":"init"' in line]
-    assert len(inits) > 1, "the 3,000 values came in several inits"
-    assert all(len(line) < 100_000 for line in inits), "no init carries the whole stream"
+    # The 3,000 values came in several inits: one live entry says so.
+    inits = [e for e in ui["live_entries"] if e["type"] == "init"]
+    assert [(e["key"], e["values"]) for e in inits] == [("log", 3000)]
+    assert any("in " in line and "messages" in line for line in ui["live"] if " init " in line)
     assert result["console_errors"] == {"ui": []}
     assert [e.seq for e in await hub.get(room, "log")] == [2995, 2996, 2997, 2998, 2999, 3000]
+
+
+async def test_inspector_shows_pushes_not_streams(server: RunningServer, drive: Drive) -> None:
+    """On a key with 5,000 values, "Live messages" shows one entry per push (its
+    new stream size beside it) and one for the join, never the stream; the keys
+    panel keeps the stream and the size the server reported."""
+    hub = server.hub
+    room = await hub.create_room()
+    values = [
+        StreamChange("append", "log", SeqValue(Value({"i": i, "pad": "x" * 40}), i))
+        for i in range(1, 5001)
+    ]
+    await hub.storage.commit(room, 5000, values)
+
+    def push(key: str, action: str, value: object) -> dict[str, Any]:
+        return {
+            "op": "inspect_push",
+            "page": "ui",
+            "key": key,
+            "action": action,
+            "value": json.dumps(value),
+        }
+
+    result = await drive(
+        server,
+        [
+            {"op": "open", "page": "app", "room": room},  # the npm client
+            {"op": "inspect", "page": "ui", "room": room},
+            {"op": "wait_key", "page": "ui", "key": "log", "retained": 5000},
+            push("log", "append", {"i": 5001}),
+            push("log", "append", {"i": 5002}),
+            # A relay of a long stream's key: the page gets the sender's stream_size
+            # reply, which must not be taken for a change.
+            push("log", "relay", {"relayed": True}),
+            {"op": "push", "page": "app", "value": json.dumps({"text": "from npm"})},
+            {"op": "wait_key", "page": "ui", "key": "chat", "retained": 1},
+            push("fresh", "append", 1),
+            {"op": "wait_key", "page": "ui", "key": "fresh", "retained": 1},
+            {"op": "time_travel", "page": "ui", "key": "log", "index": 5001},
+        ],
+    )
+    ui = result["pages"]["ui"]
+    assert result["console_errors"] == {"app": [], "ui": []}
+    assert {k["key"]: k["retained"] for k in ui["keys"]} == {"log": 5002, "chat": 1, "fresh": 1}
+    entries = ui["live_entries"]
+    assert {e["type"] for e in entries} == {"init", "push"}, "stream_size is shown with its push"
+    assert [(e["key"], e["values"]) for e in entries if e["type"] == "init"] == [("log", 5000)]
+    # Newest first: one entry per push, with the stream's size after a change.
+    assert [(e["key"], e["size"]) for e in entries if e["type"] == "push"] == [
+        ("fresh", 1),
+        ("chat", 1),
+        ("log", None),
+        ("log", 5002),
+        ("log", 5001),
+    ]
+    assert max(e["length"] for e in entries) < 300, ui["live"]
+    # The stream as the page rebuilt it: the relayed value is not in it.
+    assert ui["at_seq"].startswith("seq 5002 (5002 of 5002)")
+    assert json.loads(ui["value_at"]) == {"i": 5002}
+    assert len(ui["stream_at"]) == 200
+    assert len(await hub.get(room, "log")) == 5002
+
+
+async def test_inspector_lists_relay_keys_used_before_it_opened(
+    server: RunningServer, drive: Drive
+) -> None:
+    """Relay values are not retained, but the room remembers the keys relayed
+    lately and the inspector lists them (with nothing retained)."""
+    hub = server.hub
+    room = await hub.create_room()
+    await hub.push(room, "cursor", {"x": 10, "y": 20}, Relay())
+    await hub.push(room, "chat", {"text": "hi"})
+    result = await drive(
+        server,
+        [
+            {"op": "inspect", "page": "ui", "room": room},
+            {"op": "wait_key", "page": "ui", "key": "chat", "retained": 1},
+            {"op": "wait_key", "page": "ui", "key": "cursor", "retained": 0},
+        ],
+    )
+    ui = result["pages"]["ui"]
+    assert result["console_errors"] == {"ui": []}
+    assert {k["key"]: k["retained"] for k in ui["keys"]} == {"chat": 1, "cursor": 0}
+    inits = {e["key"]: e["values"] for e in ui["live_entries"] if e["type"] == "init"}
+    assert inits == {"chat": 1, "cursor": 0}

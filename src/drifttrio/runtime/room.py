@@ -20,6 +20,7 @@ import trio
 
 from .._errors import CloseCode, ProtocolError
 from ..core.join_gate import GateMode, Held, JoinGate, Offer
+from ..core.recent_keys import RecentKeys
 from ..core.room_state import PushOutcome, RoomState, StreamChange
 from ..protocol.messages import (
     Action,
@@ -193,6 +194,8 @@ class Room:
         self.inbox, self._commands = trio.open_memory_channel[Command](config.room_inbox_size)
         self.members: set[Connection] = set()
         self._debug_members = 0
+        #: Keys relayed lately: not retained, so listed to debug members on join.
+        self.relay_keys = RecentKeys()
         #: Members whose join gate holds broadcasts, in join order (the first one's
         #: gate opens first: every gate gets the same hold time).
         self._holding: dict[Connection, JoinGate[Frame]] = {}
@@ -313,7 +316,10 @@ class Room:
         self._attach_gate(conn)
         if conn.debug:
             self._debug_members += 1
-            parts = [self._snapshot(key) for key in self.state.streams]
+            streams = self.state.streams
+            parts = [self._snapshot(key) for key in streams]
+            # A relay-only key gets an empty init, as a get of it would.
+            parts += [self._snapshot(key) for key in self.relay_keys if key not in streams]
             if parts:
                 conn.deliver(InitStream(parts, self.config.init_chunk_bytes, conn.encode))
                 self._out["init"] = self._out.get("init", 0) + len(parts)
@@ -361,8 +367,11 @@ class Room:
 
     def _broadcast_of(self, key: str, outcome: PushOutcome) -> _Broadcast | None:
         """What to deliver for an applied push: the broadcast, and for debug members
-        the stream's new length after a change (also after a quiet compact)."""
+        the stream's new length after a change (also after a quiet compact). A
+        relay's key is remembered for debug members joining later."""
         change = outcome.change
+        if change is None and outcome.broadcast is not None:
+            self.relay_keys.add(key)
         if change is None or not self._debug_members:
             if outcome.broadcast is None:
                 return None
