@@ -5,10 +5,12 @@
 //   rooms (default): ROOMS rooms, each with M subscribers and one publisher keeping
 //     WINDOW pushes in flight (1: it sends the next push when its own echo arrives).
 //     Every member joins with a `get` and waits for its `init` before anyone pushes.
-//     Prints one line: messages delivered per second to the subscribers (echoes not
-//     counted), push -> own echo latency p50/p99 in ms, and the check that every
-//     member of every room saw seqs 1, 2, 3, ... with no gap, duplicate or reordering
-//     up to its room's last seq (lost / reordered must be 0).
+//     Prints {"phase":"start"} and {"phase":"stop"} around the measured window (the
+//     caller reads the server's CPU time there), then the result: messages delivered
+//     per second to the subscribers (echoes not counted), push -> own echo latency
+//     p50/p99 in ms, and the check that every member of every room saw seqs 1, 2,
+//     3, ... with no gap, duplicate or reordering up to its room's last seq (lost /
+//     reordered must be 0).
 //   lifecycle: makes CONCURRENCY rooms, prints {"phase":"ready"} and waits for a line
 //     on stdin (the caller reads the server's CPU time); then CONNECTIONS times, with
 //     CONCURRENCY at once (one room each, so a room's connections follow each other):
@@ -215,11 +217,14 @@ async function rooms() {
   const setupSeconds = (now() - setupStart) / 1000
   for (const room of all) room.fill()
   await sleep(warmup * 1000)
+  // The caller reads the server's CPU time at these two lines.
+  console.log(JSON.stringify({ phase: 'start' }))
   counting = true
   const t0 = now()
   await sleep(seconds * 1000)
   counting = false
   const elapsed = (now() - t0) / 1000
+  console.log(JSON.stringify({ phase: 'stop' }))
   for (const room of all) room.stopped = true
   // Drain: each publisher gets the echoes of its last pushes, which fixes its room's
   // last seq; every member must then reach it.

@@ -226,7 +226,9 @@ def run_phased(
     return result
 
 
-def run_rooms(url: str, shape: tuple[int, int], args: argparse.Namespace) -> dict[str, Any] | None:
+def run_rooms(
+    proc: subprocess.Popen[bytes], url: str, shape: tuple[int, int], args: argparse.Namespace
+) -> dict[str, Any] | None:
     rooms, subscribers = shape
     argv = driver(
         url,
@@ -240,7 +242,23 @@ def run_rooms(url: str, shape: tuple[int, int], args: argparse.Namespace) -> dic
         "--seconds",
         args.seconds,
     )
-    return tp.run_node(argv, timeout=args.seconds + 300)
+    # The server's CPU time at the start and the end of the measured window: a
+    # server at 100% of its core is the bottleneck, one below it waits on the rest.
+    gen = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    assert gen.stdout is not None
+    cpu: dict[str, float] = {}
+    result: dict[str, Any] | None = None
+    for line in gen.stdout:
+        message = json.loads(line)
+        if message.get("phase") in ("start", "stop"):
+            cpu[message["phase"]] = cpu_seconds(proc.pid)
+        else:
+            result = message
+    if gen.wait() != 0 or result is None or len(cpu) != 2:
+        print(f"    driver failed (exit status {gen.returncode})", file=sys.stderr)
+        return None
+    result["server_cpu_percent"] = 100 * (cpu["stop"] - cpu["start"]) / result["seconds"]
+    return result
 
 
 def run_lifecycle(
@@ -305,11 +323,12 @@ def measure(
     """One server's round: each measure in order, results into ``got`` by phase."""
     if "rooms" in measures:
         for shape in args.shapes:
-            r = got[shape_label(shape)] = run_rooms(url, shape, args)
+            r = got[shape_label(shape)] = run_rooms(proc, url, shape, args)
             if r:
                 print(
                     f"  {name:<55} {shape_label(shape):<11} {r['per_second']:>8,.0f} msg/s"
                     f"  echo p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms"
+                    f"  server CPU {r['server_cpu_percent']:.0f}%"
                     f"  lost {r['lost']} reordered {r['reordered']}"
                     + (f" closed {r['closed']}" if r["closed"] else ""),
                     file=sys.stderr,
@@ -366,11 +385,14 @@ def cell(
     )
 
 
-def latency_cell(entries: list[dict[str, Any] | None]) -> str:
+def latency_cell(entries: list[dict[str, Any] | None], with_cpu: bool = True) -> str:
+    """p50 / p99 in ms (medians of the rounds), and the server's CPU share if measured."""
     p50, p99 = values(entries, "p50_ms"), values(entries, "p99_ms")
     if not p50 or not p99:
         return "failed" if entries else "n/a"
-    return f"{statistics.median(p50):.1f} / {statistics.median(p99):.1f}"
+    text = f"{statistics.median(p50):.1f} / {statistics.median(p99):.1f}"
+    cpu = values(entries, "server_cpu_percent") if with_cpu else []
+    return text + (f", {statistics.median(cpu):.0f}%" if cpu else "")
 
 
 def main() -> None:
@@ -449,10 +471,14 @@ def main() -> None:
             except ServerDidNotStart as exc:
                 print(f"  {name:<55} did not start: {exc}", file=sys.stderr)
                 not_started.append(name)
-            for shape in args.shapes:
-                rooms[name][shape].append(got.get(shape_label(shape)))
-            life[name].append(got.get("lifecycle"))
-            storm[name].append(got.get("storm"))
+            # A measure that ran gets an entry per round, None when it failed.
+            if "rooms" in measures:
+                for shape in args.shapes:
+                    rooms[name][shape].append(got.get(shape_label(shape)))
+            if "lifecycle" in measures:
+                life[name].append(got.get("lifecycle"))
+            if "storm" in measures:
+                storm[name].append(got.get("storm"))
     load_end = os.getloadavg()
     state_end = tp.git_state()
     minutes = (time.monotonic() - wall) / 60
@@ -473,10 +499,11 @@ def main() -> None:
             f"\n### Many small rooms\n\nmessages delivered per second to the subscribers "
             f"(echoes not counted); ROOMSx(1 publisher + M subscribers), {args.window} push in "
             f"flight per publisher; {args.runs} runs x {args.seconds:g} s; median (ratio to "
-            f"{first!r}) [min-max]; push -> own echo p50 / p99 in ms (medians); "
+            f"{first!r}) [min-max]; push -> own echo p50 / p99 in ms and the server's CPU "
+            f"over the window in % of one core (medians); "
             f"lost / reordered summed over all cells (must be 0)\n"
         )
-        head = [f"{shape_label(s)} msg/s | {shape_label(s)} echo ms" for s in args.shapes]
+        head = [f"{shape_label(s)} msg/s | echo ms, server CPU" for s in args.shapes]
         print("| server | " + " | ".join(head) + " | lost / reordered |")
         print("|" + "---|" * (2 * len(args.shapes) + 2))
         for name in names:
@@ -616,7 +643,7 @@ def main() -> None:
             goals.append(
                 (
                     f"push -> own echo p50 / p99 ms under {shape_label(s)}: {name}",
-                    latency_cell(rooms[name][s]),
+                    latency_cell(rooms[name][s], with_cpu=False),
                     "reported",
                     None,
                 )
