@@ -7,16 +7,18 @@ to CPU 0, driven by the Node driver ``rooms_loadgen.js`` pinned to CPU 1. Each
 round starts every server once, in turn (so machine noise hits them alike), and
 on that fresh process measures, in this order:
 
-- rooms: for each shape ROOMSxM, ROOMS fresh rooms of M subscribers and one
-  publisher keeping WINDOW (1) pushes in flight: messages delivered per second
-  to the subscribers, push -> own echo p50/p99, and the check that every member
-  saw its room's seqs 1, 2, 3, ... (lost / reordered must be 0);
-- lifecycle: connect, ``get``, push, echo, close, CONCURRENCY at once; the
-  server's CPU time (utime + stime of its process tree, from ``/proc``) over
-  the phase, per connection;
 - storm: CONNECTIONS clients opening a WebSocket and sending ``get`` as fast as
   the driver can (at most CONCURRENCY opening at once), kept open; completed
-  per second, and the server's RSS growth per open connection.
+  per second, and the server's RSS growth per open connection (first, while the
+  process is fresh, so no memory freed by the other phases hides the growth);
+- rooms: for each shape ROOMSxM, ROOMS fresh rooms of M subscribers and one
+  publisher keeping WINDOW (1) pushes in flight: messages delivered per second
+  to the subscribers, push -> own echo p50/p99, the server's CPU share over the
+  window, and the check that every member saw its room's seqs 1, 2, 3, ...
+  (lost / reordered must be 0);
+- lifecycle: connect, ``get``, push, echo, close, CONCURRENCY at once; the
+  server's CPU time (utime + stime of its process tree, from ``/proc``) over
+  the phase, per connection.
 
 Then it prints one table per measure (medians of the rounds, ratio to the first
 row, [min-max]) and a goals section. It exits with 1 when a server did not
@@ -68,7 +70,7 @@ NODE = tp.NODE
 #: row of throughput.py (so ``asgi`` adds the two ``hypercorn -k trio`` rows).
 DEFAULT_ROWS = (DRIFTTRIO, SQLITE, HYPERCORN, WEBSOCKETS, TRIO_WEBSOCKET, NODE)
 
-MEASURES = ("rooms", "lifecycle", "storm")
+MEASURES = ("storm", "rooms", "lifecycle")
 
 #: drifttrio serve (memory) / websockets relay, messages per second, each shape: at least
 #: this (the aim is ROOMS_AIM).
@@ -242,6 +244,7 @@ def run_rooms(
         "--seconds",
         args.seconds,
     )
+    settle(proc.pid)  # the last phase's connections are cleaned up
     # The server's CPU time at the start and the end of the measured window: a
     # server at 100% of its core is the bottleneck, one below it waits on the rest.
     gen = subprocess.Popen(argv, stdout=subprocess.PIPE)
@@ -320,7 +323,20 @@ def measure(
     args: argparse.Namespace,
     got: dict[str, dict[str, Any] | None],
 ) -> None:
-    """One server's round: each measure in order, results into ``got`` by phase."""
+    """One server's round: each measure in order, results into ``got`` by phase.
+
+    The storm comes first, on the fresh process, so its RSS growth is not hidden by
+    memory the other phases freed (as throughput.py measures memory first)."""
+    if "storm" in measures:
+        r = got["storm"] = run_storm(proc, url, args)
+        if r:
+            print(
+                f"  {name:<55} storm       {r['per_second']:>8,.0f} conn/s"
+                f"  {r['kib_per_connection']:.1f} KiB/conn  failed {r['failed']}"
+                + (f" closed {len(r['closed'])}" if r["closed"] else "")
+                + (f"  e.g. {r['errors']}" if r["errors"] else ""),
+                file=sys.stderr,
+            )
     if "rooms" in measures:
         for shape in args.shapes:
             r = got[shape_label(shape)] = run_rooms(proc, url, shape, args)
@@ -339,16 +355,8 @@ def measure(
             print(
                 f"  {name:<55} lifecycle   {r['cpu_ms_per_connection']:>8.2f} ms CPU/conn"
                 f"  {r['per_second']:,.0f} conn/s  failed {r['failed']}"
-                f" lost {r['lost']} reordered {r['reordered']}",
-                file=sys.stderr,
-            )
-    if "storm" in measures:
-        r = got["storm"] = run_storm(proc, url, args)
-        if r:
-            print(
-                f"  {name:<55} storm       {r['per_second']:>8,.0f} conn/s"
-                f"  {r['kib_per_connection']:.1f} KiB/conn  failed {r['failed']}"
-                + (f" closed {len(r['closed'])}" if r["closed"] else ""),
+                f" lost {r['lost']} reordered {r['reordered']}"
+                + (f"  e.g. {r['errors']}" if r["errors"] else ""),
                 file=sys.stderr,
             )
 
