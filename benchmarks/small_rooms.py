@@ -26,7 +26,7 @@ start or the verification failed (a seq lost or reordered, a connection that
 failed or was closed by the server, a driver run that failed).
 
     python benchmarks/small_rooms.py --quick        # about 2 minutes
-    python benchmarks/small_rooms.py                # 3 rounds, about 10 minutes
+    python benchmarks/small_rooms.py                # 3 rounds (17 min on a loaded 2-core machine)
     python benchmarks/small_rooms.py --only "own transport)" websockets --measure rooms
 
 Server rows, pinning and the RSS reading come from ``throughput.py``.
