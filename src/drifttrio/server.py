@@ -82,6 +82,10 @@ def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
     hc.websocket_max_message_size = config.max_message_bytes
     hc.h11_max_incomplete_size = config.max_header_bytes
     hc.keep_alive_timeout = config.keepalive_timeout
+    # Connections the kernel queues before hypercorn accepts them: hypercorn's 100
+    # drops SYNs in a reconnect storm (clients retry after 1 s, 3 s, ...); trio's
+    # listeners (the own transport) use the system's maximum, so does this.
+    hc.backlog = socket.SOMAXCONN
     # Not set: websocket_ping_interval (hypercorn's ping task sleeps a whole
     # interval after its connection closed, so every drain would wait up to
     # write_timeout) and read_timeout (without pings it would close silent but
