@@ -13,9 +13,9 @@ from typing import Final, Literal
 
 import attrs
 
-from .._errors import ProtocolError
 from ..protocol.messages import Action, Append, Compact, Relay, Replace, SeqValue, Value
 from .budget import BudgetAccount
+from .refusals import PushRefusal, PushRefused
 
 __all__ = [
     "PushOutcome",
@@ -219,15 +219,6 @@ def _wide_str_size(text: str) -> int:
     return _WIDE_STR_HEAD + (n + 1) * width + n * utf8 + 1 + _ROUND_STR
 
 
-def _budget_refusal(account: BudgetAccount) -> ProtocolError:
-    return ProtocolError(
-        f"server memory budget reached: live rooms retain the server's limit of"
-        f" {account.budget.limit} bytes; pushes that do not grow a room still pass,"
-        " try again later",
-        status=503,
-    )
-
-
 class RoomState:
     """A room's sequence counter and retained streams."""
 
@@ -270,17 +261,14 @@ class RoomState:
         limits = self.limits
         stream = self.streams.get(change.key)
         if stream is None and limits.max_keys and len(self.streams) >= limits.max_keys:
-            raise ProtocolError(f"room has reached its limit of {limits.max_keys} keys")
+            raise PushRefused(PushRefusal.KEYS, change.key, limits.max_keys)
         if (
             change.kind == "append"
             and limits.max_stream_values
             and stream is not None
             and len(stream.entries) >= limits.max_stream_values
         ):
-            raise ProtocolError(
-                f"stream {change.key!r} has reached its limit of "
-                f"{limits.max_stream_values} retained values: compact or replace it"
-            )
+            raise PushRefused(PushRefusal.VALUES, change.key, limits.max_stream_values)
         if not self.counting:
             return 0
         size = value_size(change.entry.value)
@@ -289,12 +277,10 @@ class RoomState:
         else:
             growth = stream.bytes_after(change, size) - stream.total
         if limits.max_room_bytes and self.bytes + growth > limits.max_room_bytes:
-            raise ProtocolError(
-                f"room has reached its limit of {limits.max_room_bytes} retained bytes"
-            )
+            raise PushRefused(PushRefusal.BYTES, change.key, limits.max_room_bytes)
         account = limits.account
         if growth > 0 and account is not None and not account.admits(growth):
-            raise _budget_refusal(account)
+            raise PushRefused(PushRefusal.BUDGET, change.key, account.budget.limit)
         return size
 
     def _retain(self, change: StreamChange) -> Stream:
@@ -318,7 +304,7 @@ class RoomState:
                 account.add(delta)
 
     def check_budget(self, key: str, value: Value, action: Action) -> int:
-        """Raise :class:`ProtocolError` if the server budget has no room for this push;
+        """Raise :class:`PushRefused` if the server budget has no room for this push;
         return the value's charge (:func:`value_size`; 0 for a relay).
 
         For a room whose pushes a shared store applies (it checks the room's own
@@ -344,12 +330,13 @@ class RoomState:
             )
             growth -= stream.total
         if not account.admits(growth):
-            raise _budget_refusal(account)
+            raise PushRefused(PushRefusal.BUDGET, key, account.budget.limit)
         return size
 
     def push(self, key: str, value: Value, action: Action) -> PushOutcome:
-        """Apply one push. Raises :class:`ProtocolError` for an invalid compact or
-        a push beyond a cap; then nothing changed and no seq was consumed."""
+        """Apply one push. Raises :class:`PushRefused` (a :class:`ProtocolError`) for an
+        invalid compact or a push beyond a cap; then nothing changed and no seq was
+        consumed."""
         if isinstance(action, Compact):
             return self._compact(key, value, action.seq)
         entry = SeqValue(value, self.seq + 1)
@@ -373,9 +360,9 @@ class RoomState:
 
     def _compact(self, key: str, value: Value, seq: int) -> PushOutcome:
         if seq < 1:
-            raise ProtocolError(f"compact seq must be at least 1, got {seq}")
+            raise PushRefused(PushRefusal.COMPACT_LOW, key, seq)
         if seq > self.seq:
-            raise ProtocolError(f"compact seq {seq} is beyond the room's current seq {self.seq}")
+            raise PushRefused(PushRefusal.COMPACT_HIGH, key, seq, self.seq)
         stream = self.streams.get(key)
         if stream is not None and seq <= stream.compacted:
             return PushOutcome(None, None, None)
