@@ -24,10 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _redis import RedisServer
+from drifttrio import Config, DriftError
+from drifttrio.core.budget import RetainedBudget
 from drifttrio.core.refusals import PushRefusal, PushRefused
 from drifttrio.core.room_state import RoomLimits, RoomState, key_size, value_size
 from drifttrio.protocol import Action, Append, Compact, Relay, Replace, SeqValue
 from drifttrio.protocol.messages import Value
+from drifttrio.runtime.hub import open_hub
+from drifttrio.storage import MemoryStorage, Storage
 from drifttrio.storage import _redis_scripts as scripts
 from drifttrio.storage.redis import ActionName, PushItem, PushResult, RedisStorage, encode_value
 
@@ -70,11 +74,29 @@ PUSHES = st.builds(
 )
 #: Pushes in batches, as a shared room sends what its inbox holds in one script call.
 BATCHES = st.lists(st.lists(PUSHES, min_size=1, max_size=6), min_size=3, max_size=10)
-LIMITS = st.builds(
-    RoomLimits,
+
+
+@attrs.frozen
+class Caps:
+    """A room's caps, and the server budget (0: none) its node has for it."""
+
+    max_keys: int = 0
+    max_stream_values: int = 0
+    max_room_bytes: int = 0
+    budget: int = 0
+
+    def limits(self) -> RoomLimits:
+        """Limits for one room state, with an account in a budget of its own."""
+        account = RetainedBudget(self.budget).account() if self.budget else None
+        return RoomLimits(self.max_keys, self.max_stream_values, self.max_room_bytes, account)
+
+
+CAPS = st.builds(
+    Caps,
     max_keys=st.integers(0, 3),
     max_stream_values=st.integers(0, 4),
     max_room_bytes=st.one_of(st.just(0), st.integers(400, 6000)),
+    budget=st.one_of(st.just(0), st.integers(400, 6000)),
 )
 
 Outcome: TypeAlias = (
@@ -107,7 +129,7 @@ def redis_outcome(result: PushResult) -> Outcome:
     return ("refused", result.refusal.reason, result.error)
 
 
-def push_item(push: Push, action: Action) -> PushItem:
+def push_item(push: Push, action: Action, charge: int) -> PushItem:
     """The item the shared room (``SharedRoom._push``) sends for this push."""
     relay = isinstance(action, Relay)
     return PushItem(
@@ -115,7 +137,7 @@ def push_item(push: Push, action: Action) -> PushItem:
         push.key,
         encode_value(Value(push.value)),
         action.seq if isinstance(action, Compact) else 0,
-        RoomState().check_budget(push.key, Value(push.value), action),
+        charge,
         0 if relay else key_size(push.key),
     )
 
@@ -130,7 +152,7 @@ class Batch:
     """Pushes for one script call, and what the room state made of them."""
 
     pushes: list[Push]
-    items: list[PushItem]
+    actions: list[Action]
     expected: list[Outcome]
 
 
@@ -140,46 +162,66 @@ def plan(
     """Apply the pushes to ``state``; a compact's seq is drawn around the room's seq."""
     planned = []
     for pushes in batches:
-        items, expected = [], []
+        actions: list[Action] = []
         for push in pushes:
             if push.action == "compact":
                 assert data is not None
                 at = data.draw(st.integers(-1, state.seq + 2), label=f"compact {push.key!r} at")
-                action: Action = Compact(at)
+                actions.append(Compact(at))
             else:
-                action = ACTIONS[push.action]
-            items.append(push_item(push, action))
-            expected.append(apply_to_room_state(state, push, action))
-        planned.append(Batch(pushes, items, expected))
+                actions.append(ACTIONS[push.action])
+        expected = [apply_to_room_state(state, p, a) for p, a in zip(pushes, actions, strict=True)]
+        planned.append(Batch(pushes, actions, expected))
     return planned
 
 
+async def push_through_redis(
+    storage: RedisStorage, room_id: str, mirror: RoomState, batch: Batch
+) -> list[Outcome]:
+    """What the shared room does with a batch: the node's budget is judged on its mirror
+    (before the batch), the rest goes to the script, and the events to the mirror."""
+    outcomes: dict[int, Outcome] = {}
+    sent, items = [], []
+    for i, (push, action) in enumerate(zip(batch.pushes, batch.actions, strict=True)):
+        try:
+            charge = mirror.check_budget(push.key, Value(push.value), action)
+        except PushRefused as exc:
+            outcomes[i] = ("refused", exc.reason, exc.message)
+        else:
+            sent.append(i)
+            items.append(push_item(push, action, charge))
+    limits = mirror.limits
+    results = await storage.push_batch(
+        room_id,
+        items,
+        seen_ev=0,
+        max_keys=limits.max_keys,
+        max_values=limits.max_stream_values,
+        max_bytes=limits.max_room_bytes,
+    )
+    for i, result in zip(sent, results, strict=True):
+        outcomes[i] = redis_outcome(result)
+        if result.status == "ok":
+            push = batch.pushes[i]
+            mirror.apply_event(push.action, push.key, SeqValue(Value(push.value), result.seq))
+    return [outcomes[i] for i in range(len(batch.pushes))]
+
+
 async def compare_with_redis(
-    storage: RedisStorage, limits: RoomLimits, batches: list[Batch], state: RoomState
+    storage: RedisStorage, caps: Caps, batches: list[Batch], state: RoomState
 ) -> None:
     room_id = secrets.token_hex(8)
     await storage.create_room(room_id)
-    mirror = RoomState()  # what a node following the room's events holds
+    mirror = RoomState(limits=caps.limits())  # the pushing node's copy of the room
     for batch in batches:
-        results = await storage.push_batch(
-            room_id,
-            batch.items,
-            seen_ev=0,
-            max_keys=limits.max_keys,
-            max_values=limits.max_stream_values,
-            max_bytes=limits.max_room_bytes,
-        )
-        assert [redis_outcome(result) for result in results] == batch.expected, batch.pushes
-        for push, result in zip(batch.pushes, results, strict=True):
-            if result.status == "ok":
-                entry = SeqValue(Value(push.value), result.seq)
-                mirror.apply_event(push.action, push.key, entry)
+        outcomes = await push_through_redis(storage, room_id, mirror, batch)
+        assert outcomes == batch.expected, batch.pushes
 
     snapshot = await storage.load_room(room_id)
     assert snapshot is not None
     stored = RoomState(snapshot.seq, snapshot.streams)
     assert (stored.seq, retained(stored)) == (state.seq, retained(state))
-    assert (mirror.seq, retained(mirror)) == (state.seq, retained(state))
+    assert (mirror.seq, retained(mirror), mirror.bytes) == (state.seq, retained(state), state.bytes)
     # Redis keeps the room's bytes (the entries' charges) whatever the caps: they match
     # what the room state counts.
     counted = RoomState(state.seq, state.streams, limits=RoomLimits(max_room_bytes=1 << 62))
@@ -201,11 +243,15 @@ async def test_room_state_and_the_redis_script_agree_on_every_push(
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(limits=LIMITS, batches=BATCHES, data=st.data())
-    def check(limits: RoomLimits, batches: list[list[Push]], data: st.DataObject) -> None:
-        state = RoomState(limits=limits)
+    @given(caps=CAPS, batches=BATCHES, data=st.data())
+    def check(caps: Caps, batches: list[list[Push]], data: st.DataObject) -> None:
+        if caps.budget:
+            # A shared room judges its node's budget before each batch, on purpose
+            # (it cannot know what the script will accept): compare push by push.
+            batches = [[push] for batch in batches for push in batch]
+        state = RoomState(limits=caps.limits())
         planned = plan(state, batches, data)
-        trio.from_thread.run(compare_with_redis, storage, limits, planned, state)
+        trio.from_thread.run(compare_with_redis, storage, caps, planned, state)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(storage.run)
@@ -221,18 +267,76 @@ async def test_a_push_that_reaches_the_byte_cap_exactly_passes_on_both(
     """The boundary random values almost never hit: a room at exactly ``max_room_bytes``
     is within it, one byte more is not."""
     value = "x" * 50
-    limits = RoomLimits(max_room_bytes=key_size("k") + value_size(value))
+    caps = Caps(max_room_bytes=key_size("k") + value_size(value))
     pushes = [Push("replace", "k", value), Push("append", "k", ""), Push("replace", "k", "y" * 50)]
-    state = RoomState(limits=limits)
+    state = RoomState(limits=caps.limits())
     planned = plan(state, [pushes])
     assert [outcome[0] for outcome in planned[0].expected] == ["ok", "refused", "ok"]
     storage = RedisStorage(f"{redis_server.url}?prefix=t{secrets.token_hex(6)}")
     async with trio.open_nursery() as nursery:
         await nursery.start(storage.run)
         try:
-            await compare_with_redis(storage, limits, planned, state)
+            await compare_with_redis(storage, caps, planned, state)
         finally:
             await storage.aclose()
+
+
+async def full_budget_outcomes(storage: Storage) -> tuple[int, list[str]]:
+    """Fill a node's budget with one room, then push what grows nothing or breaks a
+    rule: the room's seq then, and what ``hub.push`` answers each time."""
+    config = Config(max_retained_bytes=4000, max_keys_per_room=2, room_idle_seconds=3600)
+    async with open_hub(config, storage) as hub:
+        room = await hub.create_room()
+
+        async def push(key: str, value: object, action: Action) -> str:
+            try:
+                return f"ok {await hub.push(room, key, value, action)}"
+            except DriftError as exc:
+                return f"{type(exc).__name__}: {exc}"
+
+        async with hub.subscribe(room):  # a member keeps the room from being unloaded
+            for value in ("a", "b"):
+                await push("k", value, Append())
+            assert await push("k", "c", Compact(2)) == "ok None"  # the mark is 2
+            seq = 2
+            for _ in range(40):
+                filled = await push("fill", "x" * 300, Append())
+                if not filled.startswith("ok"):
+                    break
+                seq += 1
+            assert filled.startswith("StorageError: server memory budget reached"), filled
+            big = "y" * 1000
+            return seq, [
+                await push("k", big, Compact(1)),
+                await push("k", big, Compact(0)),
+                await push("k", big, Compact(99)),
+                await push("new", big, Replace()),
+                await push("k", big, Relay()),
+                await push("k", big, Append()),
+            ]
+
+
+async def test_a_full_budget_refuses_the_same_pushes_on_redis_as_in_memory(
+    redis_server: RedisServer,
+) -> None:
+    """A node's full budget refuses only pushes that would grow its rooms; the others
+    get the room's own answer, whichever store orders the room. (The shared room used
+    to refuse them all for the budget, a no-op compact included.)"""
+    budget = (
+        "StorageError: server memory budget reached: live rooms retain the server's limit"
+        " of 4000 bytes; pushes that do not grow a room still pass, try again later"
+    )
+    seq, in_memory = await full_budget_outcomes(MemoryStorage())
+    assert in_memory == [
+        "ok None",  # a compact at or below the stream's mark: a no-op
+        "ProtocolError: compact seq must be at least 1, got 0",
+        f"ProtocolError: compact seq 99 is beyond the room's current seq {seq}",
+        "ProtocolError: room has reached its limit of 2 keys",
+        "ok None",  # a relay retains nothing
+        budget,
+    ]
+    url = f"{redis_server.url}?prefix=t{secrets.token_hex(6)}"
+    assert await full_budget_outcomes(RedisStorage(url)) == (seq, in_memory)
 
 
 def test_the_redis_script_returns_exactly_the_refusal_names() -> None:
