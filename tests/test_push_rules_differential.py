@@ -2,7 +2,8 @@
 (:class:`RoomState`, Python) orders a room on one node, the Redis push script (Lua)
 orders a room shared by several nodes.
 
-The same random pushes, in random batches and under small random caps, go to a fresh
+The same random pushes, in random batches, under small random caps and a node budget
+(:attr:`RoomLimits.account`; the shared room checks it on its mirror), go to a fresh
 ``RoomState`` and to a fresh room on a real ``redis-server`` through
 :meth:`RedisStorage.push_batch` (built as the shared room builds them). Each push must
 have the same outcome on both (accepted at the same seq with the same stream size, a
@@ -166,8 +167,11 @@ def plan(
         for push in pushes:
             if push.action == "compact":
                 assert data is not None
-                at = data.draw(st.integers(-1, state.seq + 2), label=f"compact {push.key!r} at")
-                actions.append(Compact(at))
+                stream = state.streams.get(push.key)
+                mark = stream.compacted if stream is not None else 0
+                # Around the room's seq, or at or below the stream's mark (a no-op).
+                seqs = st.integers(-1, state.seq + 2) | st.integers(1, max(mark, 1))
+                actions.append(Compact(data.draw(seqs, label=f"compact {push.key!r} at")))
             else:
                 actions.append(ACTIONS[push.action])
         expected = [apply_to_room_state(state, p, a) for p, a in zip(pushes, actions, strict=True)]
