@@ -13,9 +13,9 @@ from typing import Final, Literal
 
 import attrs
 
-from .._errors import ProtocolError
 from ..protocol.messages import Action, Append, Compact, Relay, Replace, SeqValue, Value
 from .budget import BudgetAccount
+from .refusals import PushRefusal, PushRefused
 
 __all__ = [
     "PushOutcome",
@@ -219,15 +219,6 @@ def _wide_str_size(text: str) -> int:
     return _WIDE_STR_HEAD + (n + 1) * width + n * utf8 + 1 + _ROUND_STR
 
 
-def _budget_refusal(account: BudgetAccount) -> ProtocolError:
-    return ProtocolError(
-        f"server memory budget reached: live rooms retain the server's limit of"
-        f" {account.budget.limit} bytes; pushes that do not grow a room still pass,"
-        " try again later",
-        status=503,
-    )
-
-
 class RoomState:
     """A room's sequence counter and retained streams."""
 
@@ -266,40 +257,39 @@ class RoomState:
         return state
 
     def _admit(self, change: StreamChange) -> int:
-        """Check the caps for ``change``; return the size to account for it."""
+        """Check the room's caps, then the server budget, for ``change``; return the
+        size to account for it."""
+        size = value_size(change.entry.value) if self.counting else 0
+        growth = self._growth_within_caps(change, size)
+        account = self.limits.account
+        if growth > 0 and account is not None and not account.admits(growth):
+            raise PushRefused(PushRefusal.BUDGET, change.key, account.budget.limit)
+        return size
+
+    def _growth_within_caps(self, change: StreamChange, size: int) -> int:
+        """Raise :class:`PushRefused` if ``change`` (its entry charged ``size``) would
+        take the room past one of its caps; return the bytes the room would grow by
+        (0 unless :attr:`counting`)."""
         limits = self.limits
         stream = self.streams.get(change.key)
         if stream is None and limits.max_keys and len(self.streams) >= limits.max_keys:
-            raise ProtocolError(f"room has reached its limit of {limits.max_keys} keys")
+            raise PushRefused(PushRefusal.KEYS, change.key, limits.max_keys)
         if (
             change.kind == "append"
             and limits.max_stream_values
             and stream is not None
             and len(stream.entries) >= limits.max_stream_values
         ):
-            raise ProtocolError(
-                f"stream {change.key!r} has reached its limit of "
-                f"{limits.max_stream_values} retained values: compact or replace it"
-            )
+            raise PushRefused(PushRefusal.VALUES, change.key, limits.max_stream_values)
         if not self.counting:
             return 0
-        size = value_size(change.entry.value)
         if stream is None:
             growth = key_size(change.key) + size
         else:
             growth = stream.bytes_after(change, size) - stream.total
         if limits.max_room_bytes and self.bytes + growth > limits.max_room_bytes:
-            raise ProtocolError(
-                f"room has reached its limit of {limits.max_room_bytes} retained bytes"
-            )
-        account = limits.account
-        if growth > 0 and account is not None and not account.admits(growth):
-            raise _budget_refusal(account)
-        return size
-
-    def _retain(self, change: StreamChange) -> Stream:
-        size = self._admit(change)
-        return self._apply(change, size)
+            raise PushRefused(PushRefusal.BYTES, change.key, limits.max_room_bytes)
+        return growth
 
     def _apply(self, change: StreamChange, size: int) -> Stream:
         stream = self.streams.get(change.key)
@@ -318,11 +308,15 @@ class RoomState:
                 account.add(delta)
 
     def check_budget(self, key: str, value: Value, action: Action) -> int:
-        """Raise :class:`ProtocolError` if the server budget has no room for this push;
+        """Raise :class:`PushRefused` if the server budget has no room for this push;
         return the value's charge (:func:`value_size`; 0 for a relay).
 
-        For a room whose pushes a shared store applies (it checks the room's own
-        caps): the budget is this node's memory, so this node refuses.
+        For a room whose pushes a shared store applies: the store checks the room's
+        rules, this node its own memory. A push that this mirror sees refused by a rule
+        (a cap, a compact seq out of range), or changing nothing (a compact at or below
+        the stream's mark), passes here, so the store answers it as :meth:`push` would.
+        (Should this mirror be behind and the store accept it after all, the mirror
+        takes it, as it takes every push accepted through other nodes.)
         """
         if isinstance(action, Relay):
             return 0
@@ -330,62 +324,58 @@ class RoomState:
         account = self.limits.account
         if account is None:
             return size
-        stream = self.streams.get(key)
-        if stream is None:
-            growth = key_size(key) + size
-        elif isinstance(action, Replace):
-            growth = size - stream.total
-        elif isinstance(action, Append):
-            growth = size
-        else:
-            assert isinstance(action, Compact)
-            growth = stream.bytes_after(
-                StreamChange("compact", key, SeqValue(value, action.seq)), size
-            )
-            growth -= stream.total
+        try:
+            change = self._change(key, value, action)
+            if change is None:
+                return size
+            growth = self._growth_within_caps(change, size)
+        except PushRefused:
+            return size
         if not account.admits(growth):
-            raise _budget_refusal(account)
+            raise PushRefused(PushRefusal.BUDGET, key, account.budget.limit)
         return size
 
-    def push(self, key: str, value: Value, action: Action) -> PushOutcome:
-        """Apply one push. Raises :class:`ProtocolError` for an invalid compact or
-        a push beyond a cap; then nothing changed and no seq was consumed."""
-        if isinstance(action, Compact):
-            return self._compact(key, value, action.seq)
-        entry = SeqValue(value, self.seq + 1)
-        change: StreamChange | None
+    def _change(self, key: str, value: Value, action: Action) -> StreamChange | None:
+        """The change ``action`` would make to the stream of ``key`` (``None``: a relay,
+        or a compact at or below the stream's mark). Raises :class:`PushRefused` for a
+        compact seq out of range."""
         if isinstance(action, Relay):
-            change = None
-        elif isinstance(action, Replace):
-            change = StreamChange("replace", key, entry)
-        else:
-            assert isinstance(action, Append)
-            change = StreamChange("append", key, entry)
-        if change is not None:
-            stream = self._retain(change)
-            self.seq += 1
-            size = len(stream.entries)
-        else:
-            self.seq += 1
-            stream_or_none = self.streams.get(key)
-            size = len(stream_or_none.entries) if stream_or_none is not None else 0
-        return PushOutcome(entry, change, size if size > 1 else None)
+            return None
+        if isinstance(action, Compact):
+            seq = action.seq
+            if seq < 1:
+                raise PushRefused(PushRefusal.COMPACT_LOW, key, seq)
+            if seq > self.seq:
+                raise PushRefused(PushRefusal.COMPACT_HIGH, key, seq, self.seq)
+            stream = self.streams.get(key)
+            if stream is not None and seq <= stream.compacted:
+                return None
+            return StreamChange("compact", key, SeqValue(value, seq))
+        if isinstance(action, Replace):
+            return StreamChange("replace", key, SeqValue(value, self.seq + 1))
+        assert isinstance(action, Append)
+        return StreamChange("append", key, SeqValue(value, self.seq + 1))
 
-    def _compact(self, key: str, value: Value, seq: int) -> PushOutcome:
-        if seq < 1:
-            raise ProtocolError(f"compact seq must be at least 1, got {seq}")
-        if seq > self.seq:
-            raise ProtocolError(f"compact seq {seq} is beyond the room's current seq {self.seq}")
-        stream = self.streams.get(key)
-        if stream is not None and seq <= stream.compacted:
-            return PushOutcome(None, None, None)
-        entry = SeqValue(value, seq)
-        change = StreamChange("compact", key, entry)
-        stream = self._retain(change)
+    def push(self, key: str, value: Value, action: Action) -> PushOutcome:
+        """Apply one push. Raises :class:`PushRefused` (a :class:`ProtocolError`) for an
+        invalid compact or a push beyond a cap; then nothing changed and no seq was
+        consumed."""
+        change = self._change(key, value, action)
+        if change is None:
+            if isinstance(action, Compact):
+                return PushOutcome(None, None, None)  # at or below the stream's mark
+            self.seq += 1  # a relay
+            relayed = self.streams.get(key)
+            size = len(relayed.entries) if relayed is not None else 0
+            return PushOutcome(SeqValue(value, self.seq), None, size if size > 1 else None)
+        stream = self._apply(change, self._admit(change))
         size = len(stream.entries)
-        return PushOutcome(
-            entry if self.broadcast_compact else None, change, size if size > 1 else None
-        )
+        broadcast: SeqValue | None = change.entry
+        if change.kind != "compact":
+            self.seq += 1
+        elif not self.broadcast_compact:
+            broadcast = None
+        return PushOutcome(broadcast, change, size if size > 1 else None)
 
     def apply_event(
         self, action: Literal["relay", "replace", "append", "compact"], key: str, entry: SeqValue

@@ -53,7 +53,11 @@ local function fmt(n) return string.format('%d', n) end
 #: the entry, charge of the stream if the push creates it (``value_size``, ``key_size``).
 #: Returns false if the room does not exist, ``{'behind', ev}`` if Redis holds fewer
 #: events than this node has seen (it lost data), else one result per push:
-#: ``{'ok', seq, stream_size, ev}``, ``{'noop'}`` or ``{'err', reason, numbers...}``.
+#: ``{'ok', seq, stream_size, ev}``, ``{'noop'}`` or ``{'err', reason, numbers...}``,
+#: where reason is the value of a :class:`~drifttrio.core.refusals.PushRefusal` and the
+#: numbers are those its text takes (the node renders the text). These rules are
+#: :class:`~drifttrio.core.RoomState`'s, in Lua: keep them in step (a differential
+#: test, ``tests/test_push_rules_differential.py``, compares the two).
 PUSH: Final = (
     _HELPERS
     + r"""

@@ -30,6 +30,7 @@ import cbor2
 import trio
 
 from .._errors import ConfigError, StorageError
+from ..core.refusals import PushRefusal, PushRefused
 from ..core.room_state import Stream, StreamChange, value_size
 from ..protocol.messages import SeqValue, Value
 from . import _redis_scripts as scripts
@@ -74,13 +75,20 @@ class PushItem:
 
 @attrs.frozen
 class PushResult:
-    """What the push script did with one :class:`PushItem`."""
+    """What the push script did with one :class:`PushItem`: applied it (``ok``, at
+    ``seq``, as event ``ev``), found it a no-op (a compact at or below the stream's
+    mark), or refused it (``error``, with the ``refusal``)."""
 
     status: Literal["ok", "noop", "error"]
     seq: int = 0
     stream_size: int = 0
     ev: int = 0
-    error: str = ""
+    refusal: PushRefused | None = attrs.field(default=None, eq=False)
+
+    @property
+    def error(self) -> str:
+        """The refusal's text for the client (``""`` unless refused)."""
+        return "" if self.refusal is None else self.refusal.message
 
 
 #: Called with each batch of events published for a followed room (the raw records,
@@ -132,24 +140,6 @@ def _parse_entry(raw: bytes) -> SeqValue:
     """A stored entry; entries written before charges were stored are ``"SEQ|" + CBOR``."""
     bar = raw.index(b"|")
     return SeqValue(_decode_value(raw[bar + 1 :]), int(raw[:bar].split(b":", 1)[0]))
-
-
-def _error_text(key: str, reason: str, numbers: list[int]) -> str:
-    """The same texts as :class:`~drifttrio.core.RoomState` gives for a refused push."""
-    if reason == "keys":
-        return f"room has reached its limit of {numbers[0]} keys"
-    if reason == "values":
-        return (
-            f"stream {key!r} has reached its limit of {numbers[0]} retained values:"
-            " compact or replace it"
-        )
-    if reason == "bytes":
-        return f"room has reached its limit of {numbers[0]} retained bytes"
-    if reason == "compact_low":
-        return f"compact seq must be at least 1, got {numbers[0]}"
-    if reason == "compact_high":
-        return f"compact seq {numbers[0]} is beyond the room's current seq {numbers[1]}"
-    return reason
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -487,10 +477,11 @@ class RedisStorage:
             elif status == "noop":
                 results.append(PushResult("noop"))
             else:
-                numbers = [int(n) for n in row[2:]]
-                results.append(
-                    PushResult("error", error=_error_text(item.key, _text(row[1]), numbers))
-                )
+                # The script names the cause by its PushRefusal value: the text is
+                # rendered here, from the same table as RoomState's refusals.
+                reason = PushRefusal(_text(row[1]))
+                refusal = PushRefused(reason, item.key, *(int(n) for n in row[2:]))
+                results.append(PushResult("error", refusal=refusal))
         return results
 
     async def read_events(self, room_id: str, first: int, last: int) -> list[Event]:
