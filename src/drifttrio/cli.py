@@ -97,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--shutdown-timeout", type=float, default=None, help="seconds a graceful drain may take"
     )
+    run.add_argument(
+        "--certfile", default=None, help="TLS certificate chain (PEM): serve https:// and wss://"
+    )
+    run.add_argument("--keyfile", default=None, help="its private key (PEM, unencrypted)")
     _rooms_parser(commands)
     add_check_parser(commands)
     add_bench_parser(commands)
@@ -217,6 +221,8 @@ def _main(argv: Sequence[str] | None) -> int:
             public_metrics=args.public_metrics,
             inspector=False if args.no_inspector else None,
             shutdown_timeout=args.shutdown_timeout,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
         )
         configure_logging(config.log_format, args.log_level)
         trio.run(_serve_until_signal, config, args.host, args.port, args.transport)

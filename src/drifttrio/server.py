@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -29,6 +30,7 @@ from .runtime.config import Config
 from .runtime.hub import Hub
 from .web.app import DriftApp
 from .web.ops import OpsApp
+from .web.tls import server_ssl_context
 from .web.transport import serve_tcp
 
 __all__ = [
@@ -52,7 +54,8 @@ RESERVED_DESCRIPTORS = 96
 
 @attrs.frozen
 class RunningServer:
-    """A server that is listening. ``url`` is its HTTP base URL.
+    """A server that is listening. ``url`` is its HTTP base URL (``https://``
+    when it serves TLS; ``ws_url`` then says ``wss://``).
 
     ``metrics_url`` is the base URL of the internal listener (``/metrics``,
     ``/healthz``, ``/readyz``), or ``None`` when ``metrics_port`` is -1.
@@ -69,9 +72,29 @@ class RunningServer:
         return "ws" + self.url[len("http") :]
 
 
-def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
-    """The hypercorn settings drifttrio runs with."""
-    hc = HypercornConfig()
+class _HypercornConfig(HypercornConfig):
+    """hypercorn's settings, serving TLS with drifttrio's context (loaded once,
+    the same for both transports) instead of building its own from the files."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None) -> None:
+        super().__init__()
+        self._drifttrio_ssl_context = ssl_context
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self._drifttrio_ssl_context
+
+
+def hypercorn_config(
+    config: Config, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> HypercornConfig:
+    """The hypercorn settings drifttrio runs with; over TLS with ``ssl_context``
+    (see :func:`~drifttrio.web.tls.server_ssl_context`)."""
+    hc = _HypercornConfig(ssl_context)
+    if ssl_context is not None:
+        # hypercorn serves TLS (and says https://) when both are set; the files
+        # are not read again: create_ssl_context returns the loaded context.
+        hc.certfile, hc.keyfile = config.certfile, config.keyfile
+        hc.ssl_handshake_timeout = config.handshake_timeout
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.websocket_max_message_size = config.max_message_bytes
     hc.h11_max_incomplete_size = config.max_header_bytes
@@ -107,6 +130,8 @@ async def serve(
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     config = fit_descriptors(config or Config(), raise_descriptor_limit())
+    # A certificate or key that cannot be used fails here, before the store opens.
+    tls = server_ssl_context(config.certfile, config.keyfile) if config.certfile else None
     hub = Hub(config)  # opens the store: a bad --store fails here, plainly
     app = DriftApp(config, hub=hub)
     metrics_url: str | None = None
@@ -146,9 +171,9 @@ async def serve(
             metrics_url = f"http://{f'[{ops_host}]' if ':' in ops_host else ops_host}:{ops_port}"
         try:
             if transport == "hypercorn":
-                await _serve_hypercorn(app, config, host, port, shutdown, started)
+                await _serve_hypercorn(app, config, host, port, tls, shutdown, started)
             else:
-                await _serve_own(app, config, host, port, shutdown, started)
+                await _serve_own(app, config, host, port, tls, shutdown, started)
             # The listener stopped and members were told: let every room commit what
             # it had queued and end, within what is left of the deadline.
             with trio.move_on_at(deadline) as waiting:
@@ -229,6 +254,7 @@ async def _serve_own(
     config: Config,
     host: str,
     port: int,
+    tls: ssl.SSLContext | None,
     shutdown: Callable[[], Awaitable[None]],
     started: Callable[[str, str, int], None],
 ) -> None:
@@ -243,10 +269,12 @@ async def _serve_own(
                     port=port,
                     handler_nursery=connections,
                     budgets=app.budgets,
+                    ssl_context=tls,
                 )
             )
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            started(f"http://{shown}:{bound_port}", bound_host, bound_port)
+            scheme = "http" if tls is None else "https"
+            started(f"{scheme}://{shown}:{bound_port}", bound_host, bound_port)
             await shutdown()
             listening.cancel_scope.cancel()  # stop accepting
         # Members were told (1001); give their sessions a moment, then cut the rest.
@@ -260,6 +288,7 @@ async def _serve_hypercorn(
     config: Config,
     host: str,
     port: int,
+    tls: ssl.SSLContext | None,
     shutdown: Callable[[], Awaitable[None]],
     started: Callable[[str, str, int], None],
 ) -> None:
@@ -274,7 +303,7 @@ async def _serve_hypercorn(
                 partial(
                     hypercorn.trio.serve,
                     cast(Any, app),
-                    hypercorn_config(config, host, port),
+                    hypercorn_config(config, host, port, tls),
                     shutdown_trigger=trigger,
                 )
             )

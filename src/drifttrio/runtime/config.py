@@ -46,6 +46,14 @@ def _within_half_outbox(inst: Config, attr: attrs.Attribute[Any], value: int) ->
         )
 
 
+def _with_certfile(inst: Config, _attr: attrs.Attribute[Any], value: str) -> None:
+    if bool(value) != bool(inst.certfile):
+        given, missing = ("keyfile", "certfile") if value else ("certfile", "keyfile")
+        raise ConfigError(
+            f"{given} is set but {missing} is not: TLS needs both (--certfile and --keyfile)"
+        )
+
+
 def _policy(_inst: object, _attr: attrs.Attribute[Any], value: str) -> None:
     if value not in get_args(SlowClientPolicy):
         raise ConfigError(f"slow_client_policy must be 'disconnect' or 'drop', got {value!r}")
@@ -194,6 +202,11 @@ class Config:
     inspector: bool = True
     #: Seconds a graceful shutdown (SIGTERM) may take before connections are cut.
     shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: TLS certificate chain (PEM) of the public listener: with ``keyfile``, both
+    #: transports serve ``https://`` and ``wss://`` directly (empty: plain HTTP).
+    certfile: str = ""
+    #: Private key (PEM, unencrypted) of ``certfile``; both or neither.
+    keyfile: str = attrs.field(default="", validator=_with_certfile)
     #: Log line format of ``drifttrio serve``: ``text``, ``kv`` (key=value) or ``json``.
     log_format: str = attrs.field(default="text", validator=_log_format)
 
