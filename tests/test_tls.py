@@ -234,6 +234,14 @@ async def test_failed_handshakes_end_quietly_and_others_keep_working(
                 for data in hostile:
                     nursery.start_soon(one, data)
             assert len(answers) == len(hostile)
+            # A client that does not trust the certificate aborts its handshake.
+            untrusting = ssl.create_default_context(cadata=trustme.CA().cert_pem.bytes().decode())
+            stream = await trio.open_tcp_stream(server.host, server.port)
+            stranger = trio.SSLStream(stream, untrusting, server_hostname="127.0.0.1")
+            with pytest.raises(trio.BrokenResourceError) as refused:
+                await stranger.do_handshake()
+            assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+            await stream.aclose()
             assert not any(answer.startswith(b"HTTP/") for answer in answers)
             # The member did not notice.
             await send(ws, relay("k", "still here"))
