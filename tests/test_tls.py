@@ -25,6 +25,7 @@ import httpx
 import pytest
 import trio
 import trustme
+from cryptography.hazmat.primitives import serialization
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from _procs import TIMEOUT, child_env, drifttrio_command, start_child
@@ -312,10 +313,13 @@ def test_unusable_certificate_or_key_is_named(
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a PEM file\n")
     encrypted = tmp_path / "encrypted.pem"
-    subprocess.run(
-        ["openssl", "pkey", "-in", files.key, "-aes256", "-passout", "pass:x", "-out", encrypted],
-        check=True,
-        capture_output=True,
+    private = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
+    encrypted.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
     )
     paths = {
         "cert": files.cert,
