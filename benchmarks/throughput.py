@@ -20,7 +20,9 @@ row, [min-max]) and a goals section with PASS/FAIL.
     python benchmarks/throughput.py --only "own transport" websockets --measure latency
 
 Needs ``npm install --prefix benchmarks`` (the ``ws`` package) and ``taskset``
-(util-linux) for pinning; without taskset it runs unpinned and says so.
+(util-linux) for pinning; without taskset it runs unpinned and says so. The TLS
+row needs ``trustme`` (the ``test`` extra): its certificate is made at start,
+and the load generator trusts it through ``NODE_EXTRA_CA_CERTS``.
 """
 
 from __future__ import annotations
@@ -38,22 +40,35 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-URL = re.compile(rb"(http://127\.0\.0\.1:\d+)")
+URL = re.compile(rb"(https?://127\.0\.0\.1:\d+)")
 
 DRIFTTRIO = "drifttrio serve (own transport)"
+DRIFTTRIO_TLS = "drifttrio serve (own transport, TLS)"
 DRIFTTRIO_ASGI = "hypercorn -k trio drifttrio.asgi:app"
 ASGI_RELAY = "hypercorn -k trio asgi_relay:app (minimal ASGI relay)"
 WEBSOCKETS = "minimal relay on websockets (asyncio)"
 NODE = "minimal relay on Node ws (yardstick)"
 
 DRIFTTRIO_SERVE = [sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0"]
+#: The TLS row's files, made by make_certificate() when the row runs.
+TLS_DIR = Path(tempfile.gettempdir()) / "drifttrio-bench-tls"
 SERVERS: dict[str, list[str]] = {
     DRIFTTRIO: [*DRIFTTRIO_SERVE, "--store", "memory"],
+    DRIFTTRIO_TLS: [
+        *DRIFTTRIO_SERVE,
+        "--store",
+        "memory",
+        "--certfile",
+        str(TLS_DIR / "cert.pem"),
+        "--keyfile",
+        str(TLS_DIR / "key.pem"),
+    ],
     "drifttrio serve (own transport, SQLite)": [
         *DRIFTTRIO_SERVE,
         "--store",
@@ -101,6 +116,20 @@ LATENCY_GOAL = 1.5
 MEMORY_GOAL_KIB = 16.0
 
 MEASURES = ("memory", "latency", "throughput")
+
+
+def make_certificate() -> None:
+    """A certificate for 127.0.0.1 from a throwaway CA (trustme), in TLS_DIR; the
+    load generator (Node) is told to trust the CA."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    TLS_DIR.mkdir(exist_ok=True)
+    ca.cert_pem.write_to_path(str(TLS_DIR / "ca.pem"))
+    issued.cert_chain_pems[0].write_to_path(str(TLS_DIR / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(TLS_DIR / "key.pem"))
+    os.environ["NODE_EXTRA_CA_CERTS"] = str(TLS_DIR / "ca.pem")
 
 
 def pinned(cpu: int, argv: list[str]) -> list[str]:
@@ -294,6 +323,8 @@ def main() -> None:
     servers = {k: v for k, v in SERVERS.items() if not args.only or any(o in k for o in args.only)}
     if not servers or not measures:
         sys.exit("nothing to run")
+    if DRIFTTRIO_TLS in servers:
+        make_certificate()
     if not shutil.which("taskset"):
         print("note: taskset not found, server and load generator are not pinned", file=sys.stderr)
     # Every idle connection is a socket in the load generator and in the server.
@@ -443,6 +474,36 @@ def main() -> None:
             print(
                 f"| {name} | {before:.1f} | {after:.1f} | "
                 f"{statistics.median(per):.1f} {fmt_range(per, '.1f')} |"
+            )
+
+    if DRIFTTRIO_TLS in servers and DRIFTTRIO in servers:
+        # No goal: what serving TLS directly costs, for docs/operations.md.
+        print(
+            f"\n### TLS cost\n\n{DRIFTTRIO_TLS!r} / {DRIFTTRIO!r}: ratio of medians "
+            "[range of the round-by-round ratios]\n"
+        )
+        print("| measure | TLS / plain |\n|---|---|")
+        rows: list[tuple[str, list[Any], list[Any], str]] = []
+        if "throughput" in measures:
+            rows += [
+                (f"throughput M={m}", tput[DRIFTTRIO_TLS][m], tput[DRIFTTRIO][m], "per_second")
+                for m in args.subscribers
+            ]
+        if "latency" in measures:
+            rows += [("latency p50", lat[DRIFTTRIO_TLS], lat[DRIFTTRIO], "p50_us")]
+        if "memory" in measures:
+            rows += [
+                ("idle KiB/connection", mem[DRIFTTRIO_TLS], mem[DRIFTTRIO], "kib_per_connection")
+            ]
+        for label, tls, plain, key in rows:
+            va, vb = values(tls, key), values(plain, key)
+            if not va or not vb or not statistics.median(vb):
+                print(f"| {label} | n/a |")
+                continue
+            rounds = per_round_ratios([e and e[key] for e in tls], [e and e[key] for e in plain])
+            print(
+                f"| {label} | {statistics.median(va) / statistics.median(vb):.2f}x "
+                f"{fmt_range(rounds, '.2f') if rounds else ''} |"
             )
 
     # Goals: a ratio of medians, with the range of the round-by-round ratios.

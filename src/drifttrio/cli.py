@@ -187,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
         help="addresses/networks of your reverse proxies, whose X-Forwarded-For names the client"
         " (e.g. 127.0.0.1,10.0.0.0/8)",
     )
+    run.add_argument(
+        "--certfile", default=None, help="TLS certificate chain (PEM): serve https:// and wss://"
+    )
+    run.add_argument("--keyfile", default=None, help="its private key (PEM, unencrypted)")
     _rooms_parser(commands)
     add_check_parser(commands)
     add_bench_parser(commands)
@@ -335,6 +339,8 @@ def _main(argv: Sequence[str] | None) -> int:
             inspector=False if args.no_inspector else None,
             shutdown_timeout=args.shutdown_timeout,
             trusted_proxies=args.trusted_proxies,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
         )
         configure_logging(config.log_format, config.log_level)
         warn_unknown_variables()

@@ -16,6 +16,7 @@ import math
 import os
 import resource
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -33,6 +34,7 @@ from .runtime.hub import Hub
 from .storage.base import shown_url
 from .web.app import DriftApp
 from .web.ops import OpsApp
+from .web.tls import server_ssl_context
 from .web.transport import serve_tcp
 
 __all__ = [
@@ -58,7 +60,8 @@ RESERVED_DESCRIPTORS = 96
 
 @attrs.frozen
 class RunningServer:
-    """A server that is listening. ``url`` is its HTTP base URL.
+    """A server that is listening. ``url`` is its HTTP base URL (``https://``
+    when it serves TLS; ``ws_url`` then says ``wss://``).
 
     ``metrics_url`` is the base URL of the internal listener (``/metrics``,
     ``/healthz``, ``/readyz``), or ``None`` when ``metrics_port`` is -1.
@@ -75,9 +78,29 @@ class RunningServer:
         return "ws" + self.url[len("http") :]
 
 
-def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
-    """The hypercorn settings drifttrio runs with."""
-    hc = HypercornConfig()
+class _HypercornConfig(HypercornConfig):
+    """hypercorn's settings, serving TLS with drifttrio's context (loaded once,
+    the same for both transports) instead of building its own from the files."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None) -> None:
+        super().__init__()
+        self._drifttrio_ssl_context = ssl_context
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self._drifttrio_ssl_context
+
+
+def hypercorn_config(
+    config: Config, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> HypercornConfig:
+    """The hypercorn settings drifttrio runs with; over TLS with ``ssl_context``
+    (see :func:`~drifttrio.web.tls.server_ssl_context`)."""
+    hc = _HypercornConfig(ssl_context)
+    if ssl_context is not None:
+        # hypercorn serves TLS (and says https://) when both are set; the files
+        # are not read again: create_ssl_context returns the loaded context.
+        hc.certfile, hc.keyfile = config.certfile, config.keyfile
+        hc.ssl_handshake_timeout = config.handshake_timeout
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.websocket_max_message_size = config.max_message_bytes
     hc.h11_max_incomplete_size = config.max_header_bytes
@@ -188,6 +211,9 @@ async def serve(
             port=config.port if port is None else port,
         )
     config = fit_descriptors(config, raise_descriptor_limit())
+    # A certificate or key that cannot be used fails here, before anything is bound
+    # or opened.
+    tls = server_ssl_context(config.certfile, config.keyfile) if config.certfile else None
     public = await open_listeners(config.host, config.port)
     ops: list[trio.SocketListener] = []
     try:
@@ -195,7 +221,7 @@ async def serve(
             ops = await open_listeners(
                 config.metrics_host, config.metrics_port, flags=("--metrics-host", "--metrics-port")
             )
-        await _serve_on(config, public, ops, transport, shutdown_trigger, task_status)
+        await _serve_on(config, public, ops, tls, transport, shutdown_trigger, task_status)
     finally:
         for listener in (*public, *ops):
             listener.socket.close()  # closed already unless something failed early
@@ -205,6 +231,7 @@ async def _serve_on(
     config: Config,
     public: list[trio.SocketListener],
     ops: list[trio.SocketListener],
+    tls: ssl.SSLContext | None,
     transport: str,
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
     task_status: trio.TaskStatus[RunningServer],
@@ -246,9 +273,9 @@ async def _serve_on(
             metrics_url = f"http://{f'[{ops_host}]' if ':' in ops_host else ops_host}:{ops_port}"
         try:
             if transport == "hypercorn":
-                await _serve_hypercorn(app, config, public, shutdown, started)
+                await _serve_hypercorn(app, config, public, tls, shutdown, started)
             else:
-                await _serve_own(app, config, public, shutdown, started)
+                await _serve_own(app, config, public, tls, shutdown, started)
             # The listener stopped and members were told: let every room commit what
             # it had queued and end, within what is left of the deadline.
             with trio.move_on_at(deadline) as waiting:
@@ -328,6 +355,7 @@ async def _serve_own(
     app: DriftApp,
     config: Config,
     listeners: list[trio.SocketListener],
+    tls: ssl.SSLContext | None,
     shutdown: Callable[[], Awaitable[None]],
     started: Callable[[str, str, int], None],
 ) -> None:
@@ -341,10 +369,12 @@ async def _serve_own(
                     handler_nursery=connections,
                     budgets=app.budgets,
                     listeners=listeners,
+                    ssl_context=tls,
                 )
             )
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            started(f"http://{shown}:{bound_port}", bound_host, bound_port)
+            scheme = "http" if tls is None else "https"
+            started(f"{scheme}://{shown}:{bound_port}", bound_host, bound_port)
             await shutdown()
             listening.cancel_scope.cancel()  # stop accepting
         # Members were told (1001); give their sessions a moment, then cut the rest.
@@ -357,6 +387,7 @@ async def _serve_hypercorn(
     app: DriftApp,
     config: Config,
     listeners: list[trio.SocketListener],
+    tls: ssl.SSLContext | None,
     shutdown: Callable[[], Awaitable[None]],
     started: Callable[[str, str, int], None],
 ) -> None:
@@ -365,7 +396,7 @@ async def _serve_hypercorn(
         # Members get write_timeout to see their close frame; then everything stops.
         scope.deadline = trio.current_time() + config.write_timeout
 
-    hc = hypercorn_config(config, config.host, config.port)
+    hc = hypercorn_config(config, config.host, config.port, tls)
     # The sockets are bound already: hypercorn takes them over by descriptor (and
     # closes them); ours let go of them.
     hc.bind = [f"fd://{listener.socket.detach()}" for listener in listeners]

@@ -259,6 +259,14 @@ def _loose_network(entry: str) -> _Network | None:
         return None
 
 
+def _with_certfile(inst: Config, _attr: attrs.Attribute[Any], value: str) -> None:
+    if bool(value) != bool(inst.certfile):
+        given, missing = ("keyfile", "certfile") if value else ("certfile", "keyfile")
+        raise ConfigError(
+            f"{given} is set but {missing} is not: TLS needs both (--certfile and --keyfile)"
+        )
+
+
 _PORT = _count(low=0, high=65535, note=" (0: any free port)")
 _HOST = _Text(
     "must be an address or a host name (0.0.0.0: every interface)", token=True, empty=False
@@ -434,6 +442,11 @@ class Config:
     inspector: bool = attrs.field(default=True, validator=_FLAG)
     #: Seconds a graceful shutdown (SIGTERM) may take before connections are cut.
     shutdown_timeout: float = attrs.field(default=10.0, validator=_seconds())
+    #: TLS certificate chain (PEM) of the public listener: with ``keyfile``, both
+    #: transports serve ``https://`` and ``wss://`` directly (empty: plain HTTP).
+    certfile: str = ""
+    #: Private key (PEM, unencrypted) of ``certfile``; both or neither.
+    keyfile: str = attrs.field(default="", validator=_with_certfile)
     #: Log line format of ``drifttrio serve``: ``text``, ``kv`` (key=value) or ``json``.
     log_format: str = attrs.field(default="text", validator=_Choice(LOG_FORMATS))
 

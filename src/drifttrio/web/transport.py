@@ -38,7 +38,8 @@ sessions live in one place, and adds what a generic ASGI server cannot:
   close code, and at most one rate-limited log line, never a traceback.
 
 :func:`serve_stream` serves one already-connected stream (a socket, TLS, or a
-``trio.testing`` memory stream), :func:`serve_tcp` listens.
+``trio.testing`` memory stream), :func:`serve_tcp` listens, over TLS when
+given an SSL context (the handshake inside the head's deadline).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from typing import Any, Final
@@ -1012,6 +1014,7 @@ async def serve_tcp(
     handler_nursery: trio.Nursery | None = None,
     budgets: ClientBudgets | None = None,
     listeners: list[trio.SocketListener] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (or on ``listeners``, already bound: they are then
@@ -1021,7 +1024,16 @@ async def serve_tcp(
     caller can stop listening and still let open connections finish. Connections
     in the HTTP phase are capped (``max_http_connections*``); WebSockets share one
     ping timer; ``budgets`` is charged for control frames.
+
+    With ``ssl_context`` every connection is TLS (scopes say ``https`` / ``wss``).
+    The handshake runs at the first read, so the request head's deadline
+    (``handshake_timeout``) bounds handshake and head together, and a failed one
+    (plain HTTP, garbage, silence) ends like any connection that sends no request:
+    closed, without a word in the log. The peer address and TCP keepalive come
+    from the socket before it is wrapped; reads and writes then go through the
+    TLS stream (:class:`_Wire` uses the socket directly only for a plain one).
     """
+    scheme = "http" if ssl_context is None else "https"
     if listeners is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
@@ -1040,9 +1052,12 @@ async def serve_tcp(
             await serve_stream(
                 app,
                 config,
-                stream,
+                stream
+                if ssl_context is None
+                else trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True),
                 client=peer,
                 server=server,
+                scheme=scheme,
                 nursery=connections,
                 budgets=budgets,
                 liveness=liveness,
