@@ -97,6 +97,14 @@ async function main(config, launch) {
       if (msg.type() === 'error' || msg.type() === 'warning') errors.push(msg.text());
     });
     page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}`));
+    // The npm client logs only the type of a message it does not know ("Unknown
+    // message type error"): keep the server's words, so a failure says why.
+    page.on('websocket', (ws) => {
+      ws.on('framereceived', ({ payload }) => {
+        const text = typeof payload === 'string' ? payload : '';
+        if (text.includes('"type":"error"')) errors.push(`server error frame: ${text.slice(0, 300)}`);
+      });
+    });
     pages[name] = page;
     await page.goto(`${config.app}/react.html?${query}`);
     await connected(page);
