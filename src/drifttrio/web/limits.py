@@ -187,6 +187,46 @@ class ClientBudgets:
             budget.work -= nodes
         return wait, nodes
 
+    def debit_message(self, ip: str, nbytes: int, count: Callable[[], int]) -> tuple[float, int]:
+        """Charge one WebSocket message of ``nbytes`` to ``ip`` whatever its balance
+        (it was received: its cost is incurred), then its nodes as ``count()`` gives
+        them: ``(seconds to wait, nodes)``.
+
+        Pacing, not refusing: the reader waits that long before it decodes the
+        message, so an address is served no faster than its budget, its other
+        connections wait their turn behind the debt, and nothing it sent is lost
+        (the npm client ignores ``error``: a dropped append is a silent data loss).
+        While the address owes messages or bytes, nothing is counted (``nodes`` is
+        -1): the caller counts after the wait and calls :meth:`debit_work`.
+        """
+        (m_rate, _), (b_rate, _), (w_rate, _) = self.messages, self.nbytes, self.work
+        if m_rate <= 0 and b_rate <= 0 and w_rate <= 0:
+            return 0.0, count()  # no budgets: the push path pays only the count
+        budget = self._budget(ip)
+        wait = 0.0
+        if m_rate > 0:
+            budget.messages -= 1
+            if budget.messages < 0:
+                wait = -budget.messages / m_rate
+        if b_rate > 0:
+            budget.bytes -= nbytes
+            if budget.bytes < 0:
+                wait = max(wait, -budget.bytes / b_rate)
+        if wait > 0.0:
+            return wait, -1
+        nodes = count()
+        return self.debit_work(ip, nodes), nodes
+
+    def debit_work(self, ip: str, nodes: int) -> float:
+        """Charge ``nodes`` of decode work to ``ip`` whatever its balance: the
+        seconds until it is out of debt (0.0: it is not)."""
+        rate = self.work[0]
+        if rate <= 0:
+            return 0.0
+        budget = self._budget(ip)
+        budget.work -= nodes
+        return -budget.work / rate if budget.work < 0 else 0.0
+
 
 def _wait(tokens: float, cost: float, rate: float, burst: float) -> float:
     """Seconds until a bucket holding ``tokens`` can pay ``cost`` (0: now)."""

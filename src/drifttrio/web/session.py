@@ -164,28 +164,27 @@ class Session:
                 metrics.rejected["max_message_bytes"].inc()
                 return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
             if refusal is None:
-                # Counted (bounded by the limit) and charged before the decode: a
-                # message over the address's budget is never decoded.
-                wait, nodes = budgets.charge_message(
+                # Charged before the decode, and counted (bounded by the limit) only
+                # once the message and its bytes are paid for. Over the address's
+                # budget the message waits, it is not dropped: this connection is
+                # read no faster than the budget (see ClientBudgets.debit_message).
+                wait, nodes = budgets.debit_message(
                     ip, size, partial(message_nodes, data, limits.max_nodes)
                 )
                 if wait > 0.0:
                     metrics.rejected["address_budget"].inc()
-                    refusal = (
-                        "rate limit: this client address is over its budget "
-                        f"(retry in {wait:.2f} s); message dropped"
-                    )
+                    await trio.sleep(wait)
+                    if nodes < 0:
+                        nodes = message_nodes(data, limits.max_nodes)
+                        wait = budgets.debit_work(ip, nodes)
+                        if wait > 0.0:
+                            await trio.sleep(wait)
             if refusal is not None:
                 metrics.errors["rate_limited"].inc()
                 refused += 1
                 if refused >= _MAX_REFUSED_IN_A_ROW:
                     return CloseCode.RATE_LIMITED, "rate limit exceeded"
                 conn.send_message(Error(refusal))
-                if wait > 0.0:
-                    # Read nothing more from this connection until its address can
-                    # pay: a refused message still cost its receipt, and the
-                    # address's other connections are paced the same way.
-                    await trio.sleep(wait)
                 continue
             refused = 0
             try:
