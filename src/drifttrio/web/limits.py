@@ -40,6 +40,16 @@ class TokenBucket:
             return True
         return False
 
+    def debit(self) -> float:
+        """Take one token whatever the balance (the message was received: its cost is
+        incurred): the seconds until the bucket is out of debt (0.0: it is not)."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate) - 1.0
+        self.tokens, self._stamp = tokens, now
+        return -tokens / self.rate if tokens < 0.0 else 0.0
+
 
 class KeyedRateLimiter:
     """One token bucket per key (a client address), for at most ``max_keys`` keys.

@@ -32,7 +32,6 @@ Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
 _CLOSE_DRAIN_SECONDS = 1.0
-_MAX_REFUSED_IN_A_ROW = 100
 READ_ONLY_REFUSAL = "read-only token: push refused"
 
 
@@ -130,7 +129,6 @@ class Session:
         max_errors = self.config.max_consecutive_errors
         errors = 0
         bucket = TokenBucket(self.config.rate_limit_per_second, self.config.rate_limit_burst)
-        refused = 0
         # Under a generic ASGI server every frame is a write of its own, the dearest
         # step of all: before reading on, let this member's writer take what is
         # queued for it (at most one writer cycle). Input then arrives in batches:
@@ -146,12 +144,6 @@ class Session:
                 conn.peer_close_code = message.get("code")
                 return None, ""  # websocket.disconnect: the peer is gone
             conn.messages_in += 1
-            refusal: str | None = None
-            wait = 0.0
-            if not bucket.take():
-                metrics.rejected["rate_limit"].inc()
-                rate = self.config.rate_limit_per_second
-                refusal = f"rate limit: more than {rate:g} messages/s; message dropped"
             data: str | bytes | None = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
@@ -163,30 +155,27 @@ class Session:
             ):
                 metrics.rejected["max_message_bytes"].inc()
                 return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
-            if refusal is None:
-                # Charged before the decode, and counted (bounded by the limit) only
-                # once the message and its bytes are paid for. Over the address's
-                # budget the message waits, it is not dropped: this connection is
-                # read no faster than the budget (see ClientBudgets.debit_message).
-                wait, nodes = budgets.debit_message(
-                    ip, size, partial(message_nodes, data, limits.max_nodes)
-                )
-                if wait > 0.0:
-                    metrics.rejected["address_budget"].inc()
-                    await trio.sleep(wait)
-                    if nodes < 0:
-                        nodes = message_nodes(data, limits.max_nodes)
-                        wait = budgets.debit_work(ip, nodes)
-                        if wait > 0.0:
-                            await trio.sleep(wait)
-            if refusal is not None:
-                metrics.errors["rate_limited"].inc()
-                refused += 1
-                if refused >= _MAX_REFUSED_IN_A_ROW:
-                    return CloseCode.RATE_LIMITED, "rate limit exceeded"
-                conn.send_message(Error(refusal))
-                continue
-            refused = 0
+            # Over the connection's rate limit or its address's budget a message waits,
+            # it is not dropped: the npm client ignores ``error``, so a dropped append
+            # would be lost without a word. This connection is read no faster than its
+            # limits (TCP paces the client); its address's other connections wait
+            # behind the address's debt. Charged before the decode, and counted
+            # (bounded by the limit) only once the message and its bytes are paid for.
+            wait = bucket.debit()
+            if wait > 0.0:
+                metrics.rejected["rate_limit"].inc()
+                await trio.sleep(wait)
+            wait, nodes = budgets.debit_message(
+                ip, size, partial(message_nodes, data, limits.max_nodes)
+            )
+            if wait > 0.0:
+                metrics.rejected["address_budget"].inc()
+                await trio.sleep(wait)
+                if nodes < 0:
+                    nodes = message_nodes(data, limits.max_nodes)
+                    wait = budgets.debit_work(ip, nodes)
+                    if wait > 0.0:
+                        await trio.sleep(wait)
             try:
                 client_message = decode_client_message(data, limits, nodes=nodes)
             except ProtocolError as exc:
