@@ -161,16 +161,20 @@ async def test_append_action_and_payload(server: RunningServer) -> None:
     assert results[0].params == {"subscribers": 2, "in_flight": 8, "action": "append"}
 
 
-async def test_the_rate_limit_of_a_default_server_is_reported(tmp_path: Path) -> None:
-    config = Config(rate_limit_per_second=1, rate_limit_burst=5, new_rooms_per_minute=0)
+async def test_a_paced_server_is_measured_whole_and_the_report_says_how_to_lift_it(
+    tmp_path: Path,
+) -> None:
+    """The server paces a connection over its rate limit instead of refusing: the
+    bench sees every message, slowly, and its report says how to lift the limits."""
+    config = Config(rate_limit_per_second=50, rate_limit_burst=5, new_rooms_per_minute=0)
     async with open_server(config) as running:
         options = small(running.url, "ping")
         with trio.fail_after(TIMEOUT):
             [result] = await run_bench(options)
-    assert not result.ok
-    assert result.errors > 0 or result.closed
+    assert result.ok, result
+    assert not result.errors
+    assert not result.closed
     table = format_table([result], options)
-    assert "FAIL ping" in table
     assert "DRIFTTRIO_RATE_LIMIT_PER_SECOND=0" in table
 
 
