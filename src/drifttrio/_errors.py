@@ -51,15 +51,14 @@ class ConfigError(DriftError):
 class ProtocolError(DriftError):
     """The peer sent something that cannot be accepted.
 
-    ``status`` is the HTTP status to answer with; ``close_code`` is set when the
-    connection should be closed rather than answered with an ``error`` message.
+    ``status`` is the HTTP status to answer with (a WebSocket answers with an
+    ``error`` message).
     """
 
-    def __init__(self, message: str, *, status: int = 400, close_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int = 400) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.close_code = close_code
 
 
 class RoomNotFound(DriftError):

@@ -63,7 +63,6 @@ from wsproto.utilities import LocalProtocolError
 
 from .._errors import CloseCode
 from .._logging import ThrottledLog
-from ..protocol.codec import websocket_frame
 from ..runtime.config import Config
 from .frames import Close, FrameError, FrameReader, Ping, close_frame, ping_frame, pong_frame
 from .limits import ClientBudgets, TokenBucket
@@ -867,16 +866,6 @@ class _WebSocketSession:
         if kind == "drifttrio.websocket.send_frames":
             if not self.closing:  # after our close frame, nothing else (RFC 6455 5.5.1)
                 await self._send_bytes(message["data"])
-        elif kind == "websocket.send":
-            if not self.accepted or self.closing:
-                self.gone = True  # not open: a misuse, as wsproto would refuse it
-                return
-            text = message.get("text")
-            if text is not None:
-                frame = websocket_frame(text.encode(), binary=False)
-            else:
-                frame = websocket_frame(message["bytes"], binary=True)
-            await self._send_bytes(frame)
         elif kind == "websocket.close":
             if not self.accepted:
                 await self._reject(403, [], b"")
