@@ -597,17 +597,11 @@ class DriftApp:
             await self._reject(send, scope, 404, "room not found")
             return None
         ip = _client_ip(scope)
-        refusal = self._connections.refusal(ip, room_id)
-        if refusal is not None:
-            limit = (
-                "max_connections_per_ip"
-                if "client address" in refusal
-                else "max_connections_per_room"
-                if "room's limit" in refusal
-                else "max_connections"
-            )
-            hub.metrics.rejected[limit].inc()
-            await self._reject(send, scope, 503, refusal)
+        exceeded = self._connections.exceeded(ip, room_id)
+        if exceeded is not None:
+            limit, cap = exceeded
+            hub.metrics.rejected[limit.value].inc()
+            await self._reject(send, scope, 503, limit.refusal(cap))
             return None
         self._connections.add(ip, room_id)
         return hub, room_id, ip
