@@ -27,6 +27,7 @@ from .._errors import (
     DriftError,
     ProtocolError,
     RoomNotFound,
+    ShuttingDown,
     StorageError,
     unwrap_group,
 )
@@ -491,6 +492,9 @@ class DriftApp:
         except RoomNotFound:
             await self._error(send, 404, "room not found")
             return
+        except ShuttingDown as exc:
+            await self._error(send, 503, str(exc))
+            return
         except StorageError as exc:  # the room could not be loaded
             await self._error(send, 503, f"storage unavailable: {exc}")
             return
@@ -633,6 +637,9 @@ class DriftApp:
             room = await hub.submit(room_id, Join(conn))
         except RoomNotFound:
             await self._reject(send, scope, 404, "room not found")
+            return
+        except ShuttingDown as exc:
+            await self._reject(send, scope, 503, str(exc))
             return
         except StorageError as exc:  # the room could not be loaded
             await self._reject(send, scope, 503, f"storage unavailable: {exc}")
