@@ -14,7 +14,6 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, TypeAlias
-from urllib.parse import unquote
 
 import orjson
 import trio
@@ -40,9 +39,10 @@ from ..runtime.redact import room_tag
 from ..runtime.room import Join
 from .limits import ClientBudgets, ConnectionCounter, KeyedRateLimiter
 from .ops import handle_ops, is_ops_path
+from .policy import READ_ONLY_REFUSAL, authorize, count_invalid, parse_query, read_only
 from .proxy import TrustedProxies
-from .session import READ_ONLY_REFUSAL, Session, command_for
-from .tokens import READ, WRITE, issue_room_token, token_expiry, verify_room_token
+from .session import Session, command_for
+from .tokens import READ, WRITE, issue_room_token, token_expiry
 from .transport import FRAMES_EXTENSION
 
 __all__ = ["DriftApp", "parse_query"]
@@ -55,8 +55,6 @@ Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
-#: Scope key: the capability a room token granted (absent when tokens are off).
-_ACCESS_KEY = "drifttrio.access"
 _ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send|/token)?/?")
 #: The ``reason`` label of a close code the server chose.
 _CLOSE_REASONS = {
@@ -68,23 +66,6 @@ _CLOSE_REASONS = {
     CloseCode.RATE_LIMITED: "rate_limited",
 }
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
-
-
-def parse_query(query: bytes | str) -> dict[str, str]:
-    """Parse a query string leniently.
-
-    The npm client appends ``?cbor=true`` to a URL that may already have a query,
-    so ``cbor=true?cbor=true`` and ``cbor=true?debug=true`` must both work: ``?``
-    is treated as one more separator. The first value of a name wins.
-    """
-    text = query.decode("latin-1") if isinstance(query, bytes) else query
-    params: dict[str, str] = {}
-    for part in re.split(r"[&?;]", text):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        params.setdefault(unquote(name).strip().lower(), unquote(value).strip())
-    return params
 
 
 def _require_trio() -> None:
@@ -353,17 +334,12 @@ class DriftApp:
         if action == "/token":
             await self._issue_token(scope, receive, send, hub, room_id)
             return
-        token = None
-        if self.config.room_token_secret:
+        try:
             # Checked before the room's existence: without a token, nothing is revealed.
-            token = parse_query(scope.get("query_string", b"")).get("token")
-            try:
-                scope[_ACCESS_KEY] = verify_room_token(
-                    self.config.room_token_secret, room_id, token
-                )
-            except ProtocolError as exc:
-                await self._error(send, exc.status, exc.message)
-                return
+            token = authorize(self.config, scope, room_id)
+        except ProtocolError as exc:
+            await self._error(send, exc.status, exc.message)
+            return
         if not await hub.room_exists(room_id):
             await self._error(send, 404, "room not found")
             return
@@ -475,16 +451,13 @@ class DriftApp:
                 headers=[(b"retry-after", str(math.ceil(wait)).encode())],
             )
             return
-        if nodes > limits.max_nodes:
-            hub.metrics.rejected["max_message_nodes"].inc()
         try:
             message = decode_json_client_message(body, limits, nodes=nodes)
         except ProtocolError as exc:
-            hub.metrics.messages_in["invalid"].inc()
-            hub.metrics.errors["invalid"].inc()
+            count_invalid(hub.metrics, nodes, limits)
             await self._error(send, exc.status, exc.message)
             return
-        if isinstance(message, Push) and scope.get(_ACCESS_KEY) == READ:
+        if isinstance(message, Push) and read_only(scope):
             await self._error(send, 403, READ_ONLY_REFUSAL)
             return
         try:
@@ -588,15 +561,11 @@ class DriftApp:
             hub.metrics.rejected["allowed_origins"].inc()
             await self._reject(send, scope, 403, "origin not allowed")
             return None
-        if self.config.room_token_secret:
-            params = parse_query(scope.get("query_string", b""))
-            try:
-                scope[_ACCESS_KEY] = verify_room_token(
-                    self.config.room_token_secret, room_id, params.get("token")
-                )
-            except ProtocolError as exc:
-                await self._reject(send, scope, exc.status, exc.message)
-                return None
+        try:
+            authorize(self.config, scope, room_id)
+        except ProtocolError as exc:
+            await self._reject(send, scope, exc.status, exc.message)
+            return None
         if not await hub.room_exists(room_id):
             await self._reject(send, scope, 404, "room not found")
             return None
@@ -661,7 +630,7 @@ class DriftApp:
             room,
             receive,
             send,
-            read_only=scope.get(_ACCESS_KEY) == READ,
+            read_only=read_only(scope),
             budgets=self.budgets,
             ip=_client_ip(scope),
         )
