@@ -34,7 +34,7 @@ from ..protocol.codec import CBOR, JSON, decode_json_client_message, json_nodes
 from ..protocol.messages import Error, Init, Push
 from ..runtime.config import Config
 from ..runtime.connection import Connection
-from ..runtime.hub import Hub
+from ..runtime.hub import Hub, open_hub
 from ..runtime.redact import room_tag
 from ..runtime.room import Join
 from .limits import ClientBudgets, ConnectionCounter, KeyedRateLimiter
@@ -163,15 +163,13 @@ class DriftApp:
         started = False
         try:
             _require_trio()
-            hub = Hub(self.config)  # opens the store: a bad store fails here
-            async with trio.open_nursery() as nursery:
-                self.hub = await nursery.start(hub.run)
+            async with open_hub(self.config) as hub:  # opens the store: a bad one fails here
+                self.hub = hub
                 self._ready = started = True
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
                 self._ready = False
-                self.hub.close_all()
-                nursery.cancel_scope.cancel()
+                hub.close_all()
         except Exception as exc:
             if started:
                 raise
