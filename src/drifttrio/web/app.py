@@ -15,6 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, TypeAlias
 
+import attrs
 import orjson
 import trio
 
@@ -280,89 +281,93 @@ class DriftApp:
         if hub is None or not self._ready or hub.closing:
             await self._error(send, 503, "server is not ready")
             return
-        if path in ("/", ""):
-            await self._respond(send, 200, {"server": "drifttrio", "version": __version__})
-            return
-        if path == "/new":
-            if method != "POST":
-                await self._error(send, 405, "use POST /new", headers=[(b"allow", b"POST")])
-                return
-            if self.config.api_key and not _bearer_matches(scope, self.config.api_key):
-                hub.metrics.rejected["api_key"].inc()
-                await self._error(
-                    send,
-                    401,
-                    "POST /new needs the API key",
-                    headers=[(b"www-authenticate", b'Bearer realm="drifttrio"')],
-                )
-                return
-            if not self._new_room_limiter.take(_client_ip(scope)):
-                hub.metrics.rejected["new_rooms_per_minute"].inc()
-                await self._error(
-                    send,
-                    429,
-                    "too many new rooms from this address; try again later",
-                    headers=[(b"retry-after", b"60")],
-                )
-                return
-            try:
-                room_id = await hub.create_room()
-            except CapacityError as exc:
-                hub.metrics.rejected["max_rooms"].inc()
-                await self._error(send, 503, str(exc))
-                return
-            except StorageError as exc:
-                await self._error(send, 503, f"storage unavailable: {exc}")
-                return
-            token = None
-            if self.config.room_token_secret:
-                token = issue_room_token(
-                    self.config.room_token_secret,
-                    room_id,
-                    WRITE,
-                    self.config.room_token_ttl_seconds,
-                )
-            await self._respond(send, 200, self._room_info(scope, room_id, token))
-            return
-        match = _ROOM_PATH.fullmatch(path)
-        if match is None:
+        found = _route(path)
+        if found is None:
             await self._error(send, 404, "not found")
             return
-        room_id, action = match.group(1), match.group(2)
-        if action == "/token":
-            await self._issue_token(scope, receive, send, hub, room_id)
+        route, room_id = found
+        token = None
+        if route.in_room:
+            try:
+                # Checked before the room's existence: without a token, nothing is revealed.
+                token = authorize(self.config, scope, room_id)
+            except ProtocolError as exc:
+                await self._error(send, exc.status, exc.message)
+                return
+            if not await hub.room_exists(room_id):
+                await self._error(send, 404, "room not found")
+                return
+        if route.methods and method not in route.methods:
+            allow = [(b"allow", route.methods[0].encode())]
+            await self._error(send, 405, route.wrong_method, headers=allow)
+            return
+        await route.handle(self, scope, receive, send, hub, room_id, token)
+
+    async def _server_info(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
+    ) -> None:
+        """``/``: which server this is."""
+        await self._respond(send, 200, {"server": "drifttrio", "version": __version__})
+
+    async def _new_room(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
+    ) -> None:
+        """``POST /new`` (with the API key if one is set): a new room and its URLs."""
+        if self.config.api_key and not _bearer_matches(scope, self.config.api_key):
+            hub.metrics.rejected["api_key"].inc()
+            await self._error(
+                send,
+                401,
+                "POST /new needs the API key",
+                headers=[(b"www-authenticate", b'Bearer realm="drifttrio"')],
+            )
+            return
+        if not self._new_room_limiter.take(_client_ip(scope)):
+            hub.metrics.rejected["new_rooms_per_minute"].inc()
+            await self._error(
+                send,
+                429,
+                "too many new rooms from this address; try again later",
+                headers=[(b"retry-after", b"60")],
+            )
             return
         try:
-            # Checked before the room's existence: without a token, nothing is revealed.
-            token = authorize(self.config, scope, room_id)
-        except ProtocolError as exc:
-            await self._error(send, exc.status, exc.message)
+            room_id = await hub.create_room()
+        except CapacityError as exc:
+            hub.metrics.rejected["max_rooms"].inc()
+            await self._error(send, 503, str(exc))
             return
-        if not await hub.room_exists(room_id):
-            await self._error(send, 404, "room not found")
+        except StorageError as exc:
+            await self._error(send, 503, f"storage unavailable: {exc}")
             return
-        if action is None:
-            if method not in ("GET", "HEAD"):
-                await self._error(send, 405, "use GET", headers=[(b"allow", b"GET")])
-                return
-            await self._respond(send, 200, self._room_info(scope, room_id, token))
-        elif action == "/connect":
-            await self._error(
-                send, 426, "WebSocket upgrade required", headers=[(b"upgrade", b"websocket")]
+        if self.config.room_token_secret:
+            token = issue_room_token(
+                self.config.room_token_secret,
+                room_id,
+                WRITE,
+                self.config.room_token_ttl_seconds,
             )
-        elif method != "POST":
-            await self._error(send, 405, "use POST", headers=[(b"allow", b"POST")])
-        else:
-            await self._http_send(scope, receive, send, hub, room_id)
+        await self._respond(send, 200, self._room_info(scope, room_id, token))
+
+    async def _room(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
+    ) -> None:
+        """``GET /room/ID``: the room's URLs (with the token it was asked with)."""
+        await self._respond(send, 200, self._room_info(scope, room_id, token))
+
+    async def _upgrade_required(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
+    ) -> None:
+        """``/room/ID/connect`` without an upgrade."""
+        await self._error(
+            send, 426, "WebSocket upgrade required", headers=[(b"upgrade", b"websocket")]
+        )
 
     async def _issue_token(
-        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
     ) -> None:
         """``POST /room/ID/token`` with the API key: a signed URL for the room."""
         config = self.config
-        if scope["method"] != "POST":
-            await self._error(send, 405, "use POST", headers=[(b"allow", b"POST")])
-            return
         if not config.room_token_secret:
             await self._error(send, 404, "room tokens are not enabled (room_token_secret)")
             return
@@ -432,8 +437,9 @@ class DriftApp:
                 return b"".join(chunks)
 
     async def _http_send(
-        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
     ) -> None:
+        """``POST /room/ID/send``: one client message, answered as its reply."""
         body = await self._read_body(scope, receive)
         if body is None:
             hub.metrics.rejected["max_message_bytes"].inc()
@@ -647,6 +653,46 @@ class DriftApp:
                 "connection closed",
                 extra={"fields": _close_fields(conn, tag, code, reason, label)},
             )
+
+
+_Handler: TypeAlias = Callable[
+    [DriftApp, Scope, Receive, Send, Hub, str, str | None], Awaitable[None]
+]
+
+
+@attrs.frozen
+class _Route:
+    """What an HTTP path runs, and what is checked first."""
+
+    handle: _Handler
+    #: The methods it answers (empty: any); any other gets 405 and ``wrong_method``.
+    methods: tuple[str, ...] = ()
+    wrong_method: str = ""
+    #: ``/room/ID/...``: the room token is checked, then that the room exists,
+    #: before the method (without a token, nothing is revealed).
+    in_room: bool = False
+
+
+#: The HTTP routes (``/healthz`` and the other ops paths are answered before these);
+#: ``ID`` stands for a room id.
+_ROUTES = {
+    "/": _Route(DriftApp._server_info),
+    "/new": _Route(DriftApp._new_room, ("POST",), "use POST /new"),
+    "/room/ID": _Route(DriftApp._room, ("GET", "HEAD"), "use GET", in_room=True),
+    "/room/ID/connect": _Route(DriftApp._upgrade_required, in_room=True),
+    "/room/ID/send": _Route(DriftApp._http_send, ("POST",), "use POST", in_room=True),
+    "/room/ID/token": _Route(DriftApp._issue_token, ("POST",), "use POST"),
+}
+
+
+def _route(path: str) -> tuple[_Route, str] | None:
+    """The route of ``path`` and its room id (``""`` outside ``/room/``)."""
+    if path in ("/", "", "/new"):
+        return _ROUTES[path or "/"], ""
+    match = _ROOM_PATH.fullmatch(path)
+    if match is None:
+        return None
+    return _ROUTES["/room/ID" + (match.group(2) or "")], match.group(1)
 
 
 def _bytes_as_ints(value: object) -> list[int]:
