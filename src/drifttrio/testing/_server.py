@@ -88,7 +88,7 @@ class RoomView:
 
 
 @attrs.define(eq=False)
-class _Connection:
+class _ServedStream:
     client: Endpoint
     done: trio.Event
 
@@ -122,7 +122,7 @@ class DriftTestServer:
         self._context = WorkerContext(None)
         self._server_nursery = server_nursery
         self._client_nursery = client_nursery
-        self._connections: list[_Connection] = []
+        self._connections: list[_ServedStream] = []
 
     # -- connections ---------------------------------------------------------------
 
@@ -132,7 +132,7 @@ class DriftTestServer:
         client, server = connection_pair(buffer_bytes, client_address=client_address)
         done = trio.Event()
         self._connections = [c for c in self._connections if not c.done.is_set()]
-        self._connections.append(_Connection(client, done))
+        self._connections.append(_ServedStream(client, done))
         self._server_nursery.start_soon(self._serve, server, done)
         return client, done
 
