@@ -8,6 +8,7 @@ The tree::
     │                           carries the HTTP status and close-code hint to answer with
     ├── RoomNotFound            the room id is unknown
     ├── CapacityError           a server-wide cap is reached (HTTP 503)
+    ├── ShuttingDown            the server is shutting down: no room is loaded or joined
     └── StorageError            the storage backend failed; nothing was committed
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "DriftError",
     "ProtocolError",
     "RoomNotFound",
+    "ShuttingDown",
     "StorageError",
     "unwrap_group",
 ]
@@ -68,6 +70,11 @@ class RoomNotFound(DriftError):
 
 class CapacityError(DriftError):
     """A server-wide cap (such as ``max_rooms``) is reached."""
+
+
+class ShuttingDown(DriftError):
+    """The server is shutting down (its hub is closing): the room was not loaded,
+    or the command not taken; the storage itself is fine."""
 
 
 class StorageError(DriftError):

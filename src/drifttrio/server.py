@@ -36,9 +36,11 @@ from .web.app import DriftApp
 from .web.ops import OpsApp
 from .web.tls import server_ssl_context
 from .web.transport import serve_tcp
+from .wiring import TRANSPORTS, TransportName, checked_transport, open_app
 
 __all__ = [
     "RESERVED_DESCRIPTORS",
+    "TRANSPORTS",
     "ListenError",
     "RunningServer",
     "fit_descriptors",
@@ -201,8 +203,7 @@ async def serve(
     The listeners are bound before the store is opened: a port in use fails with
     :class:`ListenError` and leaves nothing behind (no database file created).
     """
-    if transport not in TRANSPORTS:
-        raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+    checked = checked_transport(transport)
     config = config or Config()
     if host is not None or port is not None:  # checked like any setting
         config = attrs.evolve(
@@ -221,7 +222,7 @@ async def serve(
             ops = await open_listeners(
                 config.metrics_host, config.metrics_port, flags=("--metrics-host", "--metrics-port")
             )
-        await _serve_on(config, public, ops, tls, transport, shutdown_trigger, task_status)
+        await _serve_on(config, public, ops, tls, checked, shutdown_trigger, task_status)
     finally:
         for listener in (*public, *ops):
             listener.socket.close()  # closed already unless something failed early
@@ -232,13 +233,11 @@ async def _serve_on(
     public: list[trio.SocketListener],
     ops: list[trio.SocketListener],
     tls: ssl.SSLContext | None,
-    transport: str,
+    transport: TransportName,
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
     task_status: trio.TaskStatus[RunningServer],
 ) -> None:
     """:func:`serve` once its listeners are bound."""
-    hub = Hub(config)  # opens the store: a bad --store fails here, plainly
-    app = DriftApp(config, hub=hub)
     metrics_url: str | None = None
     deadline = math.inf
 
@@ -264,8 +263,8 @@ async def _serve_on(
             log.info("metrics, health and readiness on %s", metrics_url)
         task_status.started(server)
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(hub.run)
+    # Opens the store: a bad --store fails here, plainly.
+    async with open_app(config) as (hub, app), trio.open_nursery() as nursery:
         if ops:
             ops_host, ops_port = await nursery.start(
                 partial(serve_tcp, OpsApp(hub), config, listeners=ops)
@@ -283,10 +282,7 @@ async def _serve_on(
             if waiting.cancelled_caught:
                 log.warning("shutdown deadline passed with %d room(s) live", len(hub.rooms))
         finally:
-            nursery.cancel_scope.cancel()  # the listener has finished: stop the rooms
-
-
-TRANSPORTS = ("drifttrio", "hypercorn")
+            nursery.cancel_scope.cancel()  # the listener has finished: stop the rest
 
 
 def raise_descriptor_limit() -> tuple[int, int] | None:

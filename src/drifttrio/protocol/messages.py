@@ -8,7 +8,7 @@ Server → client: :class:`PushEvent`, :class:`Init`, :class:`StreamSize`,
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NewType
+from typing import ClassVar, NewType
 
 import attrs
 
@@ -140,7 +140,3 @@ class Error:
 
 
 ServerMessage = PushEvent | Init | StreamSize | Pong | Error
-
-
-def _tag(cls: type[Any]) -> str:
-    return str(cls.TAG)

@@ -421,10 +421,6 @@ class Connection:
                 self._kicked.set()
         return self._kicked
 
-    def wants(self, key: str) -> bool:
-        """Whether a broadcast on ``key`` goes to this member."""
-        return not self.explicit or key in self.subscriptions
-
     def encode(self, message: ServerMessage) -> Frame:
         if self.codec is None:
             return message

@@ -24,7 +24,14 @@ from typing import Final
 import attrs
 import trio
 
-from .._errors import CapacityError, CloseCode, ProtocolError, RoomNotFound, StorageError
+from .._errors import (
+    CapacityError,
+    CloseCode,
+    ProtocolError,
+    RoomNotFound,
+    ShuttingDown,
+    StorageError,
+)
 from ..core.budget import BudgetAccount, RetainedBudget
 from ..core.room_state import RoomLimits, RoomState
 from ..protocol.codec import Codec, check_value
@@ -212,7 +219,7 @@ class Hub:
             if room is not None and not room.closed:
                 return room
             if self.closing:
-                raise StorageError("the server is shutting down")
+                raise ShuttingDown("the server is shutting down")
             loading = self._loading.get(room_id)
             if loading is not None:
                 await loading.wait()
@@ -288,7 +295,7 @@ class Hub:
                 await room.inbox.send(command)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 if self.closing:
-                    raise StorageError("the server is shutting down") from None
+                    raise ShuttingDown("the server is shutting down") from None
                 continue  # evicted in between: load it again
             return room
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode, urlsplit
 
 import attrs
@@ -25,7 +25,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 from trio_websocket import HandshakeError, WebSocketConnection, wrap_client_stream
 
-from .._errors import ConfigError, RoomNotFound
+from .._errors import RoomNotFound
 from ..protocol.messages import SeqValue
 from ..runtime.config import Config
 from ..runtime.hub import Hub
@@ -33,6 +33,7 @@ from ..server import hypercorn_config
 from ..storage import Storage
 from ..web.app import DriftApp
 from ..web.transport import serve_stream
+from ..wiring import TransportName, checked_transport, open_app
 from ._client import DriftClient, settle
 from ._http import HttpResponse, exchange
 from ._storage import FaultyStorage, StoreName, make_storage
@@ -42,10 +43,6 @@ if TYPE_CHECKING:
     from ._httpx import DriftTransport
 
 __all__ = ["DriftTestServer", "MemberInfo", "RoomView", "TransportName", "open_test_server"]
-
-#: ``drifttrio``: drifttrio's own h11/wsproto transport (the default of ``drifttrio
-#: serve``); ``hypercorn``: hypercorn's trio connection handler.
-TransportName: TypeAlias = Literal["drifttrio", "hypercorn"]
 
 #: Bytes buffered per direction of a WebSocket connection (roughly a socket's buffers).
 DEFAULT_BUFFER_BYTES = 64 * 1024
@@ -91,7 +88,7 @@ class RoomView:
 
 
 @attrs.define(eq=False)
-class _Connection:
+class _ServedStream:
     client: Endpoint
     done: trio.Event
 
@@ -101,6 +98,7 @@ class DriftTestServer:
 
     def __init__(
         self,
+        app: DriftApp,
         hub: Hub,
         storage: FaultyStorage,
         *,
@@ -118,13 +116,13 @@ class DriftTestServer:
         self.transport = transport
         #: ``trio.current_time()`` when the server started.
         self.started_at = trio.current_time()
-        self.app = DriftApp(self.config, hub=hub)
+        self.app = app
         self._hypercorn = hypercorn_config(self.config, "127.0.0.1", 0)
         self._asgi = wrap_app(cast(Any, self.app), self._hypercorn.wsgi_max_body_size, "asgi")
         self._context = WorkerContext(None)
         self._server_nursery = server_nursery
         self._client_nursery = client_nursery
-        self._connections: list[_Connection] = []
+        self._connections: list[_ServedStream] = []
 
     # -- connections ---------------------------------------------------------------
 
@@ -134,7 +132,7 @@ class DriftTestServer:
         client, server = connection_pair(buffer_bytes, client_address=client_address)
         done = trio.Event()
         self._connections = [c for c in self._connections if not c.done.is_set()]
-        self._connections.append(_Connection(client, done))
+        self._connections.append(_ServedStream(client, done))
         self._server_nursery.start_soon(self._serve, server, done)
         return client, done
 
@@ -356,23 +354,21 @@ async def open_test_server(
     On exit, connections still open are dropped and every task is cancelled;
     a MockClock autojumps meanwhile (shutdown has deadlines), then is restored.
     """
-    if transport not in ("drifttrio", "hypercorn"):
-        raise ConfigError(f"transport must be 'drifttrio' or 'hypercorn', got {transport!r}")
+    transport = checked_transport(transport)
     config = config or Config()
     path = Path(tmp_path) / "drifttrio.db" if tmp_path is not None else None
     storage = FaultyStorage(make_storage(store, path))
-    hub = Hub(config, storage)
     # Shutting down waits on deadlines (sessions get a moment to say goodbye, in
     # shielded scopes), so a MockClock autojumps while the server stops: under
     # `mock_clock` too, leaving the block never waits for a jump that never comes.
     clock = trio.lowlevel.current_clock()
     threshold = clock.autojump_threshold if isinstance(clock, trio.testing.MockClock) else None
     try:
-        async with trio.open_nursery() as server_nursery:
-            await server_nursery.start(hub.run)
+        async with open_app(config, storage) as (hub, app), trio.open_nursery() as server_nursery:
             try:
                 async with trio.open_nursery() as client_nursery:
                     server = DriftTestServer(
+                        app,
                         hub,
                         storage,
                         host=host,

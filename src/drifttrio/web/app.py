@@ -14,8 +14,8 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, TypeAlias
-from urllib.parse import unquote
 
+import attrs
 import orjson
 import trio
 
@@ -27,6 +27,7 @@ from .._errors import (
     DriftError,
     ProtocolError,
     RoomNotFound,
+    ShuttingDown,
     StorageError,
     unwrap_group,
 )
@@ -34,14 +35,15 @@ from ..protocol.codec import CBOR, JSON, decode_json_client_message, json_nodes
 from ..protocol.messages import Error, Init, Push
 from ..runtime.config import Config
 from ..runtime.connection import Connection
-from ..runtime.hub import Hub
+from ..runtime.hub import Hub, open_hub
 from ..runtime.redact import room_tag
 from ..runtime.room import Join
 from .limits import ClientBudgets, ConnectionCounter, KeyedRateLimiter
 from .ops import handle_ops, is_ops_path
+from .policy import READ_ONLY_REFUSAL, authorize, count_invalid, parse_query, read_only
 from .proxy import TrustedProxies
-from .session import READ_ONLY_REFUSAL, Session, command_for
-from .tokens import READ, WRITE, issue_room_token, token_expiry, verify_room_token
+from .session import Session, command_for
+from .tokens import READ, WRITE, issue_room_token, token_expiry
 from .transport import FRAMES_EXTENSION
 
 __all__ = ["DriftApp", "parse_query"]
@@ -54,8 +56,6 @@ Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
-#: Scope key: the capability a room token granted (absent when tokens are off).
-_ACCESS_KEY = "drifttrio.access"
 _ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send|/token)?/?")
 #: The ``reason`` label of a close code the server chose.
 _CLOSE_REASONS = {
@@ -67,23 +67,6 @@ _CLOSE_REASONS = {
     CloseCode.RATE_LIMITED: "rate_limited",
 }
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
-
-
-def parse_query(query: bytes | str) -> dict[str, str]:
-    """Parse a query string leniently.
-
-    The npm client appends ``?cbor=true`` to a URL that may already have a query,
-    so ``cbor=true?cbor=true`` and ``cbor=true?debug=true`` must both work: ``?``
-    is treated as one more separator. The first value of a name wins.
-    """
-    text = query.decode("latin-1") if isinstance(query, bytes) else query
-    params: dict[str, str] = {}
-    for part in re.split(r"[&?;]", text):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        params.setdefault(unquote(name).strip().lower(), unquote(value).strip())
-    return params
 
 
 def _require_trio() -> None:
@@ -181,15 +164,13 @@ class DriftApp:
         started = False
         try:
             _require_trio()
-            hub = Hub(self.config)  # opens the store: a bad store fails here
-            async with trio.open_nursery() as nursery:
-                self.hub = await nursery.start(hub.run)
+            async with open_hub(self.config) as hub:  # opens the store: a bad one fails here
+                self.hub = hub
                 self._ready = started = True
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
                 self._ready = False
-                self.hub.close_all()
-                nursery.cancel_scope.cancel()
+                hub.close_all()
         except Exception as exc:
             if started:
                 raise
@@ -300,94 +281,93 @@ class DriftApp:
         if hub is None or not self._ready or hub.closing:
             await self._error(send, 503, "server is not ready")
             return
-        if path in ("/", ""):
-            await self._respond(send, 200, {"server": "drifttrio", "version": __version__})
-            return
-        if path == "/new":
-            if method != "POST":
-                await self._error(send, 405, "use POST /new", headers=[(b"allow", b"POST")])
-                return
-            if self.config.api_key and not _bearer_matches(scope, self.config.api_key):
-                hub.metrics.rejected["api_key"].inc()
-                await self._error(
-                    send,
-                    401,
-                    "POST /new needs the API key",
-                    headers=[(b"www-authenticate", b'Bearer realm="drifttrio"')],
-                )
-                return
-            if not self._new_room_limiter.take(_client_ip(scope)):
-                hub.metrics.rejected["new_rooms_per_minute"].inc()
-                await self._error(
-                    send,
-                    429,
-                    "too many new rooms from this address; try again later",
-                    headers=[(b"retry-after", b"60")],
-                )
-                return
-            try:
-                room_id = await hub.create_room()
-            except CapacityError as exc:
-                hub.metrics.rejected["max_rooms"].inc()
-                await self._error(send, 503, str(exc))
-                return
-            except StorageError as exc:
-                await self._error(send, 503, f"storage unavailable: {exc}")
-                return
-            token = None
-            if self.config.room_token_secret:
-                token = issue_room_token(
-                    self.config.room_token_secret,
-                    room_id,
-                    WRITE,
-                    self.config.room_token_ttl_seconds,
-                )
-            await self._respond(send, 200, self._room_info(scope, room_id, token))
-            return
-        match = _ROOM_PATH.fullmatch(path)
-        if match is None:
+        found = _route(path)
+        if found is None:
             await self._error(send, 404, "not found")
             return
-        room_id, action = match.group(1), match.group(2)
-        if action == "/token":
-            await self._issue_token(scope, receive, send, hub, room_id)
-            return
+        route, room_id = found
         token = None
-        if self.config.room_token_secret:
-            # Checked before the room's existence: without a token, nothing is revealed.
-            token = parse_query(scope.get("query_string", b"")).get("token")
+        if route.in_room:
             try:
-                scope[_ACCESS_KEY] = verify_room_token(
-                    self.config.room_token_secret, room_id, token
-                )
+                # Checked before the room's existence: without a token, nothing is revealed.
+                token = authorize(self.config, scope, room_id)
             except ProtocolError as exc:
                 await self._error(send, exc.status, exc.message)
                 return
-        if not await hub.room_exists(room_id):
-            await self._error(send, 404, "room not found")
-            return
-        if action is None:
-            if method not in ("GET", "HEAD"):
-                await self._error(send, 405, "use GET", headers=[(b"allow", b"GET")])
+            if not await hub.room_exists(room_id):
+                await self._error(send, 404, "room not found")
                 return
-            await self._respond(send, 200, self._room_info(scope, room_id, token))
-        elif action == "/connect":
+        if route.methods and method not in route.methods:
+            allow = [(b"allow", route.methods[0].encode())]
+            await self._error(send, 405, route.wrong_method, headers=allow)
+            return
+        await route.handle(self, scope, receive, send, hub, room_id, token)
+
+    async def _server_info(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
+    ) -> None:
+        """``/``: which server this is."""
+        await self._respond(send, 200, {"server": "drifttrio", "version": __version__})
+
+    async def _new_room(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
+    ) -> None:
+        """``POST /new`` (with the API key if one is set): a new room and its URLs."""
+        if self.config.api_key and not _bearer_matches(scope, self.config.api_key):
+            hub.metrics.rejected["api_key"].inc()
             await self._error(
-                send, 426, "WebSocket upgrade required", headers=[(b"upgrade", b"websocket")]
+                send,
+                401,
+                "POST /new needs the API key",
+                headers=[(b"www-authenticate", b'Bearer realm="drifttrio"')],
             )
-        elif method != "POST":
-            await self._error(send, 405, "use POST", headers=[(b"allow", b"POST")])
-        else:
-            await self._http_send(scope, receive, send, hub, room_id)
+            return
+        if not self._new_room_limiter.take(_client_ip(scope)):
+            hub.metrics.rejected["new_rooms_per_minute"].inc()
+            await self._error(
+                send,
+                429,
+                "too many new rooms from this address; try again later",
+                headers=[(b"retry-after", b"60")],
+            )
+            return
+        try:
+            room_id = await hub.create_room()
+        except CapacityError as exc:
+            hub.metrics.rejected["max_rooms"].inc()
+            await self._error(send, 503, str(exc))
+            return
+        except StorageError as exc:
+            await self._error(send, 503, f"storage unavailable: {exc}")
+            return
+        if self.config.room_token_secret:
+            token = issue_room_token(
+                self.config.room_token_secret,
+                room_id,
+                WRITE,
+                self.config.room_token_ttl_seconds,
+            )
+        await self._respond(send, 200, self._room_info(scope, room_id, token))
+
+    async def _room(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
+    ) -> None:
+        """``GET /room/ID``: the room's URLs (with the token it was asked with)."""
+        await self._respond(send, 200, self._room_info(scope, room_id, token))
+
+    async def _upgrade_required(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
+    ) -> None:
+        """``/room/ID/connect`` without an upgrade."""
+        await self._error(
+            send, 426, "WebSocket upgrade required", headers=[(b"upgrade", b"websocket")]
+        )
 
     async def _issue_token(
-        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
     ) -> None:
         """``POST /room/ID/token`` with the API key: a signed URL for the room."""
         config = self.config
-        if scope["method"] != "POST":
-            await self._error(send, 405, "use POST", headers=[(b"allow", b"POST")])
-            return
         if not config.room_token_secret:
             await self._error(send, 404, "room tokens are not enabled (room_token_secret)")
             return
@@ -457,8 +437,9 @@ class DriftApp:
                 return b"".join(chunks)
 
     async def _http_send(
-        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
     ) -> None:
+        """``POST /room/ID/send``: one client message, answered as its reply."""
         body = await self._read_body(scope, receive)
         if body is None:
             hub.metrics.rejected["max_message_bytes"].inc()
@@ -474,22 +455,22 @@ class DriftApp:
                 headers=[(b"retry-after", str(math.ceil(wait)).encode())],
             )
             return
-        if nodes > limits.max_nodes:
-            hub.metrics.rejected["max_message_nodes"].inc()
         try:
             message = decode_json_client_message(body, limits, nodes=nodes)
         except ProtocolError as exc:
-            hub.metrics.messages_in["invalid"].inc()
-            hub.metrics.errors["invalid"].inc()
+            count_invalid(hub.metrics, nodes, limits)
             await self._error(send, exc.status, exc.message)
             return
-        if isinstance(message, Push) and scope.get(_ACCESS_KEY) == READ:
+        if isinstance(message, Push) and read_only(scope):
             await self._error(send, 403, READ_ONLY_REFUSAL)
             return
         try:
             reply = await hub.request(room_id, lambda origin: command_for(message, origin))
         except RoomNotFound:
             await self._error(send, 404, "room not found")
+            return
+        except ShuttingDown as exc:
+            await self._error(send, 503, str(exc))
             return
         except StorageError as exc:  # the room could not be loaded
             await self._error(send, 503, f"storage unavailable: {exc}")
@@ -584,30 +565,20 @@ class DriftApp:
             hub.metrics.rejected["allowed_origins"].inc()
             await self._reject(send, scope, 403, "origin not allowed")
             return None
-        if self.config.room_token_secret:
-            params = parse_query(scope.get("query_string", b""))
-            try:
-                scope[_ACCESS_KEY] = verify_room_token(
-                    self.config.room_token_secret, room_id, params.get("token")
-                )
-            except ProtocolError as exc:
-                await self._reject(send, scope, exc.status, exc.message)
-                return None
+        try:
+            authorize(self.config, scope, room_id)
+        except ProtocolError as exc:
+            await self._reject(send, scope, exc.status, exc.message)
+            return None
         if not await hub.room_exists(room_id):
             await self._reject(send, scope, 404, "room not found")
             return None
         ip = _client_ip(scope)
-        refusal = self._connections.refusal(ip, room_id)
-        if refusal is not None:
-            limit = (
-                "max_connections_per_ip"
-                if "client address" in refusal
-                else "max_connections_per_room"
-                if "room's limit" in refusal
-                else "max_connections"
-            )
-            hub.metrics.rejected[limit].inc()
-            await self._reject(send, scope, 503, refusal)
+        exceeded = self._connections.exceeded(ip, room_id)
+        if exceeded is not None:
+            limit, cap = exceeded
+            hub.metrics.rejected[limit.value].inc()
+            await self._reject(send, scope, 503, limit.refusal(cap))
             return None
         self._connections.add(ip, room_id)
         return hub, room_id, ip
@@ -640,6 +611,9 @@ class DriftApp:
         except RoomNotFound:
             await self._reject(send, scope, 404, "room not found")
             return
+        except ShuttingDown as exc:
+            await self._reject(send, scope, 503, str(exc))
+            return
         except StorageError as exc:  # the room could not be loaded
             await self._reject(send, scope, 503, f"storage unavailable: {exc}")
             return
@@ -660,7 +634,7 @@ class DriftApp:
             room,
             receive,
             send,
-            read_only=scope.get(_ACCESS_KEY) == READ,
+            read_only=read_only(scope),
             budgets=self.budgets,
             ip=_client_ip(scope),
         )
@@ -679,6 +653,46 @@ class DriftApp:
                 "connection closed",
                 extra={"fields": _close_fields(conn, tag, code, reason, label)},
             )
+
+
+_Handler: TypeAlias = Callable[
+    [DriftApp, Scope, Receive, Send, Hub, str, str | None], Awaitable[None]
+]
+
+
+@attrs.frozen
+class _Route:
+    """What an HTTP path runs, and what is checked first."""
+
+    handle: _Handler
+    #: The methods it answers (empty: any); any other gets 405 and ``wrong_method``.
+    methods: tuple[str, ...] = ()
+    wrong_method: str = ""
+    #: ``/room/ID/...``: the room token is checked, then that the room exists,
+    #: before the method (without a token, nothing is revealed).
+    in_room: bool = False
+
+
+#: The HTTP routes (``/healthz`` and the other ops paths are answered before these);
+#: ``ID`` stands for a room id.
+_ROUTES = {
+    "/": _Route(DriftApp._server_info),
+    "/new": _Route(DriftApp._new_room, ("POST",), "use POST /new"),
+    "/room/ID": _Route(DriftApp._room, ("GET", "HEAD"), "use GET", in_room=True),
+    "/room/ID/connect": _Route(DriftApp._upgrade_required, in_room=True),
+    "/room/ID/send": _Route(DriftApp._http_send, ("POST",), "use POST", in_room=True),
+    "/room/ID/token": _Route(DriftApp._issue_token, ("POST",), "use POST"),
+}
+
+
+def _route(path: str) -> tuple[_Route, str] | None:
+    """The route of ``path`` and its room id (``""`` outside ``/room/``)."""
+    if path in ("/", "", "/new"):
+        return _ROUTES[path or "/"], ""
+    match = _ROOM_PATH.fullmatch(path)
+    if match is None:
+        return None
+    return _ROUTES["/room/ID" + (match.group(2) or "")], match.group(1)
 
 
 def _bytes_as_ints(value: object) -> list[int]:

@@ -6,12 +6,19 @@ trio's mock clock as in production.
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from collections.abc import Callable
 
 import trio
 
-__all__ = ["ClientBudgets", "ConnectionCounter", "KeyedRateLimiter", "TokenBucket"]
+__all__ = [
+    "ClientBudgets",
+    "ConnectionCounter",
+    "ConnectionLimit",
+    "KeyedRateLimiter",
+    "TokenBucket",
+]
 
 
 class TokenBucket:
@@ -248,6 +255,23 @@ def _wait(tokens: float, cost: float, rate: float, burst: float) -> float:
     return (need - tokens) / rate
 
 
+class ConnectionLimit(enum.Enum):
+    """A WebSocket connection cap; the value is the setting (and the ``rejected``
+    metric's label) that sets it."""
+
+    TOTAL = "max_connections"
+    PER_ADDRESS = "max_connections_per_ip"
+    PER_ROOM = "max_connections_per_room"
+
+    def refusal(self, cap: int) -> str:
+        """What a client refused by this cap of ``cap`` connections is told."""
+        if self is ConnectionLimit.PER_ADDRESS:
+            return f"the limit of {cap} connections per client address is reached"
+        if self is ConnectionLimit.PER_ROOM:
+            return f"the room's limit of {cap} connections is reached"
+        return f"the server's limit of {cap} connections is reached"
+
+
 class ConnectionCounter:
     """Live WebSocket connections: in total, per client address and per room."""
 
@@ -257,15 +281,15 @@ class ConnectionCounter:
         self.by_ip: dict[str, int] = {}
         self.by_room: dict[str, int] = {}
 
-    def refusal(self, ip: str, room_id: str) -> str | None:
-        """Why a new connection would exceed a cap, or ``None`` if it fits."""
+    def exceeded(self, ip: str, room_id: str) -> tuple[ConnectionLimit, int] | None:
+        """The cap (and its value) a new connection would exceed, or ``None`` if it fits."""
         total, per_ip, per_room = self.limits
         if total and self.total >= total:
-            return f"the server's limit of {total} connections is reached"
+            return ConnectionLimit.TOTAL, total
         if per_ip and self.by_ip.get(ip, 0) >= per_ip:
-            return f"the limit of {per_ip} connections per client address is reached"
+            return ConnectionLimit.PER_ADDRESS, per_ip
         if per_room and self.by_room.get(room_id, 0) >= per_room:
-            return f"the room's limit of {per_room} connections is reached"
+            return ConnectionLimit.PER_ROOM, per_room
         return None
 
     def add(self, ip: str, room_id: str) -> None:

@@ -24,15 +24,15 @@ from ..runtime.config import Config
 from ..runtime.connection import Connection, Frame
 from ..runtime.room import Command, GetCommand, Leave, PingCommand, PushCommand, Room
 from .limits import ClientBudgets, TokenBucket
+from .policy import READ_ONLY_REFUSAL, count_invalid
 
-__all__ = ["READ_ONLY_REFUSAL", "Session", "command_for"]
+__all__ = ["Session", "command_for"]
 
 Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
 _CLOSE_DRAIN_SECONDS = 1.0
-READ_ONLY_REFUSAL = "read-only token: push refused"
 
 
 def command_for(message: ClientMessage, origin: Any) -> Command:
@@ -179,10 +179,7 @@ class Session:
             try:
                 client_message = decode_client_message(data, limits, nodes=nodes)
             except ProtocolError as exc:
-                if nodes > limits.max_nodes:
-                    metrics.rejected["max_message_nodes"].inc()
-                metrics.messages_in["invalid"].inc()
-                metrics.errors["invalid"].inc()
+                count_invalid(metrics, nodes, limits)
                 errors += 1
                 conn.send_message(Error(exc.message))
                 if max_errors and errors >= max_errors:

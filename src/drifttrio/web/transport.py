@@ -63,7 +63,6 @@ from wsproto.utilities import LocalProtocolError
 
 from .._errors import CloseCode
 from .._logging import ThrottledLog
-from ..protocol.codec import websocket_frame
 from ..runtime.config import Config
 from .frames import Close, FrameError, FrameReader, Ping, close_frame, ping_frame, pong_frame
 from .limits import ClientBudgets, TokenBucket
@@ -337,7 +336,7 @@ async def serve_stream(
 
 async def _serve_http(
     app: App, config: Config, wire: _Wire, base: dict[str, Any], scheme: str, *, busy: bool
-) -> _WebSocketSession | None:
+) -> _AsgiWebSocket | None:
     """Serve requests until the connection ends (``None``) or is upgraded: then
     return the WebSocket's session (with its scope), handshake not yet answered."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
@@ -619,7 +618,7 @@ def _upgrade(
     wire: _Wire,
     request: h11.Request,
     base: dict[str, Any],
-) -> _WebSocketSession:
+) -> _AsgiWebSocket:
     """The session of a WebSocket upgrade, with its scope (wsproto checks the
     request: :class:`_BadUpgrade` if it is not a valid one)."""
     ws = WSConnection(ConnectionType.SERVER)
@@ -649,12 +648,13 @@ def _upgrade(
     }
     # Frames a client sent right behind its request are read once it is accepted.
     leftover = bytes(conn.trailing_data[0])
-    return _WebSocketSession(scope, ws, wire, config, leftover)
+    return _AsgiWebSocket(scope, ws, wire, config, leftover)
 
 
-class _WebSocketSession:
+class _AsgiWebSocket:
     """ASGI ``receive`` / ``send`` for one WebSocket: wsproto answers the handshake,
-    then :class:`~drifttrio.web.frames.FrameReader` reads the client's frames."""
+    then :class:`~drifttrio.web.frames.FrameReader` reads the client's frames. (The
+    member's session on top, reader and writer, is :class:`~drifttrio.web.session.Session`.)"""
 
     __slots__ = (
         "_config",
@@ -867,16 +867,6 @@ class _WebSocketSession:
         if kind == "drifttrio.websocket.send_frames":
             if not self.closing:  # after our close frame, nothing else (RFC 6455 5.5.1)
                 await self._send_bytes(message["data"])
-        elif kind == "websocket.send":
-            if not self.accepted or self.closing:
-                self.gone = True  # not open: a misuse, as wsproto would refuse it
-                return
-            text = message.get("text")
-            if text is not None:
-                frame = websocket_frame(text.encode(), binary=False)
-            else:
-                frame = websocket_frame(message["bytes"], binary=True)
-            await self._send_bytes(frame)
         elif kind == "websocket.close":
             if not self.accepted:
                 await self._reject(403, [], b"")
