@@ -171,14 +171,16 @@ class Room:
         command = await self._receive()
         if command is None:
             return None
-        now = trio.current_time()
-        if not isinstance(command, (FeedEvents, FeedLost)) or self.members:
-            self._used_at = now
-        elif (
-            now - self._used_at > self.config.room_idle_seconds
-            and self._commands.statistics().current_buffer_used == 0
-        ):
-            return None
+        if isinstance(command, (FeedEvents, FeedLost)):
+            if (
+                not self.members
+                and trio.current_time() - self._used_at > self.config.room_idle_seconds
+                and self._commands.statistics().current_buffer_used == 0
+            ):
+                return None
+        elif not self.members or isinstance(command, Leave):
+            # Members count as use until the last one leaves: no clock read per batch.
+            self._used_at = trio.current_time()
         return command
 
     async def _receive(self) -> Command | None:
