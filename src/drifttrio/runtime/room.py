@@ -80,7 +80,9 @@ class Room:
     """One live room. Start :meth:`run` in a nursery; talk to it through :attr:`inbox`.
 
     ``orderer`` is its ordering step (by default, this node orders it on ``state``
-    and commits to ``storage``)."""
+    and commits to ``storage``). What an orderer may use of the room: :attr:`state`,
+    :meth:`apply`, :meth:`broadcast_of`, :meth:`holds`, :meth:`count_in`,
+    :meth:`deliver`, :attr:`metrics`, :attr:`inbox` and :attr:`closed`."""
 
     def __init__(
         self,
