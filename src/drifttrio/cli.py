@@ -239,13 +239,13 @@ def _rooms_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 async def _rooms(args: argparse.Namespace, store: str) -> int:
     """Run one ``drifttrio rooms`` action against the store."""
     from .storage import open_storage
+    from .storage.base import ServedStorage
 
     storage = open_storage(store, _ROOMS_ACCESS[args.action])
-    run = getattr(storage, "run", None)
-    if run is None:
+    if not isinstance(storage, ServedStorage):
         return await _rooms_action(args, store, storage)
     async with trio.open_nursery() as nursery:  # a networked store (Redis) connects here
-        await nursery.start(run)
+        await nursery.start(storage.run)
         try:
             return await _rooms_action(args, store, storage)
         finally:

@@ -46,7 +46,7 @@ from ..protocol.messages import (
     Value,
 )
 from ..storage import Storage, open_storage
-from ..storage.base import ExclusiveStorage, WriteHealth
+from ..storage.base import ExclusiveStorage, ServedStorage, SharedStorage, WriteHealth
 from .config import Config
 from .connection import QUEUE_FAIR_BYTES, Connection, Outbox, QueueBudget
 from .metrics import Metrics
@@ -123,10 +123,9 @@ class Hub:
                 # number the same room from its stored seq, and both commit.
                 self.storage.take_store_lock("serve")
             async with trio.open_nursery() as nursery:
-                run_storage = getattr(self.storage, "run", None)
-                if run_storage is not None:
+                if isinstance(self.storage, ServedStorage):
                     # A networked store (Redis) connects and carries its event feed here.
-                    await nursery.start(run_storage)
+                    await nursery.start(self.storage.run)
                 self._nursery = nursery
                 if self.config.room_ttl_seconds > 0:
                     nursery.start_soon(self._expire_idle_rooms)
@@ -143,7 +142,7 @@ class Hub:
         while True:
             await trio.sleep(min(ttl / 4, 300.0))
             try:
-                if getattr(self.storage, "shared", False):
+                if isinstance(self.storage, SharedStorage):
                     # Other nodes expire rooms too, and cannot see this node's members.
                     for room_id in list(self.rooms):
                         await self.storage.touch(room_id)
@@ -240,19 +239,21 @@ class Hub:
                 loading.set()
 
     async def _load(self, room_id: str) -> Room:
-        if getattr(self.storage, "shared", False):
+        if isinstance(self.storage, SharedStorage):
             # Redis orders the room: follow its events, then load it (shared_room.py).
-            from .shared_room import SharedRoom, open_shared_room
+            from .shared_room import SharedOrderer
 
-            shared = SharedRoom(
+            orderer = SharedOrderer(self.storage)
+            shared = Room(
                 room_id,
                 RoomState(limits=self._room_limits()),
                 self.storage,
                 self.config,
                 self._forget,
                 self.metrics,
+                orderer,
             )
-            await open_shared_room(shared)
+            await orderer.open(shared)
             return shared
         snapshot = await self.storage.load_room(room_id)
         if snapshot is None:

@@ -1,46 +1,55 @@
-"""The room task: the single ordering point of one room.
+"""The room task: the single ordering point of one room on this node.
 
 Everything that reads or changes a room (push, get, ping, join, leave, debug
-attach) arrives through the room's bounded inbox and is handled here, in order.
-A batch of waiting commands is applied to the pure :class:`RoomState`, committed
-to storage in one call, and only then are its effects delivered: no member ever
-sees a seq that storage could take back. Delivery never awaits a socket.
+attach, a shared store's events) arrives through the room's bounded inbox and is
+handled here, in order, in batches. The ordering step is the room's
+:class:`~drifttrio.runtime.orderer.Orderer`: it gives pushes their seqs, makes
+them durable and only then delivers their effects, so no member ever sees a seq
+that storage could take back. Membership, the join gates, delivery, metrics and
+logging are this module's alone, for every kind of room. Delivery never awaits a
+socket.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import math
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, TypeAlias, TypeGuard
+from typing import Any, TypeGuard
 
-import attrs
 import trio
 
 from .._errors import CloseCode, ProtocolError
 from ..core.join_gate import GateMode, Held, JoinGate, Offer
 from ..core.recent_keys import RecentKeys
 from ..core.room_state import PushOutcome, RoomState, StreamChange
-from ..protocol.messages import (
-    Action,
-    Error,
-    Init,
-    Pong,
-    PushEvent,
-    SeqValue,
-    ServerMessage,
-    StreamSize,
-    Value,
-)
+from ..protocol.messages import Error, Init, Pong, PushEvent, SeqValue, StreamSize
 from ..storage.base import Storage
+from .commands import (
+    Command,
+    FeedEvents,
+    FeedLost,
+    GetCommand,
+    Join,
+    Leave,
+    Ordered,
+    Origin,
+    PingCommand,
+    PushCommand,
+    Reply,
+    Request,
+)
 from .config import Config
 from .connection import Connection, Frame, InitStream
 from .connection import _size as frame_size
+from .effects import Broadcast, Done, Effect, InitReply, Release
 from .metrics import Metrics
+from .orderer import LocalOrderer, Orderer
 from .redact import room_tag
 
 __all__ = [
+    "Command",
     "GetCommand",
     "Join",
     "Leave",
@@ -63,115 +72,17 @@ class RoomEnded(Exception):
         self.reason = reason
 
 
-class Reply:
-    """The direct answer to a command from outside the room (HTTP, in-process)."""
-
-    def __init__(self) -> None:
-        self.message: ServerMessage | None = None
-        #: The HTTP status for an ``Error`` reply: 400 (refused) or 503 (storage failed).
-        self.status = 200
-        self.done = trio.Event()
-
-    def send_message(self, message: ServerMessage) -> None:
-        self.message = message
-        if isinstance(message, Error) and self.status == 200:
-            self.status = 400
-
-    def fail(self, message: str, status: int = 503) -> None:
-        """Answer with an error (if not answered yet) and wake the waiter."""
-        if not self.done.is_set():
-            self.message = Error(message)
-            self.status = status
-            self.done.set()
-
-
-Origin: TypeAlias = Connection | Reply
-
-
-@attrs.frozen(eq=False)
-class Join:
-    conn: Connection
-
-
-@attrs.frozen(eq=False)
-class Leave:
-    conn: Connection
-
-
-@attrs.frozen(eq=False)
-class PushCommand:
-    key: str
-    value: Value
-    action: Action
-    origin: Origin
-
-
-@attrs.frozen(eq=False)
-class GetCommand:
-    key: str
-    since: int | None
-    origin: Origin
-
-
-@attrs.frozen(eq=False)
-class PingCommand:
-    nonce: int | None
-    origin: Origin
-
-
-Command: TypeAlias = Join | Leave | PushCommand | GetCommand | PingCommand
-
-# Effects, delivered in order once the batch is committed.
-_Direct = tuple[Origin, ServerMessage]  # a reply to one origin
-
-
-@attrs.frozen
-class _Broadcast:
-    key: str
-    entry: SeqValue
-    #: Whether members other than debug ones get it (not a compact that
-    #: ``broadcast_compact`` keeps quiet).
-    public: bool = True
-    #: The stream's new length after a change, sent to debug members as a
-    #: ``stream_size`` right after the push; ``None`` for a relay.
-    debug_size: int | None = None
-    #: Whether the push changed a retained stream (an ``init`` of the key covers
-    #: it), rather than a relay (which a member's join gate sends after the init).
-    retained: bool = False
-
-
-@attrs.frozen
-class _InitReply:
-    """An ``init`` for one member, snapshotted when its ``get`` was applied."""
-
-    conn: Connection
-    init: InitStream
-
-
-@attrs.frozen
-class _Done:
-    origin: Reply
-
-
-@attrs.frozen(eq=False)
-class _Release:
-    """A member's ``get`` of ``key`` was answered (``key=None``: it pinged or pushed):
-    its gate lets the key (or everything) flow. Delivered in order with the other
-    effects, so no push of the batch overtakes the ``init``."""
-
-    conn: Connection
-    key: str | None
-    init_sent: bool = True
-
-
-_Effect: TypeAlias = _Direct | _Broadcast | _InitReply | _Done | _Release
-
 #: The ``messages_in`` kind of commands other than pushes.
 _KINDS: dict[type, str] = {GetCommand: "get", PingCommand: "ping"}
 
 
 class Room:
-    """One live room. Start :meth:`run` in a nursery; talk to it through :attr:`inbox`."""
+    """One live room. Start :meth:`run` in a nursery; talk to it through :attr:`inbox`.
+
+    ``orderer`` is its ordering step (by default, this node orders it on ``state``
+    and commits to ``storage``). What an orderer may use of the room: :attr:`state`,
+    :meth:`apply`, :meth:`broadcast_of`, :meth:`holds`, :meth:`count_in`,
+    :meth:`deliver`, :attr:`metrics`, :attr:`inbox` and :attr:`closed`."""
 
     def __init__(
         self,
@@ -181,6 +92,7 @@ class Room:
         config: Config,
         on_exit: Callable[[Room], None] = lambda room: None,
         metrics: Metrics | None = None,
+        orderer: Orderer | None = None,
     ) -> None:
         self.room_id = room_id
         self.metrics = metrics or Metrics()
@@ -190,6 +102,7 @@ class Room:
         self.state = state
         self.storage = storage
         self.config = config
+        self.orderer: Orderer = orderer or LocalOrderer(storage, state.seq)
         self._on_exit = on_exit
         self.inbox, self._commands = trio.open_memory_channel[Command](config.room_inbox_size)
         self.members: set[Connection] = set()
@@ -199,13 +112,16 @@ class Room:
         #: Members whose join gate holds broadcasts, in join order (the first one's
         #: gate opens first: every gate gets the same hold time).
         self._holding: dict[Connection, JoinGate[Frame]] = {}
-        self._committed_seq = state.seq
+        #: When the room was last used from this node (a command, or members present):
+        #: a shared store's events alone do not keep a room with no members alive.
+        self._used_at = -math.inf
         self._open_replies: list[Reply] = []
         self.closed = False
 
     # -- the task --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._used_at = trio.current_time()
         task_status.started()
         close_code = CloseCode.GOING_AWAY
         try:
@@ -240,14 +156,36 @@ class Room:
             with suppress(trio.WouldBlock, trio.EndOfChannel):
                 while True:
                     left = self._commands.receive_nowait()
-                    if isinstance(getattr(left, "origin", None), Reply):
-                        left.origin.fail("room unavailable, try again")  # type: ignore[union-attr]
+                    origin = getattr(left, "origin", None)
+                    if isinstance(origin, Reply):
+                        origin.fail("room unavailable, try again")
             self._commands.close()
             self._on_exit(self)
             for conn in self.members:
                 conn.kick(close_code, "room closed")
+            with trio.move_on_after(1.0) as scope:
+                scope.shield = True
+                await self.orderer.aclose(self)
 
     async def _next_command(self) -> Command | None:
+        """The next command; ``None`` once the room should end: its inbox is closed, or
+        it has had no members and no use from this node for ``room_idle_seconds``."""
+        command = await self._receive()
+        if command is None:
+            return None
+        if isinstance(command, (FeedEvents, FeedLost)):
+            if (
+                not self.members
+                and trio.current_time() - self._used_at > self.config.room_idle_seconds
+                and self._commands.statistics().current_buffer_used == 0
+            ):
+                return None
+        elif not self.members or isinstance(command, Leave):
+            # Members count as use until the last one leaves: no clock read per batch.
+            self._used_at = trio.current_time()
+        return command
+
+    async def _receive(self) -> Command | None:
         idle = self.config.room_idle_seconds
         while True:
             if self._holding:
@@ -286,19 +224,20 @@ class Room:
         return batch
 
     async def _handle_batch(self, commands: list[Command]) -> None:
-        effects: list[_Effect] = []
-        changes: list[StreamChange] = []
-        pending: list[Command] = []
+        """Order the batch run by run: membership changes are barriers, applied once
+        what came before them is ordered and delivered."""
+        run: list[Ordered] = []
         for command in commands:
             if isinstance(command, (Join, Leave)):
-                # Membership changes are barriers: deliver what came before first.
-                await self._commit_and_deliver(pending, changes, effects)
-                pending, changes, effects = [], [], []
+                if run:
+                    await self.orderer.order(self, run)
+                    run = []
                 self._membership(command)
             else:
-                pending.append(command)
-                self._apply(command, changes, effects)
-        await self._commit_and_deliver(pending, changes, effects)
+                run.append(command)
+        if run:
+            await self.orderer.order(self, run)
+        await self.orderer.finish_batch(self)
 
     # -- applying commands --------------------------------------------------------------
 
@@ -324,12 +263,14 @@ class Room:
                 conn.deliver(InitStream(parts, self.config.init_chunk_bytes, conn.encode))
                 self._out["init"] = self._out.get("init", 0) + len(parts)
 
-    def _apply(self, command: Command, changes: list[StreamChange], effects: list[_Effect]) -> None:
-        origin = command.origin  # type: ignore[union-attr]
+    def apply(self, command: Request, changes: list[StreamChange], effects: list[Effect]) -> None:
+        """Apply ``command`` to the room's state: its stream change (if a push changed
+        a retained stream) goes to ``changes``, what to deliver to ``effects``."""
+        origin = command.origin
         kind = command.action.TAG if isinstance(command, PushCommand) else _KINDS[type(command)]
         self._in[kind] = self._in.get(kind, 0) + 1
-        if not isinstance(command, GetCommand) and self._holds(origin):
-            effects.append(_Release(origin, None))
+        if not isinstance(command, GetCommand) and self.holds(origin):
+            effects.append(Release(origin, None))
         if isinstance(command, PushCommand):
             try:
                 outcome = self.state.push(command.key, command.value, command.action)
@@ -342,7 +283,7 @@ class Room:
                 change = outcome.change
                 if change is not None:
                     changes.append(change)
-                broadcast = self._broadcast_of(command.key, outcome)
+                broadcast = self.broadcast_of(command.key, outcome)
                 if broadcast is not None:
                     effects.append(broadcast)
                 if outcome.stream_size is not None:
@@ -359,13 +300,13 @@ class Room:
                 if origin.gate is not None and command.key in origin.subscriptions:
                     # Answered (not refused by the subscription cap): after the init,
                     # the gate lets the key flow.
-                    effects.append(_Release(origin, command.key, command.since is not None))
+                    effects.append(Release(origin, command.key, command.since is not None))
         elif isinstance(command, PingCommand):
             effects.append((origin, Pong(command.nonce)))
         if isinstance(origin, Reply):
-            effects.append(_Done(origin))
+            effects.append(Done(origin))
 
-    def _broadcast_of(self, key: str, outcome: PushOutcome) -> _Broadcast | None:
+    def broadcast_of(self, key: str, outcome: PushOutcome) -> Broadcast | None:
         """What to deliver for an applied push: the broadcast, and for debug members
         the stream's new length after a change (also after a quiet compact). A
         relay's key is remembered for debug members joining later."""
@@ -375,11 +316,11 @@ class Room:
         if change is None or not self._debug_members:
             if outcome.broadcast is None:
                 return None
-            return _Broadcast(key, outcome.broadcast, retained=change is not None)
+            return Broadcast(key, outcome.broadcast, retained=change is not None)
         public = outcome.broadcast is not None
-        return _Broadcast(key, change.entry, public, self._length(key), retained=True)
+        return Broadcast(key, change.entry, public, self._length(key), retained=True)
 
-    def _answer_get(self, conn: Connection, command: GetCommand) -> _Effect | None:
+    def _answer_get(self, conn: Connection, command: GetCommand) -> Effect | None:
         """Subscribe ``conn`` to the key (within its cap) and snapshot the ``init``
         it asked for; the writer encodes it in chunks."""
         limit = self.config.max_subscriptions_per_connection
@@ -398,7 +339,7 @@ class Room:
         if command.since is None:
             return None  # subscribed, no replay
         part = self._snapshot(key, command.since)
-        return _InitReply(conn, InitStream([part], self.config.init_chunk_bytes, conn.encode))
+        return InitReply(conn, InitStream([part], self.config.init_chunk_bytes, conn.encode))
 
     def _snapshot(self, key: str, since: int = 0) -> tuple[str, list[SeqValue], list[int] | None]:
         """The retained values of ``key`` after ``since`` (a copy of the references)
@@ -415,65 +356,29 @@ class Room:
         stream = self.state.streams.get(key)
         return 0 if stream is None else len(stream.entries)
 
-    # -- commit, then deliver ------------------------------------------------------
+    # -- delivery -------------------------------------------------------------------
 
-    async def _commit_and_deliver(
-        self, commands: list[Command], changes: list[StreamChange], effects: list[_Effect]
-    ) -> None:
-        if changes or self.state.seq != self._committed_seq:
-            started = time.perf_counter()
-            try:
-                await self.storage.commit(self.room_id, self.state.seq, changes)
-            except Exception as exc:
-                log.warning("commit failed in room %s: %r", room_tag(self.room_id), exc)
-                self.metrics.storage_failures.inc()
-                effects = await self._rollback(commands)
-            else:
-                self.metrics.commit_seconds.observe(time.perf_counter() - started)
-                self._committed_seq = self.state.seq
-        for effect in effects:
-            self._deliver(effect)
+    def count_in(self, kind: str) -> None:
+        """Count one message in of ``kind`` (added to the metrics after the batch)."""
+        self._in[kind] = self._in.get(kind, 0) + 1
 
-    async def _rollback(self, commands: list[Command]) -> list[_Effect]:
-        """Reload the committed state; reject the batch's pushes, redo its reads."""
-        snapshot = await self.storage.load_room(self.room_id)
-        if snapshot is None:
-            raise RuntimeError(f"room {room_tag(self.room_id)} vanished from storage")
-        self.state = RoomState(
-            snapshot.seq,
-            snapshot.streams,
-            broadcast_compact=self.state.broadcast_compact,
-            limits=self.state.limits,
-        )
-        self._committed_seq = snapshot.seq
-        effects: list[_Effect] = []
-        for command in commands:
-            if isinstance(command, PushCommand):
-                self.metrics.errors["storage"].inc()
-                if isinstance(command.origin, Reply):
-                    command.origin.fail("storage unavailable: push not applied", 503)
-                else:
-                    effects.append((command.origin, Error("storage unavailable: push not applied")))
-            else:
-                self._apply(command, [], effects)
-        return effects
-
-    def _deliver(self, effect: _Effect) -> None:
-        if isinstance(effect, _Broadcast):
+    def deliver(self, effect: Effect) -> None:
+        """Deliver one effect now (the orderer calls this once it is durable)."""
+        if isinstance(effect, Broadcast):
             self._broadcast(effect)
-        elif isinstance(effect, _InitReply):
+        elif isinstance(effect, InitReply):
             effect.conn.deliver(effect.init)
             self._out["init"] = self._out.get("init", 0) + 1
-        elif isinstance(effect, _Done):
+        elif isinstance(effect, Done):
             effect.origin.done.set()
-        elif isinstance(effect, _Release):
+        elif isinstance(effect, Release):
             self._release(effect)
         else:
             origin, message = effect
             self._out[message.TAG] = self._out.get(message.TAG, 0) + 1
             origin.send_message(message)
 
-    def _broadcast(self, effect: _Broadcast) -> None:
+    def _broadcast(self, effect: Broadcast) -> None:
         key, entry = effect.key, effect.entry
         message = PushEvent(key, entry.value, entry.seq)
         frames: dict[Any, Frame] = {}
@@ -500,7 +405,7 @@ class Room:
         self.metrics.fanout.observe(delivered + held)
         self._out["push"] = self._out.get("push", 0) + delivered
 
-    def _debug_change(self, conn: Connection, effect: _Broadcast, frames: dict[Any, Frame]) -> None:
+    def _debug_change(self, conn: Connection, effect: Broadcast, frames: dict[Any, Frame]) -> None:
         """A change as a debug member sees it: the push, then the stream's new
         length, from which the inspector rebuilds the stream (O(1) per push)."""
         entry = effect.entry
@@ -538,7 +443,7 @@ class Room:
             self._holding[conn] = conn.gate
 
     @staticmethod
-    def _holds(origin: Origin) -> TypeGuard[Connection]:
+    def holds(origin: Origin) -> TypeGuard[Connection]:
         """Whether ``origin`` is a member whose gate holds (its ping or push opens it)."""
         return (
             isinstance(origin, Connection)
@@ -550,7 +455,7 @@ class Room:
         self._holding.pop(conn, None)
         conn.gate = None
 
-    def _pass_gate(self, conn: Connection, key: str, frame: Frame, effect: _Broadcast) -> Offer:
+    def _pass_gate(self, conn: Connection, key: str, frame: Frame, effect: Broadcast) -> Offer:
         """Offer a broadcast to ``conn``'s gate; ``DELIVER``: it goes to ``conn`` now."""
         gate = conn.gate
         assert gate is not None
@@ -566,7 +471,7 @@ class Room:
             self._let_flow(conn, gate.open())
         return offer
 
-    def _release(self, effect: _Release) -> None:
+    def _release(self, effect: Release) -> None:
         conn, gate = effect.conn, effect.conn.gate
         if gate is None:
             return

@@ -5,15 +5,17 @@ the new high-water seq) *before* anyone sees the batch's seqs. A backend either
 commits the whole batch or raises :class:`~drifttrio.StorageError` and commits
 nothing.
 
-Two optional capabilities, declared here so nobody probes for them by name:
-:class:`ExclusiveStorage` (only one process may write it: SQLite) and
-:class:`WriteHealth` (it knows whether it can commit right now: SQLite).
+Optional capabilities, declared here so nobody probes for them by name:
+:class:`ExclusiveStorage` (only one process may write it: SQLite),
+:class:`WriteHealth` (it knows whether it can commit right now: SQLite),
+:class:`ServedStorage` (it runs a task while in use: Redis) and
+:class:`SharedStorage` (it orders rooms shared by several nodes: Redis).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, Protocol, TypeAlias, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
 from urllib.parse import urlsplit
 
 import attrs
@@ -21,10 +23,17 @@ import attrs
 from ..core.room_state import Stream, StreamChange
 from .lock import LockPurpose
 
+if TYPE_CHECKING:
+    import trio
+
+    from .redis import Event, PushItem, PushResult
+
 __all__ = [
     "ExclusiveStorage",
     "RoomInfo",
     "RoomSnapshot",
+    "ServedStorage",
+    "SharedStorage",
     "Storage",
     "StoreAccess",
     "WriteHealth",
@@ -124,3 +133,48 @@ class WriteHealth(Protocol):
 
     async def probe_write(self) -> None:
         """Make a small write now (updating ``write_failure``); StorageError if it fails."""
+
+
+@runtime_checkable
+class ServedStorage(Protocol):
+    """A backend with a task of its own (a networked store's connection and event
+    feed): the hub starts :meth:`run` in its nursery before serving rooms."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None:
+        """Connect, then serve until cancelled; ``task_status.started()`` once usable."""
+
+
+#: Called with each batch of events published for a followed room (the raw records),
+#: in order, or with ``None`` when the feed broke.
+FeedCallback: TypeAlias = Callable[[bytes | None], None]
+
+
+@runtime_checkable
+class SharedStorage(Protocol):
+    """A backend that orders rooms shared by several nodes: it assigns the seqs of a
+    batch of pushes itself and publishes the events every node follows
+    (:mod:`drifttrio.runtime.shared_room`), instead of taking :meth:`Storage.commit`."""
+
+    async def load_room(self, room_id: str) -> RoomSnapshot | None:
+        """The stored room, with the last event published for it (``ev``)."""
+
+    async def follow(self, room_id: str, callback: FeedCallback) -> None:
+        """Deliver the room's published events to ``callback`` from now on."""
+
+    async def unfollow(self, room_id: str, callback: FeedCallback) -> None:
+        """Stop delivering the room's events to ``callback``."""
+
+    async def push_batch(
+        self,
+        room_id: str,
+        items: Sequence[PushItem],
+        *,
+        seen_ev: int,
+        max_keys: int = 0,
+        max_values: int = 0,
+        max_bytes: int = 0,
+    ) -> list[PushResult]:
+        """Apply the pushes atomically (seqs assigned here), log and publish them."""
+
+    async def read_events(self, room_id: str, first: int, last: int) -> list[Event]:
+        """Events ``first..last`` from the room's log (fewer if they were trimmed)."""

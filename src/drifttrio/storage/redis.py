@@ -34,7 +34,7 @@ from ..core.refusals import PushRefusal, PushRefused
 from ..core.room_state import Stream, StreamChange, value_size
 from ..protocol.messages import SeqValue, Value
 from . import _redis_scripts as scripts
-from .base import RoomInfo, RoomSnapshot, shown_url
+from .base import FeedCallback, RoomInfo, RoomSnapshot, shown_url
 
 __all__ = ["ActionName", "Event", "PushItem", "PushResult", "RedisStorage", "parse_records"]
 
@@ -89,11 +89,6 @@ class PushResult:
     def error(self) -> str:
         """The refusal's text for the client (``""`` unless refused)."""
         return "" if self.refusal is None else self.refusal.message
-
-
-#: Called with each batch of events published for a followed room (the raw records,
-#: for :func:`parse_records`), in order, or with ``None`` when the feed broke.
-FeedCallback = Callable[[bytes | None], None]
 
 
 class DataLossError(StorageError):
@@ -157,11 +152,10 @@ class RedisStorage:
     """Rooms in Redis (or a Redis Cluster); a room's keys share the hash tag ``{ROOM}``.
 
     Start :meth:`run` in a nursery before use (the hub does). ``clock`` stamps
-    activity (for TTL expiry); tests pass a fake one.
+    activity (for TTL expiry); tests pass a fake one. Rooms are ordered here (a
+    :class:`~.base.SharedStorage`): room tasks use :meth:`push_batch` and
+    :meth:`follow` instead of :meth:`commit`.
     """
-
-    #: Room tasks use :meth:`push_batch` and :meth:`follow` instead of :meth:`commit`.
-    shared: Final = True
 
     def __init__(
         self,
