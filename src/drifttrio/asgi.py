@@ -11,7 +11,7 @@ module (``SystemExit``), the rest at lifespan startup. There an exception would
 reach hypercorn, which prints its traceback; so the process ends itself
 (``os._exit``: nothing has been served yet, and nothing of it needs cleaning up).
 hypercorn 0.18 itself then exits 0 whatever its worker's status
-(pgjones/hypercorn#269) unless run with ``-w 0`` (see docs/quickstart.md).
+(its final cleanup overwrites the status: pgjones/hypercorn#269, #372) unless run with ``-w 0`` (see docs/quickstart.md).
 """
 
 from __future__ import annotations
