@@ -10,8 +10,9 @@ exit status 2, instead of a traceback: a bad setting when hypercorn imports this
 module (``SystemExit``), the rest at lifespan startup. There an exception would
 reach hypercorn, which prints its traceback; so the process ends itself
 (``os._exit``: nothing has been served yet, and nothing of it needs cleaning up).
-hypercorn 0.18 itself then exits 0 whatever its worker's status
-(its final cleanup overwrites the status: pgjones/hypercorn#269, #372) unless run with ``-w 0`` (see docs/quickstart.md).
+hypercorn 0.18 itself then exits 0 whatever its worker's status (its final
+cleanup overwrites it: pgjones/hypercorn#269, #372) unless run with ``-w 0``
+(see docs/quickstart.md).
 """
 
 from __future__ import annotations
