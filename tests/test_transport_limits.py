@@ -35,7 +35,7 @@ from drifttrio import CloseCode, Config, RunningServer, open_server
 from drifttrio._logging import ThrottledLog
 from drifttrio.runtime.hub import Hub
 from drifttrio.server import TRANSPORTS, fit_descriptors
-from drifttrio.web import transport
+from drifttrio.web import http11, transport, wire
 from drifttrio.web.app import DriftApp
 from drifttrio.web.limits import ClientBudgets
 from drifttrio.web.liveness import Liveness
@@ -302,7 +302,7 @@ async def test_client_mistakes_never_log_a_traceback_and_log_lines_are_bounded(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setattr(transport, "client_errors", ThrottledLog(transport.log, per_interval=3))
+    monkeypatch.setattr(http11, "client_errors", ThrottledLog(wire.log, per_interval=3))
     rounds = 20
     async with serving() as (server, room):
         mistakes = [
