@@ -28,6 +28,7 @@ from .runtime.config import LOG_LEVELS, Config, parse_setting, warn_unknown_vari
 from .server import ListenError, serve
 from .storage import Storage, StoreAccess
 from .storage.base import ExclusiveStorage, shown_url
+from .wiring import TRANSPORTS
 
 __all__ = ["main"]
 
@@ -122,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--transport",
-        choices=["drifttrio", "hypercorn"],
+        choices=TRANSPORTS,
         default="drifttrio",
         help="drifttrio's own h11/wsproto transport (default, fastest) or hypercorn's trio worker",
     )

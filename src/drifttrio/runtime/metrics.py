@@ -33,19 +33,21 @@ _le: Callable[[float], str] = floatToGoString
 __all__ = [
     "CLOSE_REASONS",
     "CODECS",
+    "CONNECTION_KINDS",
     "ERROR_REASONS",
     "IN_KINDS",
     "LIMITS",
     "OUT_KINDS",
-    "TRANSPORTS",
     "Metrics",
     "Tally",
     "TallyCounter",
     "TallyHistogram",
 ]
 
-#: How a member is connected: drifttrio's own transport, another ASGI server, in-process.
-TRANSPORTS: Final = ("drifttrio", "asgi", "in_process")
+#: How a member is connected, the ``transport`` label of the connection metrics:
+#: drifttrio's own transport, an ASGI server (hypercorn), in-process. Not the
+#: server transports ``drifttrio serve --transport`` picks (``wiring.TRANSPORTS``).
+CONNECTION_KINDS: Final = ("drifttrio", "asgi", "in_process")
 CODECS: Final = ("json", "cbor", "none")
 #: Client messages, by type (pushes by action).
 IN_KINDS: Final = ("relay", "replace", "append", "compact", "get", "ping", "invalid")
@@ -205,8 +207,12 @@ class Metrics:
             ["transport", "codec"],
             registry=r,
         )
-        self.connections = {(t, c): connections.labels(t, c) for t in TRANSPORTS for c in CODECS}
-        self.connections_opened = {(t, c): opened.labels(t, c) for t in TRANSPORTS for c in CODECS}
+        self.connections = {
+            (t, c): connections.labels(t, c) for t in CONNECTION_KINDS for c in CODECS
+        }
+        self.connections_opened = {
+            (t, c): opened.labels(t, c) for t in CONNECTION_KINDS for c in CODECS
+        }
         closed = Counter(
             "drifttrio_connections_closed",
             "Room members that left, by close code and reason",
