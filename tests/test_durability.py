@@ -22,6 +22,7 @@ import itertools
 import json
 import signal
 import sqlite3
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import partial
@@ -73,13 +74,15 @@ def get(key: str, seq: int | None = 0) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def connect(url: str) -> AsyncIterator[WebSocketConnection]:
+async def connect(
+    url: str, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[WebSocketConnection]:
     """``open_websocket_url``, then close the TCP stream in any case: trio-websocket
     0.12 leaves it open when the server ends the connection first (a server-chosen
     close code, a killed server), to a ResourceWarning at garbage collection."""
     opened: WebSocketConnection | None = None
     try:
-        async with open_websocket_url(url) as ws:
+        async with open_websocket_url(url, ssl_context=ssl_context) as ws:
             opened = ws
             yield ws
     finally:

@@ -26,12 +26,13 @@ import pytest
 import trio
 import trustme
 from cryptography.hazmat.primitives import serialization
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import WebSocketConnection
 
 from _procs import TIMEOUT, child_env, drifttrio_command, start_child
 from drifttrio import Config, ConfigError, RunningServer, open_server
 from drifttrio.server import TRANSPORTS
 from drifttrio.web.tls import server_ssl_context
+from test_durability import connect, recv, send
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 
@@ -84,28 +85,11 @@ async def serving(
 
 @asynccontextmanager
 async def member(url: str, trusting: ssl.SSLContext) -> AsyncIterator[WebSocketConnection]:
-    """A WebSocket over TLS that is a member of its room (a ping answered). The
-    TCP stream is closed in any case (trio-websocket 0.12 may leave it open)."""
-    opened: WebSocketConnection | None = None
-    try:
-        async with open_websocket_url(url, ssl_context=trusting) as ws:
-            opened = ws
-            await send(ws, {"type": "ping", "nonce": 1})
-            assert await recv(ws) == {"type": "pong", "nonce": 1}
-            yield ws
-    finally:
-        if opened is not None:
-            with trio.CancelScope(shield=True):
-                await opened._stream.aclose()
-
-
-async def send(ws: WebSocketConnection, message: object) -> None:
-    await ws.send_message(json.dumps(message))
-
-
-async def recv(ws: WebSocketConnection) -> Any:
-    with trio.fail_after(TIMEOUT):
-        return json.loads(await ws.get_message())
+    """A WebSocket over TLS that is a member of its room (a ping answered)."""
+    async with connect(url, trusting) as ws:
+        await send(ws, {"type": "ping", "nonce": 1})
+        assert await recv(ws) == {"type": "pong", "nonce": 1}
+        yield ws
 
 
 def relay(key: str, value: object) -> dict[str, Any]:
