@@ -39,10 +39,7 @@ class TokenBucket:
         """Take one token if there is one."""
         if self.rate <= 0:
             return True
-        now = self._clock()
-        self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self.tokens >= 1.0:
+        if self._refill() >= 1.0:
             self.tokens -= 1.0
             return True
         return False
@@ -52,10 +49,15 @@ class TokenBucket:
         incurred): the seconds until the bucket is out of debt (0.0: it is not)."""
         if self.rate <= 0:
             return 0.0
-        now = self._clock()
-        tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate) - 1.0
-        self.tokens, self._stamp = tokens, now
+        self.tokens = tokens = self._refill() - 1.0
         return -tokens / self.rate if tokens < 0.0 else 0.0
+
+    def _refill(self) -> float:
+        """Add what the rate gave since the last call (up to ``burst``): the tokens."""
+        now = self._clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        return self.tokens
 
 
 class KeyedRateLimiter:
