@@ -679,11 +679,7 @@ def main() -> None:
         )
     )
 
-    print("\n### Goals\n\nratio of medians [range of the round-by-round ratios]\n")
-    print("| goal | measured | target | result |\n|---|---|---|---|")
-    for label, measured, target, ok in goals:
-        result = "—" if ok is None else "PASS" if ok else "**FAIL**"
-        print(f"| {label} | {measured} | {target} | {result} |")
+    tp.print_goals(goals)
     if bad:
         sys.exit(1)
 

@@ -591,14 +591,19 @@ def main() -> None:
             )
         )
 
+    print_goals(goals)
+    # A lost or reordered message (or a failed run) is a bug, not a slow figure: exit 1.
+    if any(label.startswith("verification") and ok is False for label, _, _, ok in goals):
+        sys.exit(1)
+
+
+def print_goals(goals: list[tuple[str, str, str, bool | None]]) -> None:
+    """The goals section: one row per goal, PASS/FAIL (``None``: not run)."""
     print("\n### Goals\n\nratio of medians [range of the round-by-round ratios]\n")
     print("| goal | measured | target | result |\n|---|---|---|---|")
     for label, measured, target, ok in goals:
         result = "n/a" if ok is None else "PASS" if ok else "**FAIL**"
         print(f"| {label} | {measured} | {target} | {result} |")
-    # A lost or reordered message (or a failed run) is a bug, not a slow figure: exit 1.
-    if any(label.startswith("verification") and ok is False for label, _, _, ok in goals):
-        sys.exit(1)
 
 
 if __name__ == "__main__":
