@@ -38,6 +38,7 @@ from drifttrio.protocol.codec import (
     message_nodes,
 )
 from drifttrio.protocol.messages import PushEvent, Replace
+from drifttrio.web.frames import FRAME_ENCODERS
 
 MIB = 1024 * 1024
 UNLIMITED = DecodeLimits(max_nodes=10**9)
@@ -75,7 +76,11 @@ def measure(data: str | bytes, repeat: int) -> dict[str, float]:
         "decode": best_ms(lambda: decode_client_message(data, UNLIMITED, nodes=nodes), repeat),
         "apply": best_ms(lambda: RoomState(limits=limits).push("k", value, Replace()), repeat),
         "encode": best_ms(
-            lambda: (JSON.encode_frame(event), CBOR.encode_frame(event), cbor2.dumps(value)),
+            lambda: (
+                FRAME_ENCODERS[JSON].encode(event),
+                FRAME_ENCODERS[CBOR].encode(event),
+                cbor2.dumps(value),
+            ),
             repeat,
         ),
     }

@@ -29,7 +29,7 @@ from drifttrio import Config, RunningServer, open_server
 from drifttrio.core.join_gate import GateMode, JoinGate, Offer
 from drifttrio.protocol import JSON
 from drifttrio.protocol.messages import Append, Init, Relay
-from drifttrio.runtime import Connection, Hub, Outbox
+from drifttrio.runtime import Hub, Member, Outbox
 from drifttrio.runtime.hub import open_hub
 from drifttrio.runtime.room import GetCommand, Join, Leave, PingCommand, PushCommand, Room
 
@@ -289,12 +289,12 @@ async def room_of(**settings: Any) -> AsyncIterator[tuple[Hub, Room]]:
         yield hub, room
 
 
-def websocket_member(hub: Hub, *, explicit: bool = False) -> Connection:
+def websocket_member(hub: Hub, *, explicit: bool = False) -> Member:
     """A member as the web layer makes it: JSON frames, asking only after the join."""
-    return hub.new_connection(codec=JSON, explicit=explicit, asks_after_join=True)
+    return hub.new_member(encoder=JSON, explicit=explicit, asks_after_join=True)
 
 
-async def received(conn: Connection) -> list[dict[str, Any]]:
+async def received(conn: Member) -> list[dict[str, Any]]:
     """What is queued for ``conn`` once the room is idle, decoded."""
     await trio.testing.wait_all_tasks_blocked()
     frames: list[dict[str, Any]] = []
@@ -307,9 +307,9 @@ async def push(room: Room, key: str, value: Any, relay: bool = False) -> None:
     await room.inbox.send(PushCommand(key, value, Relay() if relay else Append(), pusher()))
 
 
-def pusher() -> Connection:
+def pusher() -> Member:
     """An in-process origin for pushes (its replies are not looked at)."""
-    return Connection(codec=None, outbox=Outbox(1 << 16, 1 << 30))
+    return Member(encoder=None, outbox=Outbox(1 << 16, 1 << 30))
 
 
 async def test_a_member_that_never_asks_gets_everything_when_its_hold_ends(
@@ -421,7 +421,7 @@ async def test_no_hold_when_disabled_and_for_debug_members() -> None:
         await push(room, "k", 1)
         assert [m["seq"] for m in await received(conn)] == [1]
     async with room_of() as (hub, room):
-        debug = hub.new_connection(codec=JSON, debug=True, asks_after_join=True)
+        debug = hub.new_member(encoder=JSON, debug=True, asks_after_join=True)
         await room.inbox.send(Join(debug))
         await push(room, "k", 1, relay=True)
         assert [m["type"] for m in await received(debug)] == ["push"]

@@ -11,7 +11,7 @@ import trio
 
 from _rawws import CLOSE, TEXT, TIMEOUT, RawWebSocket, close_code, frame
 from drifttrio import CloseCode
-from drifttrio.runtime.connection import Outbox, QueueBudget
+from drifttrio.runtime.member import Outbox, QueueBudget
 from test_hostile import new_room, raw_member, serving
 
 

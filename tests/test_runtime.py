@@ -37,7 +37,7 @@ from drifttrio.protocol import (
     SeqValue,
     StreamSize,
 )
-from drifttrio.runtime import Connection, Hub, Outbox, Room
+from drifttrio.runtime import Hub, Member, Outbox, Room
 from drifttrio.runtime.room import GetCommand, Join, Leave, PingCommand, PushCommand
 from drifttrio.storage import MemoryStorage
 
@@ -52,9 +52,9 @@ def make_conn(
     debug: bool = False,
     explicit: bool = False,
     codec: Any = None,
-) -> Connection:
-    return Connection(
-        codec=codec,
+) -> Member:
+    return Member(
+        encoder=codec,
         outbox=Outbox(messages, max_bytes),
         policy=policy,
         debug=debug,
@@ -62,7 +62,7 @@ def make_conn(
     )
 
 
-async def drain(conn: Connection) -> list[Any]:
+async def drain(conn: Member) -> list[Any]:
     """Everything queued for ``conn`` right now (after the room went idle)."""
     await trio.testing.wait_all_tasks_blocked()
     frames: list[Any] = []
@@ -71,7 +71,7 @@ async def drain(conn: Connection) -> list[Any]:
     return frames
 
 
-async def join(room: Room, *conns: Connection) -> None:
+async def join(room: Room, *conns: Member) -> None:
     for conn in conns:
         await room.inbox.send(Join(conn))
     await trio.testing.wait_all_tasks_blocked()
@@ -312,7 +312,7 @@ async def test_frame_larger_than_outbox_refused_even_when_empty() -> None:
 async def test_slow_client_policy_from_config() -> None:
     config = Config(outbox_messages=1, slow_client_policy="disconnect")
     async with hub_with_room(config) as (hub, room_id, room):
-        conn = hub.new_connection()
+        conn = hub.new_member()
         await join(room, conn)
         await hub.push(room_id, "k", 1)
         assert not conn.closed

@@ -13,6 +13,7 @@ from drifttrio import CloseCode, Config, open_hub
 from drifttrio.protocol import JSON
 from drifttrio.runtime import Outbox
 from drifttrio.runtime.room import Join
+from drifttrio.web.peer import AsgiPeer
 from drifttrio.web.session import Session
 
 TIMEOUT = 10  # a guard against hangs, never a way to wait for something
@@ -22,7 +23,7 @@ async def test_a_kick_stops_the_reader_at_once_even_while_a_write_is_stuck() -> 
     config = Config(rate_limit_per_second=0)
     async with open_hub(config) as hub:
         room_id = await hub.create_room()
-        conn = hub.new_connection(codec=JSON, transport="asgi")
+        conn = hub.new_member(encoder=JSON, transport="asgi")
         room = await hub.submit(room_id, Join(conn))
         to_server, from_client = trio.open_memory_channel[dict[str, Any]](10)
         write_stuck, release, reader_cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -46,7 +47,8 @@ async def test_a_kick_stops_the_reader_at_once_even_while_a_write_is_stuck() -> 
         outcome: list[Any] = []
 
         async def run() -> None:
-            outcome.append(await Session(config, conn, room, receive, send).run())
+            peer = AsgiPeer({"type": "websocket"}, receive, send)
+            outcome.append(await Session(config, conn, room, peer).run())
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)

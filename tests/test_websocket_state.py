@@ -1,5 +1,6 @@
 """The transport's WebSocket (web/websocket.py) as a state machine, without a
-socket: its Wire over memory streams, the client's frames written by hand."""
+socket: its Wire over memory streams, the client's frames written by hand, the
+app's side through its Peer methods."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from drifttrio.web.websocket import WebSocket, WebSocketState
 from drifttrio.web.wire import Wire
 
 CLOSE_1000 = frame(CLOSE, b"\x03\xe8")
-SEND_FRAMES = {"type": "drifttrio.websocket.send_frames", "data": b"frames"}
+FRAMES = [b"frames"]
 
 
 @dataclass
@@ -56,10 +57,8 @@ def upgraded() -> Peer:
 
 async def accepted() -> Peer:
     peer = upgraded()
-    assert peer.socket.state is WebSocketState.CONNECTING
-    assert (await peer.socket.receive())["type"] == "websocket.connect"
     assert peer.socket.state is WebSocketState.HANDSHAKE
-    await peer.socket.send({"type": "websocket.accept"})
+    await peer.socket.accept()
     assert peer.socket.state is WebSocketState.OPEN
     assert (await peer.written()).startswith(b"HTTP/1.1 101")
     return peer
@@ -68,10 +67,11 @@ async def accepted() -> Peer:
 async def test_the_peers_close_is_echoed_and_nothing_goes_out_after_it() -> None:
     peer = await accepted()
     await peer.to_server.send_all(CLOSE_1000)
-    assert await peer.socket.receive() == {"type": "websocket.disconnect", "code": 1000}
+    assert await peer.socket.receive() is None
+    assert peer.socket.close_code == 1000
     assert peer.socket.state is WebSocketState.CLOSED
     assert (await peer.written())[:1] == b"\x88"  # our close frame
-    await peer.socket.send(SEND_FRAMES)
+    assert await peer.socket.send(FRAMES) == 0
     await peer.socket.ping()
     assert await peer.nothing_more_written()
 
@@ -80,41 +80,42 @@ async def test_after_the_peers_end_of_stream_frames_still_go_out_until_we_close(
     peer = await accepted()
     await peer.to_server.send_all(frame(TEXT, b"hi"))
     await peer.to_server.aclose()
-    assert await peer.socket.receive() == {"type": "websocket.receive", "text": "hi"}
-    assert await peer.socket.receive() == {"type": "websocket.disconnect", "code": 1006}
+    assert await peer.socket.receive() == (b"hi", False)
+    assert await peer.socket.receive() is None
+    assert peer.socket.close_code == 1006
     assert peer.socket.state is WebSocketState.PEER_DONE
-    await peer.socket.send(SEND_FRAMES)
+    assert await peer.socket.send(FRAMES) == len(b"frames")
     assert await peer.written() == b"frames"
-    await peer.socket.send({"type": "websocket.close", "code": 1000})
+    await peer.socket.close(1000, "")
     assert peer.socket.state is WebSocketState.CLOSED
     assert (await peer.written())[:1] == b"\x88"
 
 
 async def test_closing_before_accept_rejects_the_handshake_and_a_late_accept_is_refused() -> None:
     peer = upgraded()
-    await peer.socket.receive()
-    await peer.socket.send({"type": "websocket.close"})
+    await peer.socket.close(1000, "")
     assert peer.socket.state is WebSocketState.CLOSED
     assert (await peer.written()).startswith(b"HTTP/1.1 403")
-    await peer.socket.send({"type": "websocket.accept"})
+    await peer.socket.accept()
     assert peer.socket.state is WebSocketState.CLOSED
     assert await peer.nothing_more_written()
 
 
 async def test_after_our_close_nothing_else_goes_out_and_the_peers_close_ends_it() -> None:
     peer = await accepted()
-    await peer.socket.send({"type": "websocket.close", "code": 1000})
+    await peer.socket.close(1000, "")
     assert peer.socket.state is WebSocketState.CLOSING
     assert (await peer.written())[:1] == b"\x88"
-    await peer.socket.send(SEND_FRAMES)
+    assert await peer.socket.send(FRAMES) == 0
     await peer.to_server.send_all(CLOSE_1000)
-    assert await peer.socket.receive() == {"type": "websocket.disconnect", "code": 1000}
+    assert await peer.socket.receive() is None
+    assert peer.socket.close_code == 1000
     assert peer.socket.state is WebSocketState.CLOSED
     assert await peer.nothing_more_written()
 
 
 async def test_a_second_accept_ends_the_connection() -> None:
     peer = await accepted()
-    await peer.socket.send({"type": "websocket.accept"})
+    await peer.socket.accept()
     assert peer.socket.state is WebSocketState.CLOSED
     assert await peer.nothing_more_written()

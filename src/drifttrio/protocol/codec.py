@@ -56,12 +56,12 @@ __all__ = [
     "DecodeLimits",
     "cbor_nodes",
     "check_value",
+    "decode_cbor_client_message",
     "decode_client_message",
     "decode_json_client_message",
     "json_nodes",
     "make_converter",
     "message_nodes",
-    "websocket_frame",
 ]
 
 _MAX_SAFE_INT: Final = 2**53
@@ -137,9 +137,12 @@ def _bytes_as_ints(value: object) -> object:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class Codec:
-    """One wire format: how server messages are encoded for a connection."""
+    """One wire format: how server messages are encoded for a connection.
+
+    Compared (and hashed) by identity: :data:`JSON` and :data:`CBOR` are the two.
+    """
 
     name: Literal["json", "cbor"]
     binary: bool
@@ -149,13 +152,12 @@ class Codec:
     def encode(self, message: ServerMessage) -> str | bytes:
         return self._dump(self.unstructure(message))
 
-    def encode_frame(self, message: ServerMessage) -> bytes:
-        """The message as one complete, unmasked WebSocket frame (text for JSON,
-        binary for CBOR): identical bytes for every member, so built once."""
+    def encode_bytes(self, message: ServerMessage) -> bytes:
+        """The message as bytes: UTF-8 JSON text, or CBOR."""
         data = self.unstructure(message)
         if self.binary:
-            return websocket_frame(cbor2.dumps(data), binary=True)
-        return websocket_frame(orjson.dumps(data, default=_bytes_as_ints), binary=False)
+            return cbor2.dumps(data)
+        return orjson.dumps(data, default=_bytes_as_ints)
 
     def unstructure(self, message: ServerMessage) -> dict[str, Any]:
         # The frequent messages by hand (same dict, same key order as the
@@ -168,17 +170,6 @@ class Codec:
             return {"key": message.key, "size": message.size, "type": "stream_size"}
         data: dict[str, Any] = self.converter.unstructure(message, ServerMessage)
         return data
-
-
-def websocket_frame(payload: bytes, *, binary: bool) -> bytes:
-    """A final, unmasked server frame (RFC 6455 section 5.2) carrying ``payload``."""
-    head = 0x82 if binary else 0x81
-    size = len(payload)
-    if size < 126:
-        return bytes((head, size)) + payload
-    if size < 65536:
-        return bytes((head, 126)) + size.to_bytes(2, "big") + payload
-    return bytes((head, 127)) + size.to_bytes(8, "big") + payload
 
 
 def _dump_json(data: object) -> str:
@@ -443,10 +434,23 @@ def decode_client_message(
     return structure_client_message(raw, limits)
 
 
+def decode_cbor_client_message(
+    data: bytes, limits: DecodeLimits = DecodeLimits(), *, nodes: int | None = None
+) -> ClientMessage:
+    """Decode a client message sent as CBOR (a binary frame); ``nodes`` as for
+    :func:`decode_client_message` (here from :func:`cbor_nodes`)."""
+    if nodes is None:
+        nodes = cbor_nodes(data, limits.max_nodes)
+    if nodes > limits.max_nodes:
+        raise _too_many_nodes(limits)
+    return structure_client_message(_load_cbor(data, limits), limits)
+
+
 def decode_json_client_message(
     data: bytes, limits: DecodeLimits = DecodeLimits(), *, nodes: int | None = None
 ) -> ClientMessage:
-    """Decode a client message sent as a JSON body (HTTP ``/send``); ``nodes`` as
+    """Decode a client message sent as JSON (a text frame's UTF-8 bytes, an HTTP
+    ``/send`` body); ``nodes`` as
     for :func:`decode_client_message` (here from :func:`json_nodes`)."""
     if nodes is None:
         nodes = json_nodes(data, limits.max_nodes)

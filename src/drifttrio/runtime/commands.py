@@ -7,13 +7,16 @@ room's bounded inbox, and is handled by the room task in order.
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
 import trio
 
+from .._errors import ProtocolError
+from ..core.refusals import PushRefusal, PushRefused
 from ..protocol.messages import Action, Error, ServerMessage, Value
-from .connection import Connection
+from .member import Member
 
 if TYPE_CHECKING:
     from ..storage.redis import Event
@@ -27,6 +30,7 @@ __all__ = [
     "Leave",
     "Ordered",
     "Origin",
+    "Outcome",
     "PingCommand",
     "PushCommand",
     "Reply",
@@ -34,39 +38,58 @@ __all__ = [
 ]
 
 
+class Outcome(enum.Enum):
+    """How a command from outside the room ended (web/ answers each with its
+    HTTP status, :meth:`~drifttrio.Hub.push` with its exception)."""
+
+    #: Answered (a push applied, a ``get``'s values).
+    DONE = "done"
+    #: Refused by a room rule (an ``error``): nothing changed.
+    REFUSED = "refused"
+    #: Not applied for now: the store failed, or the server's memory budget is spent.
+    TRY_LATER = "try_later"
+    #: The room was deleted meanwhile.
+    ROOM_GONE = "room_gone"
+
+
 class Reply:
     """The direct answer to a command from outside the room (HTTP, in-process)."""
 
     def __init__(self) -> None:
         self.message: ServerMessage | None = None
-        #: The HTTP status for an ``Error`` reply: 400 (refused) or 503 (storage failed).
-        self.status = 200
+        #: How it ended (any ``Error`` reply is not :attr:`Outcome.DONE`).
+        self.outcome = Outcome.DONE
         self.done = trio.Event()
 
     def send_message(self, message: ServerMessage) -> None:
         self.message = message
-        if isinstance(message, Error) and self.status == 200:
-            self.status = 400
+        if isinstance(message, Error) and self.outcome is Outcome.DONE:
+            self.outcome = Outcome.REFUSED
 
-    def fail(self, message: str, status: int = 503) -> None:
+    def refused(self, exc: ProtocolError) -> None:
+        """The room refused the command with ``exc`` (answered next, as an ``error``)."""
+        budget = isinstance(exc, PushRefused) and exc.reason is PushRefusal.BUDGET
+        self.outcome = Outcome.TRY_LATER if budget else Outcome.REFUSED
+
+    def fail(self, message: str, outcome: Outcome = Outcome.TRY_LATER) -> None:
         """Answer with an error (if not answered yet) and wake the waiter."""
         if not self.done.is_set():
             self.message = Error(message)
-            self.status = status
+            self.outcome = outcome
             self.done.set()
 
 
-Origin: TypeAlias = Connection | Reply
+Origin: TypeAlias = Member | Reply
 
 
 @attrs.frozen(eq=False)
 class Join:
-    conn: Connection
+    conn: Member
 
 
 @attrs.frozen(eq=False)
 class Leave:
-    conn: Connection
+    conn: Member
 
 
 @attrs.frozen(eq=False)

@@ -9,7 +9,7 @@ import attrs
 
 from ..protocol.messages import SeqValue, ServerMessage
 from .commands import Origin, Reply
-from .connection import Connection, InitStream
+from .member import InitStream, Member
 
 __all__ = ["Broadcast", "Direct", "Done", "Effect", "InitReply", "Release"]
 
@@ -38,7 +38,7 @@ class Broadcast:
 class InitReply:
     """An ``init`` for one member, snapshotted when its ``get`` was applied."""
 
-    conn: Connection
+    conn: Member
     init: InitStream
 
 
@@ -55,7 +55,7 @@ class Release:
     its gate lets the key (or everything) flow. Delivered in order with the other
     effects, so no push of the batch overtakes the ``init``."""
 
-    conn: Connection
+    conn: Member
     key: str | None
     init_sent: bool = True
 

@@ -34,7 +34,7 @@ from .._errors import (
 )
 from ..core.budget import BudgetAccount, RetainedBudget
 from ..core.room_state import RoomLimits, RoomState
-from ..protocol.codec import Codec, check_value
+from ..protocol.codec import check_value
 from ..protocol.messages import (
     Action,
     Append,
@@ -47,8 +47,9 @@ from ..protocol.messages import (
 )
 from ..storage import Storage, open_storage
 from ..storage.base import ExclusiveStorage, ServedStorage, SharedStorage, WriteHealth
+from .commands import Outcome
 from .config import Config
-from .connection import QUEUE_FAIR_BYTES, Connection, Outbox, QueueBudget
+from .member import QUEUE_FAIR_BYTES, Encoder, Member, Outbox, QueueBudget
 from .metrics import Metrics
 from .redact import room_tag
 from .room import Command, GetCommand, Join, Leave, PushCommand, Reply, Room
@@ -363,27 +364,28 @@ class Hub:
         await reply.done.wait()
         return reply
 
-    def new_connection(
+    def new_member(
         self,
         *,
-        codec: Codec | None = None,
+        encoder: Encoder | None = None,
         debug: bool = False,
         explicit: bool = False,
-        framed: bool = False,
         transport: str = "in_process",
         asks_after_join: bool = False,
-    ) -> Connection:
-        """A room member with an outbox sized by the config."""
-        return Connection(
-            codec=codec,
+        write_now: Callable[[bytes], bool | None] | None = None,
+    ) -> Member:
+        """A room member with an outbox sized by the config; ``write_now``: its
+        transport's non-blocking write, if it has one (see :meth:`Member.flush`)."""
+        return Member(
+            encoder=encoder,
             outbox=Outbox(self.config.outbox_messages, self.config.outbox_bytes, self.queues),
             policy=self.config.slow_client_policy,
             debug=debug,
             explicit=explicit,
-            framed=framed,
             metrics=self.metrics,
             transport=transport,
             asks_after_join=asks_after_join,
+            write_now=write_now,
         )
 
     # -- in-process API ------------------------------------------------------------
@@ -405,7 +407,7 @@ class Hub:
         reply = await self.request(room_id, lambda r: PushCommand(key, checked, action, r))
         message = reply.message
         if isinstance(message, Error):
-            if reply.status >= 500:
+            if reply.outcome is Outcome.TRY_LATER:
                 raise StorageError(message.message)
             raise ProtocolError(message.message)
         return message.size if isinstance(message, StreamSize) else None
@@ -432,7 +434,7 @@ class Hub:
         With ``keys`` the subscription only receives those keys (and an ``init``
         of each when ``since`` is given); otherwise it receives every broadcast.
         """
-        conn = self.new_connection(debug=debug, explicit=keys is not None)
+        conn = self.new_member(debug=debug, explicit=keys is not None)
         room = await self.submit(room_id, Join(conn))
         gauge = self.metrics.connections[conn.labels]
         self.metrics.connections_opened[conn.labels].inc()
@@ -454,7 +456,7 @@ class Hub:
 class Subscription:
     """An async iterator over the messages a room sends to an in-process member."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Member) -> None:
         self.connection = conn
         self._buffer: list[ServerMessage] = []
 

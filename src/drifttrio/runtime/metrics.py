@@ -20,7 +20,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -33,7 +33,6 @@ _le: Callable[[float], str] = floatToGoString
 __all__ = [
     "CLOSE_REASONS",
     "CODECS",
-    "CONNECTION_KINDS",
     "ERROR_REASONS",
     "IN_KINDS",
     "LIMITS",
@@ -44,10 +43,6 @@ __all__ = [
     "TallyHistogram",
 ]
 
-#: How a member is connected, the ``transport`` label of the connection metrics:
-#: drifttrio's own transport, an ASGI server (hypercorn), in-process. Not the
-#: server transports ``drifttrio serve --transport`` picks (``wiring.TRANSPORTS``).
-CONNECTION_KINDS: Final = ("drifttrio", "asgi", "in_process")
 CODECS: Final = ("json", "cbor", "none")
 #: Client messages, by type (pushes by action).
 IN_KINDS: Final = ("relay", "replace", "append", "compact", "get", "ping", "invalid")
@@ -178,6 +173,18 @@ class TallyHistogram:
         yield family
 
 
+class _Children(dict[tuple[str, ...], Any]):
+    """A metric's label children, made when first looked up."""
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def __missing__(self, labels: tuple[str, ...]) -> Any:
+        child = self[labels] = self._metric.labels(*labels)
+        return child
+
+
 class Metrics:
     """Every drifttrio metric, registered in :attr:`registry`."""
 
@@ -207,12 +214,10 @@ class Metrics:
             ["transport", "codec"],
             registry=r,
         )
-        self.connections = {
-            (t, c): connections.labels(t, c) for t in CONNECTION_KINDS for c in CODECS
-        }
-        self.connections_opened = {
-            (t, c): opened.labels(t, c) for t in CONNECTION_KINDS for c in CODECS
-        }
+        #: By ``Member.labels``: what carries a member (web/ names its transports)
+        #: and its codec; a pair's series appears with its first member.
+        self.connections = _Children(connections)
+        self.connections_opened = _Children(opened)
         closed = Counter(
             "drifttrio_connections_closed",
             "Room members that left, by close code and reason",

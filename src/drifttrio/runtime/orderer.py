@@ -99,7 +99,7 @@ class LocalOrderer:
             if isinstance(command, PushCommand):
                 room.metrics.errors["storage"].inc()
                 if isinstance(command.origin, Reply):
-                    command.origin.fail("storage unavailable: push not applied", 503)
+                    command.origin.fail("storage unavailable: push not applied")
                 else:
                     effects.append((command.origin, Error("storage unavailable: push not applied")))
             elif not isinstance(command, (FeedEvents, FeedLost)):

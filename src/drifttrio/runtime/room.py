@@ -41,9 +41,9 @@ from .commands import (
     Request,
 )
 from .config import Config
-from .connection import Connection, Frame, InitStream
-from .connection import _size as frame_size
 from .effects import Broadcast, Done, Effect, InitReply, Release
+from .member import Frame, InitStream, Member
+from .member import _size as frame_size
 from .metrics import Metrics
 from .orderer import LocalOrderer, Orderer
 from .redact import room_tag
@@ -105,17 +105,20 @@ class Room:
         self.orderer: Orderer = orderer or LocalOrderer(storage, state.seq)
         self._on_exit = on_exit
         self.inbox, self._commands = trio.open_memory_channel[Command](config.room_inbox_size)
-        self.members: set[Connection] = set()
+        self.members: set[Member] = set()
         self._debug_members = 0
         #: Keys relayed lately: not retained, so listed to debug members on join.
         self.relay_keys = RecentKeys()
         #: Members whose join gate holds broadcasts, in join order (the first one's
         #: gate opens first: every gate gets the same hold time).
-        self._holding: dict[Connection, JoinGate[Frame]] = {}
+        self._holding: dict[Member, JoinGate[Frame]] = {}
         #: When the room was last used from this node (a command, or members present):
         #: a shared store's events alone do not keep a room with no members alive.
         self._used_at = -math.inf
         self._open_replies: list[Reply] = []
+        #: Members delivered to during this batch, whose frames the room writes (or
+        #: hands to their writers) once the batch is delivered: see ``Member.flush``.
+        self._flushes: list[Member] = []
         self.closed = False
 
     # -- the task --------------------------------------------------------------------
@@ -137,6 +140,7 @@ class Room:
                 try:
                     await self._handle_batch(batch)
                 finally:
+                    self._flush_members()
                     self._flush_counts()
         except RoomEnded as exc:
             log.warning("room %s ended: %s", room_tag(self.room_id), exc.reason)
@@ -195,6 +199,7 @@ class Room:
                     except trio.EndOfChannel:
                         return None
                 self._open_expired_gates()
+                self._flush_members()
                 self._flush_counts()
                 continue
             if self.members:
@@ -213,6 +218,13 @@ class Room:
             # while we were being woken up, so only leave when truly empty.
             if self._commands.statistics().current_buffer_used == 0:
                 return None
+
+    def _flush_members(self) -> None:
+        flushes = self._flushes
+        if flushes:
+            for conn in flushes:
+                conn.flush()
+            flushes.clear()
 
     def _drain(self, first: Command) -> list[Command]:
         batch = [first]
@@ -252,6 +264,7 @@ class Room:
         if conn.closed:
             return
         self.members.add(conn)
+        conn.attach(self._flushes)
         self._attach_gate(conn)
         if conn.debug:
             self._debug_members += 1
@@ -277,7 +290,7 @@ class Room:
             except ProtocolError as exc:
                 self.metrics.errors["refused"].inc()
                 if isinstance(origin, Reply):
-                    origin.status = exc.status  # 503 for the server's memory budget
+                    origin.refused(exc)
                 effects.append((origin, Error(exc.message)))
             else:
                 change = outcome.change
@@ -320,7 +333,7 @@ class Room:
         public = outcome.broadcast is not None
         return Broadcast(key, change.entry, public, self._length(key), retained=True)
 
-    def _answer_get(self, conn: Connection, command: GetCommand) -> Effect | None:
+    def _answer_get(self, conn: Member, command: GetCommand) -> Effect | None:
         """Subscribe ``conn`` to the key (within its cap) and snapshot the ``init``
         it asked for; the writer encodes it in chunks."""
         limit = self.config.max_subscriptions_per_connection
@@ -391,9 +404,9 @@ class Room:
                     continue
             elif not public:
                 continue
-            frame = frames.get(conn.codec_key)
+            frame = frames.get(conn.encoder)
             if frame is None:
-                frame = frames[conn.codec_key] = conn.encode(message)
+                frame = frames[conn.encoder] = conn.encode(message)
             if conn.gate is not None:
                 offer = self._pass_gate(conn, key, frame, effect)
                 if offer is not Offer.DELIVER:
@@ -405,15 +418,15 @@ class Room:
         self.metrics.fanout.observe(delivered + held)
         self._out["push"] = self._out.get("push", 0) + delivered
 
-    def _debug_change(self, conn: Connection, effect: Broadcast, frames: dict[Any, Frame]) -> None:
+    def _debug_change(self, conn: Member, effect: Broadcast, frames: dict[Any, Frame]) -> None:
         """A change as a debug member sees it: the push, then the stream's new
         length, from which the inspector rebuilds the stream (O(1) per push)."""
         entry = effect.entry
-        push = frames.get(conn.codec_key)
+        push = frames.get(conn.encoder)
         if push is None:
             message = PushEvent(effect.key, entry.value, entry.seq)
-            push = frames[conn.codec_key] = conn.encode(message)
-        size_key = ("size", conn.codec_key)
+            push = frames[conn.encoder] = conn.encode(message)
+        size_key = ("size", conn.encoder)
         size = frames.get(size_key)
         if size is None:
             assert effect.debug_size is not None
@@ -425,7 +438,7 @@ class Room:
 
     # -- the join gate: who receives a push before asking (core/join_gate.py) -----------
 
-    def _attach_gate(self, conn: Connection) -> None:
+    def _attach_gate(self, conn: Member) -> None:
         """Give a joining member its gate. WebSocket members in the default mode hold
         broadcasts until they ask; explicit ones only get what they ask for; debug
         members and in-process ones without keys receive everything from the join."""
@@ -443,19 +456,19 @@ class Room:
             self._holding[conn] = conn.gate
 
     @staticmethod
-    def holds(origin: Origin) -> TypeGuard[Connection]:
+    def holds(origin: Origin) -> TypeGuard[Member]:
         """Whether ``origin`` is a member whose gate holds (its ping or push opens it)."""
         return (
-            isinstance(origin, Connection)
+            isinstance(origin, Member)
             and origin.gate is not None
             and origin.gate.mode is GateMode.HOLDING
         )
 
-    def _forget_gate(self, conn: Connection) -> None:
+    def _forget_gate(self, conn: Member) -> None:
         self._holding.pop(conn, None)
         conn.gate = None
 
-    def _pass_gate(self, conn: Connection, key: str, frame: Frame, effect: Broadcast) -> Offer:
+    def _pass_gate(self, conn: Member, key: str, frame: Frame, effect: Broadcast) -> Offer:
         """Offer a broadcast to ``conn``'s gate; ``DELIVER``: it goes to ``conn`` now."""
         gate = conn.gate
         assert gate is not None
@@ -488,7 +501,7 @@ class Room:
                 break
             self._let_flow(conn, gate.open())
 
-    def _let_flow(self, conn: Connection, held: list[Held[Frame]]) -> None:
+    def _let_flow(self, conn: Member, held: list[Held[Frame]]) -> None:
         """Deliver what a gate gave back; drop the gate once it is open."""
         if conn.gate is not None and conn.gate.mode is GateMode.OPEN:
             self._forget_gate(conn)

@@ -31,7 +31,7 @@ from ..core.room_state import RoomState, key_size
 from ..protocol.messages import Compact, Error, SeqValue, StreamSize
 from ..storage.base import SharedStorage
 from ..storage.redis import ActionName, DataLossError, Event, PushItem, encode_value, parse_records
-from .commands import Command, FeedEvents, FeedLost, Ordered, PushCommand, Reply
+from .commands import Command, FeedEvents, FeedLost, Ordered, Outcome, PushCommand, Reply
 from .effects import Done, Effect, Release
 from .redact import room_tag
 from .room import Room, RoomEnded
@@ -168,7 +168,8 @@ class SharedOrderer:
             self._refuse(room, pushes, "storage lost data: push not applied")
             raise RoomEnded(CloseCode.TRY_AGAIN_LATER, str(exc)) from None
         except RoomNotFound:
-            self._refuse(room, pushes, "room no longer exists: push not applied", status=404)
+            message = "room no longer exists: push not applied"
+            self._refuse(room, pushes, message, Outcome.ROOM_GONE)
             raise RoomEnded(CloseCode.GOING_AWAY, "room deleted from the store") from None
         except Exception as exc:
             log.warning("push failed in room %s: %r", room_tag(room.room_id), exc)
@@ -207,7 +208,7 @@ class SharedOrderer:
                 room.count_in(command.action.TAG)
                 room.metrics.errors["refused"].inc()
                 if isinstance(command.origin, Reply):
-                    command.origin.status = exc.status
+                    command.origin.refused(exc)
                 room.deliver((command.origin, Error(exc.message)))
                 if isinstance(command.origin, Reply):
                     room.deliver(Done(command.origin))
@@ -216,12 +217,16 @@ class SharedOrderer:
         return admitted
 
     def _refuse(
-        self, room: Room, pushes: list[PushCommand], message: str, status: int = 503
+        self,
+        room: Room,
+        pushes: list[PushCommand],
+        message: str,
+        outcome: Outcome = Outcome.TRY_LATER,
     ) -> None:
         for command in pushes:
             room.metrics.errors["storage"].inc()
             if isinstance(command.origin, Reply):
-                command.origin.fail(message, status)
+                command.origin.fail(message, outcome)
             else:
                 room.deliver((command.origin, Error(message)))
 

@@ -300,7 +300,7 @@ class DriftTestServer:
         if live is not None and not live.closed:
             members = tuple(
                 MemberInfo(
-                    codec=None if conn.codec is None else conn.codec.name,
+                    codec=None if conn.encoder is None else conn.encoder.name,
                     debug=conn.debug,
                     explicit=conn.explicit,
                     closed=conn.closed,

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 import orjson
@@ -33,18 +33,19 @@ from .._errors import (
 )
 from ..protocol.codec import CBOR, JSON, decode_json_client_message, json_nodes
 from ..protocol.messages import Error, Init, Push
+from ..runtime.commands import Outcome
 from ..runtime.config import Config
-from ..runtime.connection import Connection
 from ..runtime.hub import Hub, open_hub
+from ..runtime.member import Member
 from ..runtime.redact import room_tag
 from ..runtime.room import Join
 from .limits import ClientBudgets, ConnectionCounter, KeyedRateLimiter
 from .ops import handle_ops, is_ops_path
+from .peer import AsgiPeer, Peer
 from .policy import READ_ONLY_REFUSAL, authorize, count_invalid, parse_query, read_only
 from .proxy import TrustedProxies
 from .session import Session, command_for
 from .tokens import READ, WRITE, issue_room_token, token_expiry
-from .transport import FRAMES_EXTENSION
 
 __all__ = ["DriftApp", "parse_query"]
 
@@ -135,19 +136,13 @@ class DriftApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if self._proxies and kind != "lifespan":
-            self._proxies.apply(scope)  # the real client, for everything below
         if kind == "http":
+            if self._proxies:
+                self._proxies.apply(scope)  # the real client, for everything below
             await self._http(scope, receive, send)
         elif kind == "websocket":
-            # Admission is over before the member runs: one frame less per connection.
-            admitted = await self._admit(scope, receive, send)
-            if admitted is not None:
-                hub, room_id, ip = admitted  # counted in by _admit, no checkpoint since
-                try:
-                    await self._join(scope, receive, send, hub, room_id)
-                finally:
-                    self._connections.remove(ip, room_id)
+            if (await receive())["type"] == "websocket.connect":
+                await self.websocket(AsgiPeer(scope, receive, send))
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -477,7 +472,7 @@ class DriftApp:
             return
         answer = reply.message
         if isinstance(answer, Error):
-            await self._error(send, reply.status, answer.message)
+            await self._error(send, _REPLY_STATUS[reply.outcome], answer.message)
             return
         if isinstance(answer, Init):
             await self._respond_init(send, answer)
@@ -529,56 +524,57 @@ class DriftApp:
 
     # -- WebSocket ------------------------------------------------------------------
 
-    async def _reject(self, send: Send, scope: Scope, status: int, message: str) -> None:
-        if "websocket.http.response" in (scope.get("extensions") or {}):
-            body = orjson.dumps({"type": "error", "message": message})
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": status,
-                    "headers": [(b"content-type", b"application/json"), *self._cors()],
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+    async def websocket(self, peer: Peer) -> None:
+        """Admit a WebSocket upgrade (or refuse it) and run its member until it
+        ends. drifttrio's own transport calls this directly; ASGI servers through
+        :meth:`__call__`."""
+        if self._proxies:
+            self._proxies.apply(peer.scope)  # the real client, for everything below
+        # Admission is over before the member runs: one frame less per connection.
+        admitted = await self._admit(peer)
+        if admitted is not None:
+            hub, room_id, ip = admitted  # counted in by _admit, no checkpoint since
+            try:
+                await self._join(peer, hub, room_id)
+            finally:
+                self._connections.remove(ip, room_id)
 
-    async def _admit(
-        self, scope: Scope, receive: Receive, send: Send
-    ) -> tuple[Hub, str, str] | None:
+    async def _reject(self, peer: Peer, status: int, message: str) -> None:
+        body = orjson.dumps({"type": "error", "message": message})
+        await peer.reject(status, body, [(b"content-type", b"application/json"), *self._cors()])
+
+    async def _admit(self, peer: Peer) -> tuple[Hub, str, str] | None:
         """Check an upgrade (room, origin, token, connection limits); refuse it, or
         count the connection in and return the hub, the room id and the client
         address to join with (the caller counts it out)."""
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return None
+        scope = peer.scope
         hub = self.hub
         if hub is None or not self._ready:
-            await self._reject(send, scope, 503, "server is not ready")
+            await self._reject(peer, 503, "server is not ready")
             return None
         match = _ROOM_PATH.fullmatch(self._path(scope))
         if match is None or match.group(2) != "/connect":
-            await self._reject(send, scope, 404, "not found")
+            await self._reject(peer, 404, "not found")
             return None
         room_id = match.group(1)
         if not self._origin_allowed(scope):
             hub.metrics.rejected["allowed_origins"].inc()
-            await self._reject(send, scope, 403, "origin not allowed")
+            await self._reject(peer, 403, "origin not allowed")
             return None
         try:
             authorize(self.config, scope, room_id)
         except ProtocolError as exc:
-            await self._reject(send, scope, exc.status, exc.message)
+            await self._reject(peer, exc.status, exc.message)
             return None
         if not await hub.room_exists(room_id):
-            await self._reject(send, scope, 404, "room not found")
+            await self._reject(peer, 404, "room not found")
             return None
         ip = _client_ip(scope)
         exceeded = self._connections.exceeded(ip, room_id)
         if exceeded is not None:
             limit, cap = exceeded
             hub.metrics.rejected[limit.value].inc()
-            await self._reject(send, scope, 503, limit.refusal(cap))
+            await self._reject(peer, 503, limit.refusal(cap))
             return None
         self._connections.add(ip, room_id)
         return hub, room_id, ip
@@ -591,31 +587,29 @@ class DriftApp:
         origin = dict(scope.get("headers") or ()).get(b"origin")
         return origin is None or origin.decode("latin-1").rstrip("/") in origins
 
-    async def _join(
-        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str
-    ) -> None:
+    async def _join(self, peer: Peer, hub: Hub, room_id: str) -> None:
+        scope = peer.scope
         params = parse_query(scope.get("query_string", b""))
-        framed = FRAMES_EXTENSION in (scope.get("extensions") or {})
-        conn = hub.new_connection(
-            codec=CBOR if _flag(params, "cbor") else JSON,
+        conn = hub.new_member(
+            encoder=peer.encoder(CBOR if _flag(params, "cbor") else JSON),
             debug=_flag(params, "debug"),
             explicit=params.get("subscribe", "").lower() == "explicit",
-            framed=framed,
-            transport="drifttrio" if framed else "asgi",
+            transport=peer.transport,
             asks_after_join=True,
+            write_now=peer.write_now,
         )
         # Join before accepting, so a client that sees the handshake complete is
         # already a member and misses nothing pushed after it.
         try:
             room = await hub.submit(room_id, Join(conn))
         except RoomNotFound:
-            await self._reject(send, scope, 404, "room not found")
+            await self._reject(peer, 404, "room not found")
             return
         except ShuttingDown as exc:
-            await self._reject(send, scope, 503, str(exc))
+            await self._reject(peer, 503, str(exc))
             return
         except StorageError as exc:  # the room could not be loaded
-            await self._reject(send, scope, 503, f"storage unavailable: {exc}")
+            await self._reject(peer, 503, f"storage unavailable: {exc}")
             return
         if hub.closing:
             conn.kick(CloseCode.GOING_AWAY, "server shutdown")
@@ -632,8 +626,7 @@ class DriftApp:
             self.config,
             conn,
             room,
-            receive,
-            send,
+            peer,
             read_only=read_only(scope),
             budgets=self.budgets,
             ip=_client_ip(scope),
@@ -654,6 +647,9 @@ class DriftApp:
                 extra={"fields": _close_fields(conn, tag, code, reason, label)},
             )
 
+
+#: The HTTP status of a ``/send`` answered with an ``error``.
+_REPLY_STATUS: Final = {Outcome.REFUSED: 400, Outcome.TRY_LATER: 503, Outcome.ROOM_GONE: 404}
 
 _Handler: TypeAlias = Callable[
     [DriftApp, Scope, Receive, Send, Hub, str, str | None], Awaitable[None]
@@ -726,7 +722,7 @@ def _response_start(
     return {"type": "http.response.start", "status": status, "headers": fields}
 
 
-def _open_fields(conn: Connection, tag: str, client: str) -> dict[str, Any]:
+def _open_fields(conn: Member, tag: str, client: str) -> dict[str, Any]:
     return {
         "event": "open",
         "conn": conn.id,
@@ -738,9 +734,7 @@ def _open_fields(conn: Connection, tag: str, client: str) -> dict[str, Any]:
     }
 
 
-def _close_fields(
-    conn: Connection, tag: str, code: int | None, reason: str, by: str
-) -> dict[str, Any]:
+def _close_fields(conn: Member, tag: str, code: int | None, reason: str, by: str) -> dict[str, Any]:
     return {
         "event": "close",
         "conn": conn.id,

@@ -1,10 +1,11 @@
-"""Client-to-server WebSocket frames (RFC 6455), read sans-IO.
+"""WebSocket frames (RFC 6455), sans-IO: the client's, read; the server's, built.
 
 wsproto reads a frame through a handful of generators and method calls and
 unmasks it in Python; with one small message per frame that was a third of the
 server's time. :class:`FrameReader` parses every frame already received in one
 loop, unmasks with the C routine of ``websockets`` (a pure-Python fallback
-otherwise) and returns whole messages: ``str`` (text), ``bytes`` (binary),
+otherwise) and returns whole messages as :data:`Message` (the payload's bytes,
+and whether it is binary: a text message is checked to be UTF-8, not decoded),
 :class:`Ping` or :class:`Close`. Pongs are skipped, but counted (``pongs``), so
 the caller can charge them to a rate limit. Compression is never negotiated,
 so a reserved bit is an error.
@@ -16,23 +17,38 @@ not in its shortest form, a bad close frame), 1007 for invalid UTF-8, 1009 as
 soon as a header declares more than ``max_message_bytes`` for its message (each
 non-final fragment counts ``fragment_cost`` bytes more, so a flood of empty
 continuation frames ends too). What is buffered never exceeds one frame.
+
+The server's frames are built once per broadcast: :class:`FrameEncoder` turns a
+server message into one complete frame, the same bytes for every member that
+speaks its codec (see :data:`FRAME_ENCODERS`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeAlias
+
+from ..protocol.codec import CBOR, JSON, Codec
+from ..protocol.messages import ServerMessage
 
 __all__ = [
+    "FRAME_ENCODERS",
     "Close",
+    "FrameEncoder",
     "FrameError",
     "FrameReader",
+    "Message",
     "Ping",
     "close_frame",
     "ping_frame",
     "pong_frame",
     "unmask",
+    "websocket_frame",
 ]
+
+#: A whole message from the client: its payload, and whether it came in binary
+#: frames (text payloads are valid UTF-8).
+Message: TypeAlias = tuple[bytes, bool]
 
 _TEXT: Final = 0x1
 _BINARY: Final = 0x2
@@ -135,7 +151,7 @@ class FrameReader:
             self._chunks.clear()
             self._buffered = 0
 
-    def next_event(self) -> str | bytes | Ping | Close | None:
+    def next_event(self) -> Message | Ping | Close | None:
         """The next message or control frame, or ``None`` until more bytes arrive.
 
         Raises :class:`FrameError` on a protocol violation.
@@ -205,9 +221,9 @@ class FrameReader:
             payload = unmask(data[pos + head : end], data[pos + head - 4 : pos + head])
             self._pos = end
             if opcode == _TEXT and fin:
-                return _decode(payload)
+                return _text(payload)
             if opcode == _BINARY and fin:
-                return payload
+                return payload, True
             if opcode < _CLOSE:
                 if opcode:
                     self._opcode = opcode
@@ -220,7 +236,7 @@ class FrameReader:
                 binary = self._opcode == _BINARY
                 self._parts.clear()
                 self._opcode = self._size = 0
-                return message if binary else _decode(message)
+                return (message, True) if binary else _text(message)
             if opcode == _PING:
                 return Ping(payload)
             if opcode == _CLOSE:
@@ -230,11 +246,15 @@ class FrameReader:
             self.pongs += 1  # a pong: nothing to answer, only to count
 
 
-def _decode(payload: bytes) -> str:
-    try:
-        return payload.decode()
-    except UnicodeDecodeError as exc:
-        raise FrameError(1007, f"invalid UTF-8 in a text message: {exc.reason}") from None
+def _text(payload: bytes) -> Message:
+    """A text message, once its payload is checked to be UTF-8 (ASCII at C speed
+    without decoding it)."""
+    if not payload.isascii():
+        try:
+            payload.decode()
+        except UnicodeDecodeError as exc:
+            raise FrameError(1007, f"invalid UTF-8 in a text message: {exc.reason}") from None
+    return payload, False
 
 
 def _close_event(payload: bytes) -> Close:
@@ -278,3 +298,39 @@ def close_frame(code: int | None, reason: str = "") -> bytes:
         code = 1000
     data = reason.encode()[:123].decode(errors="ignore").encode()
     return _control_frame(_CLOSE, code.to_bytes(2, "big") + data)
+
+
+def websocket_frame(payload: bytes, *, binary: bool) -> bytes:
+    """A final, unmasked server frame (RFC 6455 section 5.2) carrying ``payload``."""
+    head = 0x82 if binary else 0x81
+    size = len(payload)
+    if size < 126:
+        return bytes((head, size)) + payload
+    if size < 65536:
+        return bytes((head, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((head, 127)) + size.to_bytes(8, "big") + payload
+
+
+class FrameEncoder:
+    """Server messages as complete WebSocket frames of one codec (text for JSON,
+    binary for CBOR): a room encodes each broadcast once per encoder, and drifttrio's
+    transport writes a member's queued frames in one write.
+
+    A :class:`~drifttrio.runtime.Encoder`; compared by identity, so use the ones
+    in :data:`FRAME_ENCODERS`.
+    """
+
+    __slots__ = ("codec", "name")
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        #: The codec's name (a metrics label).
+        self.name: Final = codec.name
+
+    def encode(self, message: ServerMessage) -> bytes:
+        codec = self.codec
+        return websocket_frame(codec.encode_bytes(message), binary=codec.binary)
+
+
+#: The frame encoder of each codec.
+FRAME_ENCODERS: Final = {JSON: FrameEncoder(JSON), CBOR: FrameEncoder(CBOR)}

@@ -1,7 +1,8 @@
 """HTTP/1.1 for drifttrio's own transport: h11 reads the requests of one
-connection, runs the ASGI app for each, and hands a WebSocket upgrade over as a
-:class:`~drifttrio.web.websocket.WebSocket` (handshake checked by wsproto, not
-yet answered).
+connection, runs the app for each (as ASGI), and hands a WebSocket upgrade over
+as a :class:`~drifttrio.web.websocket.WebSocket` (handshake checked by wsproto,
+not yet answered), which the app then admits and runs as a
+:class:`~drifttrio.web.peer.Peer`.
 
 Deadlines: the request head must arrive within ``handshake_timeout`` (slowloris)
 and the whole request within ``request_timeout`` (a trickled body); an idle
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import unquote
 
 import h11
@@ -28,15 +29,28 @@ from wsproto.events import RejectConnection, Request
 from wsproto.utilities import LocalProtocolError
 
 from ..runtime.config import Config
-from .websocket import FRAMES_EXTENSION, WebSocket
+from .peer import Peer
+from .websocket import WebSocket
 from .wire import Wire, WireClosed, client_errors
 
 __all__ = ["BUSY_HEAD_SECONDS", "App", "serve_http"]
 
-App = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-    Awaitable[None],
-]
+
+class App(Protocol):
+    """What drifttrio's transport serves: HTTP requests as ASGI, WebSockets as peers."""
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+        /,
+    ) -> None:
+        """Answer one HTTP request (an ASGI ``http`` scope)."""
+
+    async def websocket(self, peer: Peer, /) -> None:
+        """Admit (accept or reject) a WebSocket upgrade and run it until it ends."""
+
 
 #: Over an HTTP cap, a connection's request head must arrive within this long:
 #: enough to answer ``/healthz`` or say 503, no more.
@@ -49,7 +63,7 @@ async def serve_http(
     app: App, config: Config, wire: Wire, base: dict[str, Any], scheme: str, *, busy: bool
 ) -> WebSocket | None:
     """Serve requests until the connection ends (``None``) or is upgraded: then
-    return the WebSocket's session (with its scope), handshake not yet answered."""
+    return its WebSocket (with its scope), handshake not yet answered."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
     client = base["client"]
     head_seconds = min(config.handshake_timeout, config.request_timeout)
@@ -340,7 +354,7 @@ def _upgrade(
     request: h11.Request,
     base: dict[str, Any],
 ) -> WebSocket:
-    """The session of a WebSocket upgrade, with its scope (wsproto checks the
+    """The WebSocket of an upgrade, with its scope (wsproto checks the
     request: :class:`_BadUpgrade` if it is not a valid one)."""
     ws = WSConnection(ConnectionType.SERVER)
     try:
@@ -365,7 +379,7 @@ def _upgrade(
         "query_string": query,
         "headers": list(request.headers),  # h11 lower-cases the names
         "subprotocols": list(upgrade.subprotocols),
-        "extensions": {"websocket.http.response": {}, FRAMES_EXTENSION: {}},
+        "extensions": {"websocket.http.response": {}},
     }
     # Frames a client sent right behind its request are read once it is accepted.
     leftover = bytes(conn.trailing_data[0])

@@ -18,6 +18,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..runtime.hub import Hub
+from .peer import Peer
 
 __all__ = ["OPS_PATHS", "OpsApp", "handle_ops", "is_ops_path"]
 
@@ -181,3 +182,7 @@ class OpsApp:
             return
         if not await handle_ops(self.hub, scope, receive, send, scope["path"], metrics=True):
             await _json(send, 404, {"type": "error", "message": "not found"})
+
+    async def websocket(self, peer: Peer) -> None:
+        """No WebSockets here: the upgrade is refused."""
+        await peer.reject(403, b"", [])

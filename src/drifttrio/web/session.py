@@ -1,36 +1,37 @@
-"""One WebSocket member's session, independent of the ASGI server under it.
+"""One WebSocket member's session, over any :class:`~drifttrio.web.peer.Peer`.
 
-A reader (this task) decodes client frames, applies the per-connection limits
+A reader (this task) decodes client messages, applies the per-connection limits
 (rate limit, size, consecutive errors, read-only tokens), charges each message
 to its client address's budget (messages, bytes and nodes, counted before the
 decode) and hands commands to the room; a writer drains the member's outbox to
-the socket, in one write per batch when the transport takes pre-built frames.
+the peer, a batch at a time (one write with drifttrio's own transport).
 Either side ending ends both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextlib import suppress
 from functools import partial
-from typing import Any, TypeAlias
+from typing import Any
 
 import trio
 
 from .._errors import CloseCode, ProtocolError
-from ..protocol.codec import decode_client_message, message_nodes
+from ..protocol.codec import (
+    cbor_nodes,
+    decode_cbor_client_message,
+    decode_json_client_message,
+    json_nodes,
+)
 from ..protocol.messages import ClientMessage, Error, Get, Ping, Push
 from ..runtime.config import Config
-from ..runtime.connection import Connection, Frame
+from ..runtime.member import Member
 from ..runtime.room import Command, GetCommand, Leave, PingCommand, PushCommand, Room
 from .limits import ClientBudgets, TokenBucket
+from .peer import Peer
 from .policy import READ_ONLY_REFUSAL, count_invalid
 
 __all__ = ["Session", "command_for"]
-
-Message: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
 _CLOSE_DRAIN_SECONDS = 1.0
 
@@ -46,15 +47,14 @@ def command_for(message: ClientMessage, origin: Any) -> Command:
 
 
 class Session:
-    """Run one joined member over ASGI ``receive`` / ``send``."""
+    """Run one joined member over its :class:`~drifttrio.web.peer.Peer`."""
 
     def __init__(
         self,
         config: Config,
-        conn: Connection,
+        conn: Member,
         room: Room,
-        receive: Receive,
-        send: Send,
+        peer: Peer,
         *,
         read_only: bool = False,
         budgets: ClientBudgets | None = None,
@@ -63,8 +63,7 @@ class Session:
         self.config = config
         self.conn = conn
         self.room = room
-        self.receive = receive
-        self.send = send
+        self.peer = peer
         #: A read-only room token: pushes are refused with ``error``.
         self.read_only = read_only
         #: What the client address ``ip`` may spend, shared by all its connections.
@@ -74,13 +73,13 @@ class Session:
     async def run(self) -> tuple[int | None, str, bool]:
         """Run until either side ends; return the close code, its reason, and
         whether the peer closed (then the code is the peer's, if it sent one)."""
-        conn, room, receive, send = self.conn, self.room, self.receive, self.send
+        conn, room, peer = self.conn, self.room, self.peer
         close_code: int | None = None
         reason = ""
         peer_gone = False
         outcome: list[Any] = [None, "", False]
         try:
-            await send({"type": "websocket.accept"})
+            await peer.accept()
             async with trio.open_nursery() as nursery:
                 # A kick (slow client, shutdown) cancels reader and writer at once.
                 conn.kick_scope = nursery.cancel_scope
@@ -109,18 +108,19 @@ class Session:
                     close_code, reason = conn.close_code, conn.close_reason
                 if close_code is not None:
                     outcome[:] = [close_code, reason, False]
-                    await send({"type": "websocket.close", "code": close_code, "reason": reason})
-            # Keep reading for a moment: hypercorn waits (shielded) to hand this app
-            # frames the peer sent before our close, and would stall its connection.
+                    await peer.close(close_code, reason)
+            # Keep reading for a moment, until the peer's close: hypercorn waits
+            # (shielded) to hand this app frames the peer sent before our close, and
+            # would stall its connection.
             with trio.move_on_after(min(_CLOSE_DRAIN_SECONDS, self.config.write_timeout)) as drain:
                 drain.shield = True
                 while not peer_gone:
-                    peer_gone = (await receive())["type"] == "websocket.disconnect"
+                    peer_gone = await peer.receive() is None
         code, why, by_peer = outcome
         return code, why, by_peer
 
     async def _reader(self) -> tuple[int | None, str]:
-        conn, room, receive = self.conn, self.room, self.receive
+        conn, room, peer = self.conn, self.room, self.peer
         limits = self.config.decode_limits
         metrics = conn.metrics
         assert metrics is not None
@@ -134,25 +134,23 @@ class Session:
         # queued for it (at most one writer cycle). Input then arrives in batches:
         # fewer reads and room batches per message, and a client that reads nothing
         # is not read from either. drifttrio's transport writes a batch at once.
-        pace = not conn.framed
+        pace = peer.paced
         budgets, ip = self.budgets, self.ip
         while True:
             if pace:
                 await conn.outbox.wait_taken()
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                conn.peer_close_code = message.get("code")
-                return None, ""  # websocket.disconnect: the peer is gone
+            message = await peer.receive()
+            if message is None:
+                conn.peer_close_code = peer.close_code
+                return None, ""  # the peer is gone
             conn.messages_in += 1
-            data: str | bytes | None = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
+            data, binary = message
             size = len(data)
             conn.bytes_in += size
             bytes_in.inc(size)
-            if size > max_bytes or (
-                isinstance(data, str) and size * 4 > max_bytes and len(data.encode()) > max_bytes
-            ):
+            # (drifttrio's transport refuses a message over the limit on its first
+            # frame header already; an ASGI server hands it over whole.)
+            if size > max_bytes:
                 metrics.rejected["max_message_bytes"].inc()
                 return CloseCode.MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes"
             # Over the connection's rate limit or its address's budget a message waits,
@@ -165,29 +163,29 @@ class Session:
             if wait > 0.0:
                 metrics.rejected["rate_limit"].inc()
                 await trio.sleep(wait)
-            wait, nodes = budgets.debit_message(
-                ip, size, partial(message_nodes, data, limits.max_nodes)
-            )
+            nodes_of = cbor_nodes if binary else json_nodes
+            wait, nodes = budgets.debit_message(ip, size, partial(nodes_of, data, limits.max_nodes))
             if wait > 0.0:
                 metrics.rejected["address_budget"].inc()
                 await trio.sleep(wait)
                 if nodes < 0:
-                    nodes = message_nodes(data, limits.max_nodes)
+                    nodes = nodes_of(data, limits.max_nodes)
                     wait = budgets.debit_work(ip, nodes)
                     if wait > 0.0:
                         await trio.sleep(wait)
+            decode = decode_cbor_client_message if binary else decode_json_client_message
             try:
-                client_message = decode_client_message(data, limits, nodes=nodes)
+                client_message = decode(data, limits, nodes=nodes)
             except ProtocolError as exc:
                 count_invalid(metrics, nodes, limits)
                 errors += 1
-                conn.send_message(Error(exc.message))
+                conn.tell(Error(exc.message))
                 if max_errors and errors >= max_errors:
                     return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
                 continue
             if isinstance(client_message, Push) and self.read_only:
                 errors += 1
-                conn.send_message(Error(READ_ONLY_REFUSAL))
+                conn.tell(Error(READ_ONLY_REFUSAL))
                 if max_errors and errors >= max_errors:
                     return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
                 continue
@@ -207,7 +205,7 @@ class Session:
                 return CloseCode.GOING_AWAY, "room closed"
 
     async def _writer(self, scope: trio.CancelScope) -> None:
-        conn, send = self.conn, self.send
+        conn, peer = self.conn, self.peer
         assert conn.metrics is not None
         bytes_out = conn.metrics.bytes_out[conn.labels[1]]
         try:
@@ -216,25 +214,10 @@ class Session:
                 if conn.close_code is not None:
                     break  # kicked: close now, whatever is queued
                 conn.messages_out += len(frames)
-                if conn.framed:
-                    # Complete frames, built once per broadcast: one write for the lot.
-                    data = b"".join(f for f in frames if isinstance(f, bytes))
-                    size = len(data)
-                    await send({"type": "drifttrio.websocket.send_frames", "data": data})
-                else:
-                    size = sum(len(f) for f in frames if isinstance(f, (str, bytes)))
-                    await _send_frames(send, frames)
+                size = await peer.send(frames)
                 conn.bytes_out += size
                 bytes_out.inc(size)
         except trio.EndOfChannel:
             pass
         finally:
             scope.cancel()
-
-
-async def _send_frames(send: Send, frames: Iterable[Frame]) -> None:
-    for frame in frames:
-        if isinstance(frame, str):
-            await send({"type": "websocket.send", "text": frame})
-        elif isinstance(frame, bytes):
-            await send({"type": "websocket.send", "bytes": frame})

@@ -1,10 +1,10 @@
 """drifttrio's own HTTP/WebSocket transport: h11, wsproto for the handshake and
 :mod:`drifttrio.web.frames` for the client's frames, on trio streams.
 
-It speaks ASGI to :class:`~drifttrio.web.app.DriftApp`, so routes, limits and
+It hands :class:`~drifttrio.web.app.DriftApp` HTTP requests as ASGI and
+WebSockets as :class:`~drifttrio.web.peer.Peer` s, so routes, limits and
 sessions live in one place, and adds what a generic ASGI server cannot: frames
-built once (the app hands a connection's queued, pre-built frames over in one
-``drifttrio.websocket.send_frames`` event, written with one ``send_all``),
+built once per broadcast (a member's queued frames go out in one write),
 deadlines on every read and write, caps on connections in the HTTP phase
 (beyond them a short 503, but ``/healthz`` and ``/readyz`` are still answered),
 one shared ping timer (:mod:`drifttrio.web.liveness`), and control frames that
@@ -17,7 +17,7 @@ One module per concern, each usable without a socket:
   and the linger before closing;
 - :mod:`~drifttrio.web.http11`: requests, their deadlines and refusals, and the
   upgrade check;
-- :mod:`~drifttrio.web.websocket`: one WebSocket as ASGI, its progress in one
+- :mod:`~drifttrio.web.websocket`: one WebSocket as a peer, its progress in one
   :class:`~drifttrio.web.websocket.WebSocketState`;
 - :mod:`~drifttrio.web.listener`: the HTTP-phase caps, TCP keepalive, accept.
 
@@ -40,12 +40,11 @@ from .limits import ClientBudgets
 from .listener import BUSY_CONNECTIONS, HttpConnections, accept_connections, keepalive
 from .liveness import Liveness
 from .proxy import TrustedProxies
-from .websocket import FRAGMENT_COST, FRAMES_EXTENSION
+from .websocket import FRAGMENT_COST
 from .wire import Wire, WireClosed, log
 
 __all__ = [
     "FRAGMENT_COST",
-    "FRAMES_EXTENSION",
     "HttpConnections",
     "accept_connections",
     "serve_stream",
@@ -85,7 +84,7 @@ async def serve_stream(
     wire = Wire(stream, config.write_timeout)
     try:
         # Only the scope is kept of the base, and nothing of the HTTP state (h11,
-        # the request) once upgraded: an idle WebSocket keeps its scope and session.
+        # the request) once upgraded: an idle WebSocket keeps its scope only.
         base = {
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1",
@@ -94,30 +93,29 @@ async def serve_stream(
             "root_path": root_path,
         }
         try:
-            session = await serve_http(app, config, wire, base, scheme, busy=busy)
+            websocket = await serve_http(app, config, wire, base, scheme, busy=busy)
         finally:
             if release_http_slot is not None:
                 release_http_slot()
                 release_http_slot = None
         del base
-        if session is not None:
-            session.budgets = budgets
+        if websocket is not None:
+            websocket.budgets = budgets
+            websocket.liveness = liveness
             if nursery is None:
                 async with trio.open_nursery() as own:
-                    session.nursery = own
-                    session.liveness = liveness
+                    websocket.nursery = own
                     try:
-                        await app(session.scope, session.receive, session.send)
+                        await app.websocket(websocket)
                     finally:
-                        session.end()
+                        websocket.end()
                     own.cancel_scope.cancel()
             else:
-                session.nursery = nursery
-                session.liveness = liveness
+                websocket.nursery = nursery
                 try:
-                    await app(session.scope, session.receive, session.send)
+                    await app.websocket(websocket)
                 finally:
-                    session.end()
+                    websocket.end()
     except WireClosed:
         pass
     finally:

@@ -1,4 +1,4 @@
-"""One WebSocket of drifttrio's own transport, spoken to the app as ASGI.
+"""One WebSocket of drifttrio's own transport: a :class:`~drifttrio.web.peer.Peer`.
 
 wsproto answers the handshake, then :class:`~drifttrio.web.frames.FrameReader`
 reads the client's frames. The connection's progress is one explicit
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Any, Final
 
 import trio
@@ -26,17 +26,25 @@ from wsproto.events import AcceptConnection, RejectConnection, RejectData
 from wsproto.utilities import LocalProtocolError
 
 from .._errors import CloseCode
+from ..protocol.codec import Codec
 from ..runtime.config import Config
-from .frames import Close, FrameError, FrameReader, Ping, close_frame, ping_frame, pong_frame
+from ..runtime.member import Encoder, Frame
+from .frames import (
+    FRAME_ENCODERS,
+    Close,
+    FrameError,
+    FrameReader,
+    Message,
+    Ping,
+    close_frame,
+    ping_frame,
+    pong_frame,
+)
 from .limits import ClientBudgets, TokenBucket
 from .liveness import Liveness
 from .wire import Wire, WireClosed, client_errors, log
 
-__all__ = ["FRAGMENT_COST", "FRAMES_EXTENSION", "WebSocket", "WebSocketState"]
-
-#: ASGI scope extension: the server accepts ``drifttrio.websocket.send_frames``
-#: events carrying pre-built frames, and the app should build frames itself.
-FRAMES_EXTENSION = "drifttrio.frames"
+__all__ = ["FRAGMENT_COST", "WebSocket", "WebSocketState"]
 
 #: Bytes each non-final fragment of a message counts towards ``max_message_bytes``
 #: at least: a flood of empty continuation frames is closed with 1009 too.
@@ -49,9 +57,7 @@ _MAX_REFUSED_IN_A_ROW: Final = 100
 class WebSocketState(enum.Enum):
     """Where one WebSocket is; moves only forwards (top to bottom)."""
 
-    #: Upgrade request read; the app has not yet received ``websocket.connect``.
-    CONNECTING = enum.auto()
-    #: The app has the connect event; the handshake awaits its accept or reject.
+    #: Upgrade request read; the handshake awaits the app's accept or reject.
     HANDSHAKE = enum.auto()
     #: Accepted: messages go both ways.
     OPEN = enum.auto()
@@ -65,7 +71,6 @@ class WebSocketState(enum.Enum):
     CLOSED = enum.auto()
 
 
-_CONNECTING: Final = WebSocketState.CONNECTING
 _HANDSHAKE: Final = WebSocketState.HANDSHAKE
 _OPEN: Final = WebSocketState.OPEN
 _PEER_DONE: Final = WebSocketState.PEER_DONE
@@ -74,8 +79,14 @@ _CLOSED: Final = WebSocketState.CLOSED
 
 
 class WebSocket:
-    """ASGI ``receive`` / ``send`` for one WebSocket. (The member's session on top,
-    reader and writer, is :class:`~drifttrio.web.session.Session`.)"""
+    """One WebSocket, as the app admits it and a member's
+    :class:`~drifttrio.web.session.Session` runs over it (a
+    :class:`~drifttrio.web.peer.Peer`)."""
+
+    #: The connection metrics' ``transport`` label.
+    transport: Final = "drifttrio"
+    #: A member's queued frames go out in one write: its reader need not wait.
+    paced: Final = False
 
     __slots__ = (
         "_config",
@@ -83,8 +94,8 @@ class WebSocket:
         "_ping",
         "_ping_arrived",
         "_refused",
-        "_rejection",
         "budgets",
+        "close_code",
         "expired",
         "heard",
         "liveness",
@@ -98,14 +109,14 @@ class WebSocket:
 
     def __init__(
         self,
-        scope: dict[str, Any],
+        scope: MutableMapping[str, Any],
         ws: WSConnection,
         wire: Wire,
         config: Config,
         leftover: bytes,
     ) -> None:
         self.scope = scope
-        self.state = _CONNECTING
+        self.state = _HANDSHAKE
         #: The handshake, until it is answered (accepted or rejected).
         self.ws: WSConnection | None = ws
         self.wire = wire
@@ -113,7 +124,6 @@ class WebSocket:
         self.reader.feed(leftover)
         #: Where the pong task runs, started at the first ping (set by serve_stream).
         self.nursery: trio.Nursery | None = None
-        self._rejection: dict[str, Any] | None = None
         self._ping: bytes | None = None  # the latest unanswered ping's payload
         self._ping_arrived: trio.Event | None = None
         self._config = config
@@ -128,11 +138,15 @@ class WebSocket:
         #: Control frames' token bucket (made at the first one) and refusals in a row.
         self._control: TokenBucket | None = None
         self._refused = 0
+        #: The code the connection ended with, once :meth:`receive` returned ``None``.
+        self.close_code: int | None = None
 
-    async def receive(self) -> dict[str, Any]:
-        if self.state is _CONNECTING:
-            self.state = _HANDSHAKE
-            return {"type": "websocket.connect"}
+    def encoder(self, codec: Codec) -> Encoder:
+        return FRAME_ENCODERS[codec]
+
+    async def receive(self) -> Message | None:
+        """The next message, or ``None`` once the connection is over (its code in
+        :attr:`close_code`)."""
         reader = self.reader
         while self.state is not _PEER_DONE and self.state is not _CLOSED:
             try:
@@ -141,7 +155,7 @@ class WebSocket:
                 # Not the peer's close: a frame broke the protocol (unmasked, invalid
                 # UTF-8, fragmented control frame, too big...). Tell the peer why.
                 await self._fail(exc.code, exc.reason)
-                return _disconnect(exc.code)
+                return self._ended(exc.code)
             if event is None:
                 if reader.pongs:
                     pongs, reader.pongs = reader.pongs, 0
@@ -156,11 +170,8 @@ class WebSocket:
                 self.heard = True
                 reader.feed(data)
                 continue
-            kind = type(event)
-            if kind is str:
-                return {"type": "websocket.receive", "text": event}
-            if kind is bytes:
-                return {"type": "websocket.receive", "bytes": event}
+            if type(event) is tuple:
+                return event
             if isinstance(event, Ping):
                 # Answered by another task: the reader never waits on the socket, and
                 # a flood of pings gets one pong, for the latest (RFC 6455 5.5.3).
@@ -173,8 +184,13 @@ class WebSocket:
                 if self.state is not _CLOSING:
                     await self._send_close(close_frame(event.code, event.reason))
                 self.state = _CLOSED
-                return _disconnect(1005 if event.code is None else event.code)
-        return _disconnect(CloseCode.PING_TIMEOUT if self.expired else 1006)
+                return self._ended(1005 if event.code is None else event.code)
+        return self._ended(CloseCode.PING_TIMEOUT if self.expired else 1006)
+
+    def _ended(self, code: int) -> Message | None:
+        """The connection is over with ``code``: :meth:`receive` returns ``None``."""
+        self.close_code = code
+        return None
 
     def _charge_control(self, count: int) -> bool:
         """Charge ``count`` control frames to the connection's bucket (the message
@@ -199,7 +215,7 @@ class WebSocket:
                     break
         return allowed
 
-    async def _rate_limited(self) -> dict[str, Any]:
+    async def _rate_limited(self) -> Message | None:
         """Close a control-frame flood with 4029, as the app closes a message flood."""
         client_errors.log(
             logging.INFO,
@@ -208,7 +224,7 @@ class WebSocket:
             client=client_ip(self.scope),
         )
         await self._fail(CloseCode.RATE_LIMITED, "control frames over the rate limit")
-        return _disconnect(CloseCode.RATE_LIMITED)
+        return self._ended(CloseCode.RATE_LIMITED)
 
     async def ping(self) -> None:
         """A server ping (the ping timer's), unless the connection is closing."""
@@ -277,42 +293,50 @@ class WebSocket:
         if self.state is _OPEN or self.state is _PEER_DONE:
             await self._send_close(close_frame(code, reason))
 
-    async def send(self, message: MutableMapping[str, Any]) -> None:
-        kind = message["type"]
+    async def send(self, frames: Sequence[Frame]) -> int:
+        """Write complete frames (made by :meth:`encoder`) in one write, unless
+        our close frame went out; the bytes written."""
+        state = self.state
+        if self.wire.closed or not (state is _OPEN or state is _PEER_DONE):
+            return 0
+        data = frames[0] if len(frames) == 1 else b"".join(frames)  # type: ignore[arg-type]
+        assert isinstance(data, bytes)
+        await self._send_bytes(data)
+        return len(data)
+
+    def write_now(self, data: bytes) -> bool | None:
+        """Write complete frames without waiting (see
+        :attr:`~drifttrio.web.peer.Peer.write_now`), once open and until our close."""
+        state = self.state
+        if state is _OPEN or state is _PEER_DONE:
+            return self.wire.write_now(data)
+        return None
+
+    async def close(self, code: int, reason: str) -> None:
         if self.wire.closed:
             return
-        state = self.state
-        if kind == "drifttrio.websocket.send_frames":
-            if state is _OPEN or state is _PEER_DONE:
-                await self._send_bytes(message["data"])
-        elif kind == "websocket.close":
-            if state is _CONNECTING or state is _HANDSHAKE:
-                await self._reject(403, [], b"")
-            else:
-                await self._close(int(message.get("code", 1000)), message.get("reason") or "")
-        elif kind == "websocket.accept":
-            ws, self.ws = self.ws, None
-            if state is not _HANDSHAKE or ws is None:  # accepted twice, or after a reject
-                self.state = _CLOSED
-                return
-            self.state = _OPEN
-            if self.liveness is not None:
-                self.liveness.add(self)
-            await self._send_bytes(ws.send(AcceptConnection()))
-        elif kind == "websocket.http.response.start":
-            self._rejection = {
-                "status": message["status"],
-                "headers": message.get("headers", []),
-            }
-        elif kind == "websocket.http.response.body" and self._rejection is not None:
-            await self._reject(
-                self._rejection["status"], self._rejection["headers"], message.get("body", b"")
-            )
+        if self.state is _HANDSHAKE:
+            await self.reject(403, b"", [])
+        else:
+            await self._close(code, reason)
 
-    async def _reject(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    async def accept(self) -> None:
+        ws, self.ws = self.ws, None
+        if self.state is not _HANDSHAKE or ws is None or self.wire.closed:
+            self.state = _CLOSED  # accepted twice, or after a reject
+            return
+        self.state = _OPEN
+        if self.liveness is not None:
+            self.liveness.add(self)
+        await self._send_bytes(ws.send(AcceptConnection()))
+
+    async def reject(
+        self, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        """Answer the upgrade with an HTTP response (once: nothing after it)."""
         ws, self.ws = self.ws, None
         self.state = _CLOSED
-        if ws is None:
+        if ws is None or self.wire.closed:
             return
         headers = [*headers, (b"content-length", str(len(body)).encode())]
         try:
@@ -321,10 +345,6 @@ class WebSocket:
         except LocalProtocolError:
             return
         await self._send_bytes(data)
-
-
-def _disconnect(code: int) -> dict[str, Any]:
-    return {"type": "websocket.disconnect", "code": code}
 
 
 def client_ip(scope: MutableMapping[str, Any]) -> str:

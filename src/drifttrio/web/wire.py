@@ -55,7 +55,7 @@ def write_now(sock: trio.socket.SocketType, data: bytes | memoryview) -> memoryv
 class Wire:
     """One stream with a send lock and a write deadline."""
 
-    __slots__ = ("_socket", "closed", "cut_short", "lock", "stream", "write_timeout")
+    __slots__ = ("_socket", "closed", "cut_short", "lock", "owed", "stream", "write_timeout")
 
     def __init__(self, stream: trio.abc.Stream, write_timeout: float) -> None:
         self.stream = stream
@@ -64,10 +64,31 @@ class Wire:
         self.closed = False
         #: We end the conversation while the peer may still be sending: linger.
         self.cut_short = False
+        #: What :meth:`write_now` could not write: the next :meth:`send` writes it first.
+        self.owed = b""
         #: A plain TCP socket on POSIX: read and written directly (see :meth:`receive`).
         self._socket = (
             stream.socket if isinstance(stream, trio.SocketStream) and os.name == "posix" else None
         )
+
+    def write_now(self, data: bytes) -> bool | None:
+        """Write without waiting, if nothing else is being written (a plain socket
+        only): ``True`` all of it; ``False`` part of it, the rest is :attr:`owed`
+        and the next :meth:`send` writes it first; ``None`` nothing."""
+        sock = self._socket
+        if sock is None or self.closed or self.owed or self.lock.locked():
+            return None
+        try:
+            rest = write_now(sock, data)
+        except trio.BrokenResourceError:
+            self.closed = True  # the next send says WireClosed
+            return None
+        if not rest:
+            return True
+        if len(rest) == len(data):
+            return None
+        self.owed = bytes(rest)
+        return False
 
     async def send(self, data: bytes) -> None:
         if self.closed:
@@ -77,6 +98,8 @@ class Wire:
             lock.acquire_nowait()  # the usual case: nobody else is writing
         except trio.WouldBlock:
             await lock.acquire()
+        if self.owed:
+            data, self.owed = self.owed + data, b""
         try:
             rest: bytes | memoryview = data
             if self._socket is not None:

@@ -1,7 +1,7 @@
-"""A room member and its bounded outbox.
+"""A room member (:class:`Member`) and its bounded outbox.
 
 The room task hands every member already-encoded frames with
-:meth:`Connection.deliver`, which never blocks: when the outbox is full (by
+:meth:`Member.deliver`, which never blocks: when the outbox is full (by
 count or by bytes) the slow-client policy decides what happens. Every frame is
 charged at its size, and an ``init`` of a long stream is queued as an
 :class:`InitStream` that the member's writer encodes one chunk at a time.
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import trio
 
 from .._errors import CloseCode
 from ..core.join_gate import JoinGate
 from ..core.room_state import ENTRY_COST, value_size
-from ..protocol.codec import CBOR, Codec
+from ..protocol.codec import CBOR
 from ..protocol.messages import Error, Init, SeqValue, ServerMessage
 
 if TYPE_CHECKING:
@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QUEUE_FAIR_BYTES",
-    "Connection",
+    "Encoder",
     "Frame",
     "InitStream",
+    "Member",
     "Outbox",
     "QueueBudget",
     "Queued",
@@ -40,6 +41,23 @@ Frame: TypeAlias = str | bytes | ServerMessage
 
 #: What the outbox holds: frames, and inits still to be encoded.
 Queued: TypeAlias = "Frame | InitStream"
+
+
+class Encoder(Protocol):
+    """How a member's transport wants server messages: a codec
+    (:data:`~drifttrio.protocol.JSON`, :data:`~drifttrio.protocol.CBOR`) for a
+    payload, or an encoder that web/ gives its WebSockets (a complete frame).
+
+    A room encodes each broadcast once per encoder, so members whose encoders are
+    the same object share the encoded frame.
+    """
+
+    #: The wire format's name (``json``, ``cbor``): a metrics label.
+    @property
+    def name(self) -> str: ...
+
+    def encode(self, message: ServerMessage, /) -> str | bytes: ...
+
 
 #: What a retained value costs an :class:`InitStream` while it waits: one
 #: reference in its snapshot (the value itself is shared with the room).
@@ -189,6 +207,7 @@ class Outbox:
         "_max_messages",
         "_taken_waiter",
         "_waiter",
+        "deferred",
         "queued_bytes",
     )
 
@@ -206,6 +225,9 @@ class Outbox:
         self._closed = False
         self._waiter: trio.lowlevel.Task | None = None
         self._taken_waiter: trio.lowlevel.Task | None = None
+        #: Frames queued do not wake the receiver: whoever queues them calls
+        #: :meth:`write_through` once done (a room, at the end of its batch).
+        self.deferred = False
 
     def send_nowait(self, frame: Queued) -> None:
         """Queue a frame; raise :class:`trio.WouldBlock` when full, and
@@ -237,7 +259,37 @@ class Outbox:
         self.queued_bytes = queued
         if type(frame) is InitStream:
             self._inits += 1
-        self._wake()
+        if not self.deferred:
+            self._wake()
+
+    def write_through(self, write: Callable[[bytes], bool | None]) -> tuple[int, int]:
+        """Hand everything queued to ``write`` (a non-blocking write of complete
+        frames, see :meth:`Member.flush`) if the receiver is parked with nothing in
+        hand, sparing it a wake-up; otherwise (or if ``write`` cannot take it now)
+        wake the receiver, which takes the frames as usual. The frames and bytes
+        written, ``(0, 0)`` when the receiver takes them.
+        """
+        frames = self._frames
+        if not frames:
+            return 0, 0
+        if self._waiter is None or self._inits:
+            self._wake()  # busy (it takes them next), or an init for it to encode
+            return 0, 0
+        data = frames[0] if len(frames) == 1 else b"".join(frames)  # type: ignore[arg-type]
+        assert isinstance(data, bytes)
+        written = write(data)
+        if written is None:
+            self._wake()
+            return 0, 0
+        self._frames = []
+        self._taken(self.queued_bytes)
+        self._wake_taken()
+        if not written:
+            # In part: the rest is owed, and goes out first with the receiver's next
+            # write (with its deadline): an empty frame asks for one.
+            self._frames.append(b"")
+            self._wake()
+        return len(frames), len(data)
 
     async def receive_batch(self, max_frames: int = 1024) -> list[Frame]:
         """Wait for at least one frame, then take whatever else is queued (up to
@@ -347,32 +399,26 @@ class Outbox:
         return len(self._frames)
 
 
-class Connection:
+class Member:
     """One member of a room: a WebSocket session or an in-process subscriber."""
 
     def __init__(
         self,
         *,
-        codec: Codec | None,
+        encoder: Encoder | None,
         outbox: Outbox,
         policy: str = "disconnect",
         debug: bool = False,
         explicit: bool = False,
-        framed: bool = False,
         metrics: Metrics | None = None,
         transport: str = "in_process",
         asks_after_join: bool = False,
+        write_now: Callable[[bytes], bool | None] | None = None,
     ) -> None:
         #: A process-unique number, for log lines.
         self.id = next(_ids)
-        self.codec = codec
-        #: Whether frames are complete WebSocket frames (the fast transport) rather
-        #: than payloads for the ASGI server to frame.
-        self.framed = framed and codec is not None
-        #: Which frame of a broadcast this member takes (one encoding per codec).
-        self.codec_key: Final = (
-            None if codec is None else codec.name + ("+frame" if self.framed else "")
-        )
+        #: What encodes this member's frames (``None``: in-process, message objects).
+        self.encoder: Final = encoder
         self.outbox = outbox
         self.policy = policy
         self.debug = debug
@@ -396,10 +442,10 @@ class Connection:
         self.kick_scope: trio.CancelScope | None = None
         self.dropped = 0
         self.metrics = metrics
-        #: ``drifttrio``, ``asgi`` or ``in_process`` (a metrics label).
+        #: What carries this member (a metrics label: ``in_process``, or what web/ says).
         self.transport = transport
         #: The (transport, codec) labels of this member's metrics.
-        self.labels: Final = (transport, "none" if codec is None else codec.name)
+        self.labels: Final = (transport, "none" if encoder is None else encoder.name)
         self.opened_at = trio.current_time()
         # Counted by the session's reader and writer, for the close log line.
         self.messages_in = 0
@@ -410,6 +456,12 @@ class Connection:
         self.peer_close_code: int | None = None
         self._missed: tuple[int, int] | None = None
         self._missed_count = 0
+        #: A non-blocking write to the member's socket (given by web/, see :meth:`flush`).
+        self._write_now = write_now
+        #: The room's list of members to flush at the end of its batch (see :meth:`attach`).
+        self._flushes: list[Member] | None = None
+        self._dirty = False
+        self._bytes_out: Any = None
 
     @property
     def kicked(self) -> trio.Event:
@@ -422,19 +474,55 @@ class Connection:
         return self._kicked
 
     def encode(self, message: ServerMessage) -> Frame:
-        if self.codec is None:
-            return message
-        return self.codec.encode_frame(message) if self.framed else self.codec.encode(message)
+        encoder = self.encoder
+        return message if encoder is None else encoder.encode(message)
 
     def send_message(self, message: ServerMessage) -> None:
         """Encode and deliver a direct reply (never blocks)."""
         if not self.closed:
             self.deliver(self.encode(message))
 
+    def tell(self, message: ServerMessage) -> None:
+        """Send ``message`` from outside the room's task (the session's own refusals):
+        delivered, then flushed at once."""
+        self.send_message(message)
+        if self._dirty:
+            self.flush()
+
+    def attach(self, flushes: list[Member]) -> None:
+        """Joined a room that flushes ``flushes`` at the end of each batch: what the
+        room delivers then waits there (the writer is not woken per frame), and
+        :meth:`flush` writes it. Only for a member with a non-blocking write."""
+        if self._write_now is not None:
+            self._flushes = flushes
+            self.outbox.deferred = True
+
+    def flush(self) -> None:
+        """Write what the room delivered during its batch: straight to the socket, in
+        one write, when the member's writer is idle and the socket takes it at once
+        (no task wakes up); else the writer is woken to write it, as usual."""
+        self._dirty = False
+        write = self._write_now
+        if write is None or self.closed:
+            return
+        frames, size = self.outbox.write_through(write)
+        if frames:
+            self.messages_out += frames
+            self.bytes_out += size
+            counter = self._bytes_out
+            if counter is None and self.metrics is not None:
+                counter = self._bytes_out = self.metrics.bytes_out[self.labels[1]]
+            if counter is not None:
+                counter.inc(size)
+
     def deliver(self, frame: Queued, seq: int | None = None) -> None:
         """Queue a frame without blocking; apply the slow-client policy if full."""
         if self.closed:
             return
+        flushes = self._flushes
+        if flushes is not None and not self._dirty:
+            self._dirty = True
+            flushes.append(self)
         if self._missed_count and not self._report_missed():
             self._overflow(seq)
             return
