@@ -1,0 +1,120 @@
+"""The room writes a member's frames itself, at the end of its batch, when the
+member's writer is idle (runtime/member.py ``Member.flush``), and the wire keeps
+the bytes in order when a socket takes only part of them (web/wire.py)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from drifttrio import Config, open_hub
+from drifttrio.protocol import JSON, PushEvent, Relay
+from drifttrio.protocol.messages import Value
+from drifttrio.runtime import Member
+from drifttrio.runtime.room import Join, PushCommand
+from drifttrio.web.frames import FRAME_ENCODERS
+from drifttrio.web.wire import Wire
+
+TIMEOUT = 10  # a guard against hangs, never a way to wait for something
+
+
+async def test_a_batch_reaches_an_idle_member_in_one_write_and_its_writer_sleeps_on() -> None:
+    written: list[bytes] = []
+
+    def write_now(data: bytes) -> bool:
+        written.append(data)
+        return True
+
+    async with open_hub(Config()) as hub:
+        room_id = await hub.create_room()
+        member = hub.new_member(encoder=FRAME_ENCODERS[JSON], write_now=write_now)
+        room = await hub.submit(room_id, Join(member))
+        woken: list[object] = []
+
+        async def writer() -> None:
+            woken.append(await member.outbox.receive_batch())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            await trio.testing.wait_all_tasks_blocked()  # the writer is parked
+            origin = hub.new_member()
+            for n in range(3):  # one batch: nothing yields between them
+                room.inbox.send_nowait(PushCommand("k", Value(n), Relay(), origin))
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == []
+            frames = [FRAME_ENCODERS[JSON].encode(PushEvent("k", n, n + 1)) for n in range(3)]
+            assert written == [b"".join(frames)]
+            assert len(member.outbox) == 0
+            assert member.outbox.queued_bytes == 0
+            assert (member.messages_out, member.bytes_out) == (3, len(written[0]))
+            nursery.cancel_scope.cancel()
+
+
+async def test_with_its_writer_busy_a_member_gets_its_frames_from_the_writer_in_order() -> None:
+    calls: list[bytes] = []
+
+    def write_now(data: bytes) -> bool:
+        calls.append(data)
+        return True
+
+    async with open_hub(Config()) as hub:
+        room_id = await hub.create_room()
+        member = hub.new_member(encoder=FRAME_ENCODERS[JSON], write_now=write_now)
+        room = await hub.submit(room_id, Join(member))
+        origin = hub.new_member()
+        # No writer parked (it would be writing a batch it took): nothing is written
+        # past it, the frames wait for it.
+        room.inbox.send_nowait(PushCommand("k", Value(1), Relay(), origin))
+        room.inbox.send_nowait(PushCommand("k", Value(2), Relay(), origin))
+        await trio.testing.wait_all_tasks_blocked()
+        assert calls == []
+        with trio.fail_after(TIMEOUT):
+            batch = await member.outbox.receive_batch()
+        assert batch == [FRAME_ENCODERS[JSON].encode(PushEvent("k", n, n)) for n in (1, 2)]
+
+
+async def test_a_member_that_cannot_write_now_gets_its_writer_woken() -> None:
+    async with open_hub(Config()) as hub:
+        room_id = await hub.create_room()
+        member = hub.new_member(encoder=FRAME_ENCODERS[JSON], write_now=lambda data: None)
+        room = await hub.submit(room_id, Join(member))
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                taken: list[object] = []
+
+                async def writer() -> None:
+                    taken.extend(await member.outbox.receive_batch())
+
+                nursery.start_soon(writer)
+                await trio.testing.wait_all_tasks_blocked()
+                origin: Member = hub.new_member()
+                await room.inbox.send(PushCommand("k", Value(1), Relay(), origin))
+        assert taken == [FRAME_ENCODERS[JSON].encode(PushEvent("k", 1, 1))]
+
+
+async def test_what_a_socket_does_not_take_at_once_goes_out_first_with_the_next_write() -> None:
+    left, right = trio.socket.socketpair()
+    async with trio.SocketStream(left) as ours, trio.SocketStream(right) as peer:
+        await _owed_bytes_go_first(Wire(ours, write_timeout=TIMEOUT), peer)
+
+
+async def _owed_bytes_go_first(wire: Wire, peer: trio.SocketStream) -> None:
+    big = bytes(range(256)) * 64 * 1024  # 16 MiB: more than socket buffers hold
+    assert wire.write_now(big) is False  # in part
+    assert 0 < len(wire.owed) < len(big)
+    assert wire.write_now(b"never") is None  # nothing is written past what is owed
+    received = bytearray()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                while len(received) < len(big) + 4:
+                    received.extend(await peer.receive_some(1 << 20))
+
+            nursery.start_soon(read)
+            await wire.send(b"next")
+    assert wire.owed == b""
+    assert bytes(received) == big + b"next"
+    assert wire.write_now(b"now") is True
+    with trio.fail_after(TIMEOUT):
+        assert await peer.receive_some() == b"now"
