@@ -64,7 +64,7 @@ def test_exception_tree() -> None:
         assert issubclass(exc, drifttrio.DriftError)
     assert issubclass(drifttrio.DriftError, Exception)
     err = drifttrio.ProtocolError("nope")
-    assert (err.message, err.status, err.close_code) == ("nope", 400, None)
+    assert (err.message, err.status) == ("nope", 400)
 
 
 def test_close_codes_are_documented_values() -> None:

@@ -5,7 +5,7 @@ The tree::
     DriftError                  root of everything drifttrio raises on purpose
     ├── ConfigError             a configuration value is invalid (local mistake)
     ├── ProtocolError           the peer sent something we cannot accept (remote);
-    │                           carries the HTTP status and close-code hint to answer with
+    │                           carries the HTTP status to answer with
     ├── RoomNotFound            the room id is unknown
     ├── CapacityError           a server-wide cap is reached (HTTP 503)
     ├── ShuttingDown            the server is shutting down: no room is loaded or joined
@@ -53,15 +53,14 @@ class ConfigError(DriftError):
 class ProtocolError(DriftError):
     """The peer sent something that cannot be accepted.
 
-    ``status`` is the HTTP status to answer with; ``close_code`` is set when the
-    connection should be closed rather than answered with an ``error`` message.
+    ``status`` is the HTTP status to answer with (a WebSocket gets an ``error``
+    message with the same text).
     """
 
-    def __init__(self, message: str, *, status: int = 400, close_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int = 400) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.close_code = close_code
 
 
 class RoomNotFound(DriftError):

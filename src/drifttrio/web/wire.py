@@ -142,7 +142,8 @@ class Wire:
         A TCP socket is read as ``SocketStream.receive_some`` would, minus five
         frames: an idle connection waits in ``wait_readable`` directly, which keeps
         about 2 KiB less alive per connection, and a busy one reads with fewer
-        calls. It checkpoints as trio's own socket calls do.
+        calls. It is a schedule point once, as trio's own socket calls are: after
+        waiting for data it returns it without yielding again.
         """
         if self.closed:
             return b""
@@ -154,6 +155,7 @@ class Wire:
                 self.closed = True
                 return b""
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while True:
             try:
                 # fileno() is -1 once another task closed the stream: EBADF below.
@@ -164,13 +166,15 @@ class Wire:
                 self.closed = True
                 return b""
             if data is not None:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:  # (wait_readable was this call's schedule point)
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return data  # b"": the peer finished sending
             try:
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:
                 self.closed = True
                 return b""
+            waited = True
 
     async def abort(self) -> None:
         self.closed = True
