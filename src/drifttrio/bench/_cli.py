@@ -58,8 +58,8 @@ def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "runs for --seconds after --warmup, checks that every receiver saw its room's "
         "seqs in order with none missing, and exits 1 if any was lost, reordered or "
         "duplicated, or the server answered an error or closed a connection; 2 if the "
-        "bench could not run. One Python process drives the load: run it on a core "
-        "of its own (taskset).",
+        "bench could not run. --procs N drives the load from N processes; give the "
+        "bench cores of its own (taskset).",
     )
     bench.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8080")
     bench.add_argument(
@@ -120,6 +120,13 @@ def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         default=None,
         help="a local server process: report its CPU per 1,000 messages and RSS per connection",
     )
+    bench.add_argument(
+        "--procs",
+        type=_positive_int,
+        default=1,
+        help="processes the load runs in, each with its share of the connections; "
+        "results merged (1)",
+    )
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -162,6 +169,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         pid=args.pid,
         progress=None if args.quiet else _progress,
+        procs=args.procs,
     )
     error: BenchError | None = None
     try:

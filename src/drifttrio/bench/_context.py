@@ -17,9 +17,10 @@ from ..client._reach import cannot_reach
 from ._errors import BenchError
 from ._model import BenchOptions, ScenarioResult, ServerUsage
 from ._proc import ProcSample, own_cpu_seconds, sample_process
+from ._team import Team
 from ._ws import WsClient
 
-__all__ = ["Context", "Phase", "close_all", "decode", "single_errors"]
+__all__ = ["Context", "Phase", "close_all", "decode", "progress_line", "single_errors"]
 
 #: Connections opened at once while a scenario sets up.
 _JOIN_CONCURRENCY = 64
@@ -63,11 +64,12 @@ async def close_all(clients: list[WsClient], grace: float = 1.0) -> None:
 
 
 class Context:
-    """One bench run against one server: its options and HTTP client."""
+    """One bench run against one server: its options, HTTP client and team."""
 
-    def __init__(self, options: BenchOptions, http: httpx.AsyncClient) -> None:
+    def __init__(self, options: BenchOptions, http: httpx.AsyncClient, team: Team) -> None:
         self.options = options
         self.http = http
+        self.team = team
         self.base_url = options.url.rstrip("/")
 
     @property
@@ -159,55 +161,58 @@ class Context:
         return None if self.options.pid is None else sample_process(self.options.pid)
 
     async def measure(
-        self, result: ScenarioResult, phase: Phase, before: ProcSample | None
+        self, result: ScenarioResult, phase: Phase, before: ProcSample | None, start: float
     ) -> None:
-        """Warm up, then count for ``seconds`` with a progress line each second.
+        """Warm up from ``start`` (the ``time.perf_counter()`` the team agreed on), then
+        count for ``seconds`` with a progress line each second.
 
+        Every load process of a run has the same ``start``, so their windows line up.
         ``before``: the server sampled before the scenario connected (for RSS per
         connection).
         """
-        options = self.options
+        options, team = self.options, self.team
+        window = start + options.warmup
+        end = window + options.seconds
         if options.warmup > 0:
             self.say(f"{result.name}: warming up for {options.warmup:g} s")
-            await trio.sleep(options.warmup)
+            await trio.sleep(max(0.0, window - time.perf_counter()))
         server_start = self.sample()
         cpu_start = own_cpu_seconds()
-        start = time.perf_counter()
+        begun = time.perf_counter()
         phase.measuring = True
-        end = start + options.seconds
-        next_line = start + 1.0
+        number = 1
         while (now := time.perf_counter()) < end:
-            await trio.sleep(min(next_line, end) - now)
+            await trio.sleep(min(window + number, end) - now)
             now = time.perf_counter()
-            if now >= next_line and now < end:
-                next_line += 1.0
-                self.say(self._progress_line(result, now - start))
+            if now >= window + number and now < end:
+                self.say(progress_line(result, now - begun, options.seconds))
+                await team.tick(number, result, now - begun)
+                number += 1
         phase.measuring = False
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - begun
         result.seconds = elapsed
         result.client_cpu = (own_cpu_seconds() - cpu_start) / elapsed
-        self.say(self._progress_line(result, elapsed))
+        result.client_cpus = [result.client_cpu]
+        self.say(progress_line(result, elapsed, options.seconds))
+        await team.tick(0, result, elapsed)
         server_end = self.sample()
         if server_start is not None and server_end is not None and before is not None:
-            cpu = server_end.cpu_seconds - server_start.cpu_seconds
-            result.server = ServerUsage(
-                cpu_seconds=cpu,
-                cpu_per_1k=cpu / (result.delivered / 1000) if result.delivered else None,
-                cpu_share=cpu / elapsed,
-                rss_before=before.rss_bytes,
-                rss_after=server_end.rss_bytes,
-                rss_per_connection=(
-                    (server_end.rss_bytes - before.rss_bytes) / result.connections
-                    if result.connections
-                    else None
-                ),
+            result.server = ServerUsage.between(
+                before,
+                server_start,
+                server_end,
+                elapsed=elapsed,
+                delivered=result.delivered,
+                connections=result.connections,
             )
 
-    def _progress_line(self, result: ScenarioResult, elapsed: float) -> str:
-        rate = result.delivered / elapsed if elapsed > 0 else 0.0
-        p99 = result.latency.percentile(0.99)
-        latency = "" if p99 is None else f"  p99 {p99 / 1e6:.2f} ms"
-        return (
-            f"{result.name}: {elapsed:4.1f}/{self.options.seconds:g} s  "
-            f"{result.delivered:,} delivered  {rate:,.0f} {result.unit}{latency}"
-        )
+
+def progress_line(result: ScenarioResult, elapsed: float, seconds: float) -> str:
+    """``fanout:  2.0/5 s  267,000 delivered  133,436 msg/s  p99 12.78 ms``."""
+    rate = result.delivered / elapsed if elapsed > 0 else 0.0
+    p99 = result.latency.percentile(0.99)
+    latency = "" if p99 is None else f"  p99 {p99 / 1e6:.2f} ms"
+    return (
+        f"{result.name}: {elapsed:4.1f}/{seconds:g} s  "
+        f"{result.delivered:,} delivered  {rate:,.0f} {result.unit}{latency}"
+    )

@@ -7,15 +7,18 @@ from typing import Any
 
 import attrs
 
+from ._proc import ProcSample
 from ._stats import LatencyHistogram
 
 __all__ = [
     "ACTIONS",
     "DEFAULT_SCENARIOS",
+    "SATURATED",
     "SCENARIOS",
     "BenchOptions",
     "ScenarioResult",
     "ServerUsage",
+    "merge_results",
 ]
 
 #: Every scenario, in the order they run.
@@ -27,6 +30,9 @@ DEFAULT_SCENARIOS = ("fanout", "writers", "rooms", "replay", "ping")
 ACTIONS = ("relay", "append", "replace")
 
 _MAX_FAILURES = 20
+
+#: Above this share of a core a load process, not the server, is likely the limit.
+SATURATED = 0.9
 
 
 @attrs.frozen(kw_only=True)
@@ -58,6 +64,9 @@ class BenchOptions:
     pid: int | None = None
     #: Called with a progress line once a second (None: silent).
     progress: Callable[[str], None] | None = None
+    #: Processes the load runs in, each driving its share of the connections
+    #: (1: this process alone).
+    procs: int = 1
 
     def subscribers_for(self, scenario: str) -> int:
         if self.subscribers is not None:
@@ -79,6 +88,30 @@ class ServerUsage:
     #: RSS growth from before the scenario connected to the end of the window,
     #: divided by the scenario's connections.
     rss_per_connection: float | None
+
+    @classmethod
+    def between(
+        cls,
+        before: ProcSample,
+        start: ProcSample,
+        end: ProcSample,
+        *,
+        elapsed: float,
+        delivered: int,
+        connections: int,
+    ) -> ServerUsage:
+        """From samples before the scenario connected, and at the window's start and end."""
+        cpu = end.cpu_seconds - start.cpu_seconds
+        return cls(
+            cpu_seconds=cpu,
+            cpu_per_1k=cpu / (delivered / 1000) if delivered else None,
+            cpu_share=cpu / elapsed,
+            rss_before=before.rss_bytes,
+            rss_after=end.rss_bytes,
+            rss_per_connection=(
+                (end.rss_bytes - before.rss_bytes) / connections if connections else None
+            ),
+        )
 
     def to_json(self) -> dict[str, Any]:
         def rounded(value: float | None, digits: int) -> float | None:
@@ -119,8 +152,10 @@ class ScenarioResult:
     closed: list[str] = attrs.field(factory=list)
     #: Anything else that went wrong (a wait that timed out, a wrong answer).
     failures: list[str] = attrs.field(factory=list)
-    #: Share of one core the load generator used during the window.
+    #: Share of one core the load generator used during the window: the busiest
+    #: of its processes, each of which is in ``client_cpus``.
     client_cpu: float | None = None
+    client_cpus: list[float] = attrs.field(factory=list)
     server: ServerUsage | None = None
 
     @property
@@ -137,6 +172,11 @@ class ScenarioResult:
             or self.closed
             or self.failures
         )
+
+    @property
+    def generator_limited(self) -> bool:
+        """A load process used (nearly) a whole core: the rate may be its limit."""
+        return self.client_cpu is not None and self.client_cpu >= SATURATED
 
     def fail(self, message: str) -> None:
         """Note a problem; after 20 only the count grows (a broken server repeats itself)."""
@@ -180,5 +220,35 @@ class ScenarioResult:
             "closed": self.closed,
             "failures": self.failures,
             "client_cpu": None if self.client_cpu is None else round(self.client_cpu, 3),
+            "client_cpus": [round(share, 3) for share in self.client_cpus],
+            "generator_limited": self.generator_limited,
             "server": None if self.server is None else self.server.to_json(),
         }
+
+
+def merge_results(parts: list[ScenarioResult]) -> ScenarioResult:
+    """One scenario's results from its load processes, as one: counts and histograms
+    add up, every problem is kept, the window is the longest, the CPU the busiest's.
+
+    The server's usage is not merged: the process that started the others samples it.
+    """
+    first = parts[0]
+    merged = ScenarioResult(name=first.name, params=first.params, unit=first.unit)
+    for part in parts:
+        merged.connections += part.connections
+        merged.seconds = max(merged.seconds, part.seconds)
+        merged.delivered += part.delivered
+        merged.sent += part.sent
+        merged.latency.merge(part.latency)
+        merged.lost += part.lost
+        merged.reordered += part.reordered
+        merged.duplicated += part.duplicated
+        merged.errors += part.errors
+        if merged.first_error is None:
+            merged.first_error = part.first_error
+        merged.closed.extend(part.closed)
+        for failure in part.failures:
+            merged.fail(failure)
+        merged.client_cpus.extend(part.client_cpus)
+    merged.client_cpu = max(merged.client_cpus, default=None)
+    return merged

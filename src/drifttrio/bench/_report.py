@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._model import BenchOptions, ScenarioResult
+from ._model import SATURATED, BenchOptions, ScenarioResult
 
 __all__ = ["format_table", "to_json"]
-
-#: Above this share of a core the load generator, not the server, is likely the limit.
-SATURATED = 0.9
 
 
 def _setup(result: ScenarioResult) -> str:
@@ -96,9 +93,10 @@ def format_table(
     rows = [header] + [_row(r, with_server) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     left = {0, 1}
+    procs = f", the load from {options.procs} processes" if options.procs > 1 else ""
     lines = [
         f"drifttrio bench {options.url}: {options.seconds:g} s measured per scenario "
-        f"after {options.warmup:g} s of warm-up",
+        f"after {options.warmup:g} s of warm-up{procs}",
         "",
     ]
     for row in rows:
@@ -108,11 +106,11 @@ def format_table(
         ]
         lines.append("  ".join(cells).rstrip())
     lines.append("")
-    lines.extend(_notes(results, complete))
+    lines.extend(_notes(results, options, complete))
     return "\n".join(lines)
 
 
-def _notes(results: list[ScenarioResult], complete: bool) -> list[str]:
+def _notes(results: list[ScenarioResult], options: BenchOptions, complete: bool) -> list[str]:
     notes: list[str] = []
     for r in results:
         problems: list[str] = []
@@ -139,13 +137,9 @@ def _notes(results: list[ScenarioResult], complete: bool) -> list[str]:
         "DRIFTTRIO_ADDRESS_MESSAGES_PER_SECOND=0 DRIFTTRIO_ADDRESS_BYTES_PER_SECOND=0 "
         "DRIFTTRIO_ADDRESS_NODES_PER_SECOND=0 (and DRIFTTRIO_NEW_ROOMS_PER_MINUTE=0)"
     )
-    busy = [r.name for r in results if r.client_cpu is not None and r.client_cpu >= SATURATED]
+    busy = [r for r in results if r.generator_limited]
     if busy:
-        notes.append(
-            f"note: the load generator used a whole core in {', '.join(busy)}: those rates are "
-            "its limit, not necessarily the server's. Run it on a core of its own "
-            "(taskset -c 1 drifttrio bench ..., the server on another) or run several."
-        )
+        notes.append(_generator_limit(busy, options.procs))
     if not complete:
         notes.append("the bench stopped before its last scenario (the reason is on stderr)")
     elif all(r.ok for r in results):
@@ -155,12 +149,27 @@ def _notes(results: list[ScenarioResult], complete: bool) -> list[str]:
     return notes
 
 
+def _generator_limit(busy: list[ScenarioResult], procs: int) -> str:
+    """The one line saying the load generator, not the server, was the limit."""
+    names = ", ".join(r.name for r in busy)
+    worst = max(r.client_cpu or 0.0 for r in busy)
+    process = "the load process" if procs == 1 else "a load process"
+    return (
+        f"note: the load generator was the limit in {names}: {process} used {worst:.0%} of a "
+        f"core ({SATURATED:.0%} or more), so those rates are its limit, not necessarily the "
+        f"server's. Run more load processes (--procs {procs * 2}) on cores of their own "
+        "(taskset: the server on one core, the bench on others)."
+    )
+
+
 def to_json(results: list[ScenarioResult], options: BenchOptions) -> dict[str, Any]:
     return {
         "url": options.url,
         "seconds": options.seconds,
         "warmup": options.warmup,
         "pid": options.pid,
+        "procs": options.procs,
         "ok": all(r.ok for r in results),
+        "generator_limited": any(r.generator_limited for r in results),
         "scenarios": [r.to_json() for r in results],
     }

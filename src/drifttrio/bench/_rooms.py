@@ -18,6 +18,7 @@ from ._context import Context, Phase, close_all, decode
 from ._errors import ConnectionLost
 from ._model import ScenarioResult
 from ._stats import SeqVerifier
+from ._team import Bounds, merge_bounds, share
 from ._ws import WsClient
 
 __all__ = ["KEY", "Member", "fanout", "push_template", "rooms", "writers"]
@@ -136,70 +137,78 @@ async def _rooms_run(
 ) -> None:
     """Rooms of members, each a ``(window, counts)`` (see :class:`Member`), run to the end.
 
-    In every room, all members join before anyone publishes; after the window the
-    publishers stop, their last pushes are awaited, and every member must catch up
-    with its room's last seq: what it never saw is lost.
+    This process drives its :func:`share` of the members (all of them with
+    ``--procs 1``). In every room, all members join before anyone publishes; after
+    the window the publishers stop, their last pushes are awaited, and every member
+    must catch up with its room's last seq: what it never saw is lost.
     """
-    o = ctx.options
+    o, team = ctx.options, ctx.team
     phase = Phase()
     before = ctx.sample()
-    urls = [await ctx.new_room() for _ in layout]
-    targets = [url for url, windows in zip(urls, layout, strict=True) for _ in windows]
-    clients = await ctx.join_all(targets, KEY)
+    urls = await team.rooms(len(layout), ctx.new_room)
+    everyone = [
+        (r, window, counts) for r, windows in enumerate(layout) for window, counts in windows
+    ]
+    mine = share(team, len(everyone))
+    clients = await ctx.join_all([urls[everyone[ident][0]] for ident in mine], KEY)
     result.connections = len(clients)
     push = push_template(o.action, KEY, o.payload)
-    rooms: list[list[Member]] = []
-    ident = 0
-    for r, windows in enumerate(layout):
-        room: list[Member] = []
-        for window, counts in windows:
-            role = "publisher" if window else "subscriber"
-            label = f"room {r} {role} {ident}" if len(layout) > 1 else f"{role} {ident}"
-            room.append(
-                Member(
-                    clients[ident],
-                    label,
-                    ident=ident,
-                    window=window,
-                    counts=counts,
-                    push=push,
-                    result=result,
-                    phase=phase,
-                )
+    rooms: dict[int, list[Member]] = {}
+    for client, ident in zip(clients, mine, strict=True):
+        r, window, counts = everyone[ident]
+        role = "publisher" if window else "subscriber"
+        label = f"room {r} {role} {ident}" if len(layout) > 1 else f"{role} {ident}"
+        rooms.setdefault(r, []).append(
+            Member(
+                client,
+                label,
+                ident=ident,
+                window=window,
+                counts=counts,
+                push=push,
+                result=result,
+                phase=phase,
             )
-            ident += 1
-        rooms.append(room)
+        )
     try:
+        start = await team.start()
         async with trio.open_nursery() as nursery:
-            for room in rooms:
+            for room in rooms.values():
                 for member in room:
                     nursery.start_soon(member.run)
-            await ctx.measure(result, phase, before)
-            await _drain(ctx, result, phase, rooms)
+            await ctx.measure(result, phase, before, start)
+            bounds = await _drain(ctx, result, phase, rooms, len(layout))
             nursery.cancel_scope.cancel()
     finally:
         await close_all(clients)
-    for room in rooms:
-        firsts = [m.verifier.first for m in room if m.verifier.first is not None]
-        lasts = [m.verifier.last for m in room if m.verifier.last is not None]
-        if not firsts or not lasts:
+    for r, room in rooms.items():
+        first, last = merge_bounds([[bounds[r]], [_bounds(room)]])[0]
+        if first is None or last is None:
             result.fail("no push came back in a room: does the server echo pushes?")
             continue
         for member in room:
             if member.gone:
                 continue  # reported as closed
-            member.verifier.expect(min(firsts), max(lasts))
+            member.verifier.expect(first, last)
             result.lost += member.verifier.lost
             result.reordered += member.verifier.reordered
             result.duplicated += member.verifier.duplicated
 
 
+def _bounds(room: list[Member]) -> Bounds:
+    """The lowest first and highest last seq the members of a room saw."""
+    firsts = [m.verifier.first for m in room if m.verifier.first is not None]
+    lasts = [m.verifier.last for m in room if m.verifier.last is not None]
+    return min(firsts, default=None), max(lasts, default=None)
+
+
 async def _drain(
-    ctx: Context, result: ScenarioResult, phase: Phase, rooms: list[list[Member]]
-) -> None:
-    """Stop publishing; wait for the last echoes, then for every member to catch up."""
+    ctx: Context, result: ScenarioResult, phase: Phase, rooms: dict[int, list[Member]], count: int
+) -> list[Bounds]:
+    """Stop publishing; wait for the last echoes, then for every member to catch up
+    with its room's last seq (over every load process); each room's bounds then."""
     phase.stopping = True
-    members = [m for room in rooms for m in room]
+    members = [m for room in rooms.values() for m in room]
     publishers = [m for m in members if m.window]
     for member in publishers:
         member.check()
@@ -209,14 +218,15 @@ async def _drain(
     stuck = sum(max(m.in_flight, 0) for m in publishers if not m.idle.is_set())
     if stuck:
         result.fail(f"{stuck} pushes not echoed to their publisher within {ctx.timeout:g}s")
-    for room in rooms:
-        lasts = [m.verifier.last for m in room if m.verifier.last is not None]
+    bounds = await ctx.team.bounds([_bounds(rooms.get(r, [])) for r in range(count)])
+    for r, room in rooms.items():
         for member in room:
-            member.target = max(lasts, default=0)
+            member.target = bounds[r][1] or 0
             member.check()
     with trio.move_on_after(ctx.timeout):
         for member in members:
             await member.caught_up.wait()
+    return bounds
 
 
 async def fanout(ctx: Context, result: ScenarioResult) -> None:

@@ -14,6 +14,7 @@ from ._errors import BenchError, ConnectionLost
 from ._model import ScenarioResult
 from ._rooms import KEY, fanout, push_template, rooms, writers
 from ._stats import SeqVerifier
+from ._team import share
 from ._ws import WsClient
 
 __all__ = ["RUNNERS"]
@@ -56,7 +57,10 @@ async def _fill(
 
 
 async def replay(ctx: Context, result: ScenarioResult) -> None:
-    """Fill a stream, then ``get`` it from seq 0 again and again; values/s and get latency."""
+    """Fill a stream, then ``get`` it from seq 0 again and again; values/s and get latency.
+
+    Every load process does so on a room and connection of its own.
+    """
     o = ctx.options
     result.unit = "values/s"
     result.params = {"values": o.values}
@@ -96,9 +100,10 @@ async def replay(ctx: Context, result: ScenarioResult) -> None:
 
     try:
         first, last = await _fill(ctx, result, client, key)
+        start = await ctx.team.start()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_closed_is_reported, partial(gets, first, last), "replay", result)
-            await ctx.measure(result, phase, before)
+            await ctx.measure(result, phase, before, start)
             phase.stopping = True
             with trio.move_on_after(ctx.timeout):
                 await done.wait()
@@ -138,13 +143,17 @@ async def _closed_is_reported(
 
 
 async def churn(ctx: Context, result: ScenarioResult) -> None:
-    """Open, subscribe, push, see the echo, close: again and again, ``concurrency`` at once."""
+    """Open, subscribe, push, see the echo, close: again and again, ``concurrency`` at once.
+
+    Every load process runs its share of the loops, in a room of its own.
+    """
     o = ctx.options
     result.unit = "conn/s"
     result.params = {"concurrency": o.concurrency}
     before = ctx.sample()
     url = await ctx.new_room()
-    result.connections = o.concurrency
+    loops = share(ctx.team, o.concurrency)
+    result.connections = len(loops)
     phase = Phase()
     push = push_template("relay", KEY, o.payload)
     get = orjson.dumps({"type": "get", "key": KEY, "seq": 0}).decode()
@@ -200,10 +209,11 @@ async def churn(ctx: Context, result: ScenarioResult) -> None:
                 result.fail(f"churn worker {number}: {exc}")
                 return
 
+    start = await ctx.team.start()
     async with trio.open_nursery() as nursery:
-        for number in range(o.concurrency):
+        for number in loops:
             nursery.start_soon(worker, number)
-        await ctx.measure(result, phase, before)
+        await ctx.measure(result, phase, before, start)
         phase.stopping = True
     # Every push got its own seq, and together they are the room's seqs: no hole.
     if echoes and not result.failures:
@@ -211,13 +221,19 @@ async def churn(ctx: Context, result: ScenarioResult) -> None:
 
 
 async def ping(ctx: Context, result: ScenarioResult) -> None:
-    """Sequential ping/pong round trips on one connection: latency without load."""
+    """Sequential ping/pong round trips on one connection: latency without load.
+
+    With several load processes, one of them pings; the others wait the window out.
+    """
     result.unit = "rtt/s"
     result.params = {}
+    phase = Phase()
+    if not share(ctx.team, 1):
+        await ctx.measure(result, phase, None, await ctx.team.start())
+        return
     before = ctx.sample()
     client = await ctx.connect(await ctx.new_room())
     result.connections = 1
-    phase = Phase()
 
     async def pings() -> None:
         nonce = 0
@@ -241,9 +257,10 @@ async def ping(ctx: Context, result: ScenarioResult) -> None:
                 result.sent += 1
 
     try:
+        start = await ctx.team.start()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_closed_is_reported, pings, "ping connection", result)
-            await ctx.measure(result, phase, before)
+            await ctx.measure(result, phase, before, start)
             phase.stopping = True
     finally:
         await close_all([client])
