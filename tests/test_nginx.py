@@ -241,7 +241,7 @@ async def upgrade_from(
 async def test_per_address_limit_counts_each_client_behind_nginx(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="drifttrio.connection")
+    caplog.set_level(logging.DEBUG, logger="drifttrio.connection")
     config = Config(trusted_proxies="127.0.0.1", max_connections_per_ip=2)
     async with (
         open_server(config) as server,
@@ -263,6 +263,7 @@ async def test_per_address_limit_counts_each_client_behind_nginx(
         ]
         for ws in sockets:
             await ws.aclose()
-    opened = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "open"]
-    clients = [r.fields["client"] for r in opened]  # type: ignore[attr-defined]
+    # One line per connection, at its end (all ended with the server).
+    ended = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "close"]
+    clients = sorted(r.fields["client"] for r in ended)  # type: ignore[attr-defined]
     assert clients == ["127.0.0.2", "127.0.0.2", "127.0.0.3"]

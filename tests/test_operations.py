@@ -276,36 +276,51 @@ async def test_readyz_fails_when_the_store_is_unreachable() -> None:
 # -- structured logs ----------------------------------------------------------------------
 
 
-async def test_connection_log_lines(
-    server: RunningServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="drifttrio.connection")
+async def test_connection_log_line(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """One line per connection, at its end, at DEBUG (the metrics count them at INFO)."""
+    caplog.set_level(logging.DEBUG, logger="drifttrio.connection")
     room = await _new_room(server)
     async with open_websocket_url(f"{server.ws_url}/room/{room}/connect") as ws:
         await ws.send_message(json.dumps({"type": "ping", "nonce": 1}))
         await ws.get_message()
     with trio.fail_after(5):
         # The server logs the close after the client has seen it: poll the records.
-        while len([r for r in caplog.records if r.name == "drifttrio.connection"]) < 2:  # noqa: ASYNC110
+        while not [r for r in caplog.records if r.name == "drifttrio.connection"]:  # noqa: ASYNC110
             await trio.sleep(0.01)
-    opened, closed = (r for r in caplog.records if r.name == "drifttrio.connection")
-    open_fields, close_fields = opened.fields, closed.fields  # type: ignore[attr-defined]
-    assert open_fields["event"] == "open"
-    assert open_fields["codec"] == "json"
-    assert close_fields["event"] == "close"
-    assert close_fields["conn"] == open_fields["conn"]
-    assert close_fields["room"] == open_fields["room"]
-    assert close_fields["messages_in"] == 1
-    assert close_fields["messages_out"] == 1
-    assert close_fields["bytes_in"] > 0
-    assert close_fields["code"] == 1000
-    assert close_fields["reason"] == "client"
-    assert close_fields["duration_s"] >= 0
-    for record in (opened, closed):
-        for style in ("text", "kv", "json"):
-            line = StructuredFormatter(style).format(record)
-            assert room not in line  # only the tag
-            assert str(close_fields["room"]) in line
+    (closed,) = (r for r in caplog.records if r.name == "drifttrio.connection")
+    assert closed.levelno == logging.DEBUG
+    fields = closed.fields  # type: ignore[attr-defined]
+    assert fields["event"] == "close"
+    assert fields["codec"] == "json"
+    assert fields["transport"] == "drifttrio"
+    assert fields["client"] == "127.0.0.1"
+    assert fields["messages_in"] == 1
+    assert fields["messages_out"] == 1
+    assert fields["bytes_in"] > 0
+    assert fields["code"] == 1000
+    assert fields["reason"] == "client"
+    assert fields["duration_s"] >= 0
+    for style in ("text", "kv", "json"):
+        line = StructuredFormatter(style).format(closed)
+        assert room not in line  # only the tag
+        assert str(fields["room"]) in line
+
+
+async def test_no_connection_log_line_at_info(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the default level a connection costs no log line (the metrics count it)."""
+    caplog.set_level(logging.INFO, logger="drifttrio.connection")
+    room = await _new_room(server)
+    async with open_websocket_url(f"{server.ws_url}/room/{room}/connect") as ws:
+        await ws.send_message(json.dumps({"type": "ping", "nonce": 1}))
+        await ws.get_message()
+    # The line would be written with the close's count, in the same step.
+    await _wait_for(
+        server,
+        lambda s: _get(s, "drifttrio_connections_closed_total", code="1000", reason="client") > 0,
+    )
+    assert not [r for r in caplog.records if r.name == "drifttrio.connection"]
 
 
 def test_log_formats() -> None:
@@ -359,6 +374,8 @@ async def test_sigterm_drains_with_connected_clients(tmp_path: Path) -> None:
         f"sqlite:///{db}",
         "--log-format",
         "json",
+        "--log-level",
+        "debug",  # the connections' own lines (below)
         "--shutdown-timeout",
         "5",
     ]

@@ -306,16 +306,16 @@ async def test_control_frames_are_charged_to_the_forwarded_client() -> None:
             await ws.aclose()
 
 
-async def test_open_log_line_names_the_forwarded_client(
+async def test_connection_log_line_names_the_forwarded_client(
     transport: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="drifttrio.connection")
+    caplog.set_level(logging.DEBUG, logger="drifttrio.connection")
     async with serving(transport, trusted_proxies="127.0.0.1") as (server, room):
-        # The server logs "opened" before it accepts: it is there once we see 101.
         ws = await upgrade(server, room, "2001:db8::7", 101)
         await ws.aclose()
-    opened = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "open"]
-    assert [r.fields["client"] for r in opened] == ["2001:db8::7"]  # type: ignore[attr-defined]
+    # Written when the connection ends: it has, with the server.
+    ended = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "close"]
+    assert [r.fields["client"] for r in ended] == ["2001:db8::7"]  # type: ignore[attr-defined]
 
 
 async def test_http_phase_cap_is_total_only_for_a_trusted_proxy() -> None:
@@ -401,7 +401,8 @@ async def test_cli_flag_names_the_client_in_the_log(tmp_path: Path) -> None:
     logged with the client it forwards for."""
     argv = [*drifttrio_command(), "serve", "--port", "0", "--store", "memory"]
     async with trio.open_nursery() as nursery:
-        child = await start_child(nursery, [*argv, "--trusted-proxies", "127.0.0.1"], tmp_path)
+        flags = ["--trusted-proxies", "127.0.0.1", "--log-level", "debug"]
+        child = await start_child(nursery, [*argv, *flags], tmp_path)
         try:
             match = await child.wait_for_line(r"listening on http://127\.0\.0\.1:(\d+)")
             port = int(match.group(1))
@@ -409,8 +410,9 @@ async def test_cli_flag_names_the_client_in_the_log(tmp_path: Path) -> None:
                 room = (await client.post(f"http://127.0.0.1:{port}/new")).json()["room"]
             ws = await RawWebSocket.connect("127.0.0.1", port)
             await ws.handshake(f"/room/{room}/connect", {"X-Forwarded-For": "203.0.113.7"})
-            await child.wait_for_line(r"connection opened .*client=203\.0\.113\.7")
             await ws.aclose()
+            # One line per connection, at DEBUG, when it ends.
+            await child.wait_for_line(r"connection closed .*client=203\.0\.113\.7")
         finally:
             child.process.terminate()
             with trio.fail_after(TIMEOUT):

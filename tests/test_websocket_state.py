@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import trio
 import trio.testing
-from wsproto import ConnectionType, WSConnection
 
 from _rawws import CLOSE, TEXT, frame
 from drifttrio import Config
@@ -41,17 +40,9 @@ def upgraded() -> Peer:
     """A WebSocket whose upgrade request was read, not yet answered."""
     to_server, server_receive = trio.testing.memory_stream_one_way_pair()
     server_send, from_server = trio.testing.memory_stream_one_way_pair()
-    ws = WSConnection(ConnectionType.SERVER)
-    headers = [
-        (b"host", b"t"),
-        (b"upgrade", b"websocket"),
-        (b"connection", b"Upgrade"),
-        (b"sec-websocket-key", base64.b64encode(os.urandom(16))),
-        (b"sec-websocket-version", b"13"),
-    ]
-    ws.initiate_upgrade_connection(headers, b"/")
+    key = base64.b64encode(os.urandom(16))
     wire = Wire(trio.StapledStream(server_send, server_receive), write_timeout=10)
-    socket = WebSocket({"client": ("127.0.0.1", 1)}, ws, wire, Config(), b"")
+    socket = WebSocket({"client": ("127.0.0.1", 1)}, key, wire, Config(), b"")
     return Peer(socket, to_server, from_server)
 
 

@@ -617,11 +617,6 @@ class DriftApp:
         metrics.connections_opened[conn.labels].inc()
         gauge = metrics.connections[conn.labels]
         gauge.inc()
-        tag = room_tag(room_id)
-        conn_log.info(
-            "connection opened",
-            extra={"fields": _open_fields(conn, tag, _client_ip(scope))},
-        )
         session = Session(
             self.config,
             conn,
@@ -642,10 +637,9 @@ class DriftApp:
             else:
                 label = "room_closed" if code is None else _CLOSE_REASONS.get(code, "room_closed")
             metrics.closed(code, label)
-            conn_log.info(
-                "connection closed",
-                extra={"fields": _close_fields(conn, tag, code, reason, label)},
-            )
+            if conn_log.isEnabledFor(logging.DEBUG):
+                fields = _connection_fields(conn, room_id, _client_ip(scope), code, reason, label)
+                conn_log.debug("connection closed", extra={"fields": fields})
 
 
 #: The HTTP status of a ``/send`` answered with an ``error``.
@@ -722,23 +716,19 @@ def _response_start(
     return {"type": "http.response.start", "status": status, "headers": fields}
 
 
-def _open_fields(conn: Member, tag: str, client: str) -> dict[str, Any]:
+def _connection_fields(
+    conn: Member, room_id: str, client: str, code: int | None, reason: str, by: str
+) -> dict[str, Any]:
+    """The fields of a connection's one log line, written when it ends (at DEBUG: the
+    metrics count every connection; a line each would cost a busy server more)."""
     return {
-        "event": "open",
+        "event": "close",
         "conn": conn.id,
-        "room": tag,
+        "room": room_tag(room_id),
         "transport": conn.transport,
         "codec": conn.labels[1],
         "debug": conn.debug,
         "client": client,
-    }
-
-
-def _close_fields(conn: Member, tag: str, code: int | None, reason: str, by: str) -> dict[str, Any]:
-    return {
-        "event": "close",
-        "conn": conn.id,
-        "room": tag,
         "duration_s": round(trio.current_time() - conn.opened_at, 3),
         "messages_in": conn.messages_in,
         "messages_out": conn.messages_out,

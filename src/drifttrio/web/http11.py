@@ -1,8 +1,8 @@
 """HTTP/1.1 for drifttrio's own transport: h11 reads the requests of one
 connection, runs the app for each (as ASGI), and hands a WebSocket upgrade over
-as a :class:`~drifttrio.web.websocket.WebSocket` (handshake checked by wsproto,
-not yet answered), which the app then admits and runs as a
-:class:`~drifttrio.web.peer.Peer`.
+as a :class:`~drifttrio.web.websocket.WebSocket` (handshake checked by
+:mod:`~drifttrio.web.handshake`, not yet answered), which the app then admits
+and runs as a :class:`~drifttrio.web.peer.Peer`.
 
 Deadlines: the request head must arrive within ``handshake_timeout`` (slowloris)
 and the whole request within ``request_timeout`` (a trickled body); an idle
@@ -23,12 +23,9 @@ from urllib.parse import unquote
 
 import h11
 import trio
-import wsproto.utilities
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import RejectConnection, Request
-from wsproto.utilities import LocalProtocolError
 
 from ..runtime.config import Config
+from .handshake import BadUpgrade, Upgrade, upgrade_of
 from .peer import Peer
 from .websocket import WebSocket
 from .wire import Wire, WireClosed, client_errors
@@ -102,13 +99,15 @@ async def serve_http(
                     [(b"retry-after", b"1")],
                 )
                 return None
-            if _is_websocket_upgrade(event) and not busy:
-                scope_base = {**base, "scheme": "ws" if scheme == "http" else "wss"}
+            if not busy:
                 try:
-                    return _upgrade(config, conn, wire, event, scope_base)
-                except _BadUpgrade as exc:
+                    upgrade = upgrade_of(event.method, event.headers)
+                except BadUpgrade as exc:
                     await _refuse(conn, wire, client, exc.status, exc.reason, exc.headers)
                     return None
+                if upgrade is not None:
+                    ws_scheme = "ws" if scheme == "http" else "wss"
+                    return _websocket(config, conn, wire, event, upgrade, base, ws_scheme)
             deadline = start + config.request_timeout
             request_base = {**base, "scheme": scheme}
             await _http(app, config, conn, wire, event, request_base, deadline, close=busy)
@@ -225,18 +224,6 @@ async def _plain_response(
         pass
 
 
-def _is_websocket_upgrade(event: h11.Request) -> bool:
-    if event.method != b"GET":
-        return False
-    upgrade = connection = b""
-    for name, value in event.headers:
-        if name == b"upgrade":
-            upgrade = value.lower()
-        elif name == b"connection":
-            connection = value.lower()
-    return upgrade == b"websocket" and b"upgrade" in connection
-
-
 def _target(event: h11.Request) -> tuple[str, bytes, bytes]:
     raw_path, _, query = event.target.partition(b"?")
     return unquote(raw_path.decode("latin-1")), raw_path, query
@@ -337,50 +324,28 @@ class _Exchange:
                 await self.wire.send(data)
 
 
-class _BadUpgrade(Exception):
-    """The client's upgrade request breaks RFC 6455 4.2.1: answer ``status``."""
-
-    def __init__(self, status: int, reason: str, headers: list[tuple[bytes, bytes]]) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-
-
-def _upgrade(
+def _websocket(
     config: Config,
     conn: h11.Connection,
     wire: Wire,
     request: h11.Request,
+    upgrade: Upgrade,
     base: dict[str, Any],
+    scheme: str,
 ) -> WebSocket:
-    """The WebSocket of an upgrade, with its scope (wsproto checks the
-    request: :class:`_BadUpgrade` if it is not a valid one)."""
-    ws = WSConnection(ConnectionType.SERVER)
-    try:
-        ws.initiate_upgrade_connection(list(request.headers), request.target)
-    except wsproto.utilities.RemoteProtocolError as exc:
-        # wsproto's hint: 400, or 426 with Sec-WebSocket-Version: 13 for a version
-        # it does not speak.
-        hint = exc.event_hint
-        if isinstance(hint, RejectConnection):
-            raise _BadUpgrade(hint.status_code, str(exc), list(hint.headers)) from None
-        raise _BadUpgrade(400, str(exc), []) from None
-    except (h11.LocalProtocolError, LocalProtocolError) as exc:  # an HTTP/1.0 upgrade, no Host
-        raise _BadUpgrade(400, f"invalid upgrade request: {exc}", []) from None
-    upgrade = next(iter(ws.events()))
-    assert isinstance(upgrade, Request)
+    """The WebSocket of a valid upgrade, with its scope, handshake not yet answered."""
     path, raw_path, query = _target(request)
     scope = {
         **base,
+        "scheme": scheme,
         "type": "websocket",
         "path": path,
         "raw_path": raw_path,
         "query_string": query,
         "headers": list(request.headers),  # h11 lower-cases the names
-        "subprotocols": list(upgrade.subprotocols),
+        "subprotocols": upgrade.subprotocols,
         "extensions": {"websocket.http.response": {}},
     }
     # Frames a client sent right behind its request are read once it is accepted.
     leftover = bytes(conn.trailing_data[0])
-    return WebSocket(scope, ws, wire, config, leftover)
+    return WebSocket(scope, upgrade.key, wire, config, leftover)

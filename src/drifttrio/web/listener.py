@@ -1,7 +1,8 @@
 """Accepting connections for drifttrio's own transport: the HTTP-phase caps
-(:class:`HttpConnections`), TCP keepalive, and an accept loop that pauses,
-rather than fails, when descriptors run out (EMFILE), with one log line per
-episode.
+(:class:`HttpConnections`), TCP keepalive (set once on the listening socket
+where the kernel passes it on to accepted ones), and an accept loop that
+pauses, rather than fails, when descriptors run out (EMFILE), with one log line
+per episode.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from collections.abc import Callable
 from typing import Final
 
@@ -17,7 +19,13 @@ import trio
 from .proxy import TrustedProxies
 from .wire import log
 
-__all__ = ["BUSY_CONNECTIONS", "HttpConnections", "accept_connections", "keepalive"]
+__all__ = [
+    "BUSY_CONNECTIONS",
+    "KEEPALIVE_INHERITED",
+    "HttpConnections",
+    "accept_connections",
+    "keepalive",
+]
 
 #: Over an HTTP cap, at most this many connections are answered at once (with
 #: 503, or ``/healthz``); beyond, they are closed unanswered.
@@ -26,6 +34,9 @@ BUSY_CONNECTIONS: Final = 32
 #: give up after 4 probes (a vanished peer is found within 2 minutes, even with
 #: server pings off).
 _TCP_KEEPALIVE: Final = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+#: Linux copies a listening socket's keepalive options to the sockets it accepts:
+#: set there once, rather than four system calls per connection.
+KEEPALIVE_INHERITED: Final = sys.platform == "linux"
 #: accept() errors meaning "no descriptors or memory right now": wait, retry.
 _CAPACITY_ERRNOS: Final = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
 _ACCEPT_RETRY_SECONDS: Final = 0.1
@@ -73,7 +84,8 @@ class HttpConnections:
 
 
 def keepalive(sock: trio.socket.SocketType) -> None:
-    """TCP keepalive, so the kernel finds a peer that vanished without a FIN."""
+    """TCP keepalive, so the kernel finds a peer that vanished without a FIN (on
+    a listening socket: for the sockets it accepts, see :data:`KEEPALIVE_INHERITED`)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for name, value in _TCP_KEEPALIVE:

@@ -1,5 +1,6 @@
-"""drifttrio's own HTTP/WebSocket transport: h11, wsproto for the handshake and
-:mod:`drifttrio.web.frames` for the client's frames, on trio streams.
+"""drifttrio's own HTTP/WebSocket transport: h11, :mod:`drifttrio.web.handshake`
+for the WebSocket handshake and :mod:`drifttrio.web.frames` for the client's
+frames, on trio streams.
 
 It hands :class:`~drifttrio.web.app.DriftApp` HTTP requests as ASGI and
 WebSockets as :class:`~drifttrio.web.peer.Peer` s, so routes, limits and
@@ -15,8 +16,9 @@ One module per concern, each usable without a socket:
 
 - :mod:`~drifttrio.web.wire`: the byte stream, its write lock and deadline,
   and the linger before closing;
-- :mod:`~drifttrio.web.http11`: requests, their deadlines and refusals, and the
-  upgrade check;
+- :mod:`~drifttrio.web.http11`: requests, their deadlines and refusals;
+- :mod:`~drifttrio.web.handshake`: the upgrade check and the handshake's answers
+  (sans-IO, held to wsproto by its tests);
 - :mod:`~drifttrio.web.websocket`: one WebSocket as a peer, its progress in one
   :class:`~drifttrio.web.websocket.WebSocketState`;
 - :mod:`~drifttrio.web.listener`: the HTTP-phase caps, TCP keepalive, accept.
@@ -37,7 +39,13 @@ import trio
 from ..runtime.config import Config
 from .http11 import App, serve_http
 from .limits import ClientBudgets
-from .listener import BUSY_CONNECTIONS, HttpConnections, accept_connections, keepalive
+from .listener import (
+    BUSY_CONNECTIONS,
+    KEEPALIVE_INHERITED,
+    HttpConnections,
+    accept_connections,
+    keepalive,
+)
 from .liveness import Liveness
 from .proxy import TrustedProxies
 from .websocket import FRAGMENT_COST
@@ -155,6 +163,9 @@ async def serve_tcp(
     scheme = "http" if ssl_context is None else "https"
     if listeners is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
+    if KEEPALIVE_INHERITED:
+        for listener in listeners:
+            keepalive(listener.socket)
     sockname = listeners[0].socket.getsockname()
     server = (sockname[0], sockname[1])
     slots = HttpConnections(
@@ -200,7 +211,8 @@ async def serve_tcp(
                 sock.close()  # far over the caps: not even a 503
                 return
             slots.busy += 1
-        keepalive(sock)
+        if not KEEPALIVE_INHERITED:
+            keepalive(sock)
         connections.start_soon(serve, stream, peer, busy)
 
     try:

@@ -1,10 +1,10 @@
 """One WebSocket of drifttrio's own transport: a :class:`~drifttrio.web.peer.Peer`.
 
-wsproto answers the handshake, then :class:`~drifttrio.web.frames.FrameReader`
-reads the client's frames. The connection's progress is one explicit
-:class:`WebSocketState`; each event checks it and moves it, and an event that
-does not fit the state (a second accept, a message after our close frame) is
-dropped.
+It answers the handshake (the bytes from :mod:`~drifttrio.web.handshake`), then
+:class:`~drifttrio.web.frames.FrameReader` reads the client's frames. The
+connection's progress is one explicit :class:`WebSocketState`; each event checks
+it and moves it, and an event that does not fit the state (a second accept, a
+message after our close frame) is dropped.
 
 Control frames never stall the reader: pings are answered by a separate task
 (a flood gets one pong, for the latest ping), and pings and pongs are charged
@@ -21,9 +21,6 @@ from collections.abc import MutableMapping, Sequence
 from typing import Any, Final
 
 import trio
-from wsproto import WSConnection
-from wsproto.events import AcceptConnection, RejectConnection, RejectData
-from wsproto.utilities import LocalProtocolError
 
 from .._errors import CloseCode
 from ..protocol.codec import Codec
@@ -40,6 +37,7 @@ from .frames import (
     ping_frame,
     pong_frame,
 )
+from .handshake import accept_response, reject_response
 from .limits import ClientBudgets, TokenBucket
 from .liveness import Liveness
 from .wire import Wire, WireClosed, client_errors, log
@@ -91,6 +89,7 @@ class WebSocket:
     __slots__ = (
         "_config",
         "_control",
+        "_key",
         "_ping",
         "_ping_arrived",
         "_refused",
@@ -104,21 +103,20 @@ class WebSocket:
         "scope",
         "state",
         "wire",
-        "ws",
     )
 
     def __init__(
         self,
         scope: MutableMapping[str, Any],
-        ws: WSConnection,
+        key: bytes,
         wire: Wire,
         config: Config,
         leftover: bytes,
     ) -> None:
         self.scope = scope
         self.state = _HANDSHAKE
-        #: The handshake, until it is answered (accepted or rejected).
-        self.ws: WSConnection | None = ws
+        #: The request's ``Sec-WebSocket-Key``, until the handshake is answered.
+        self._key: bytes | None = key
         self.wire = wire
         self.reader = FrameReader(config.max_message_bytes, FRAGMENT_COST)
         self.reader.feed(leftover)
@@ -321,29 +319,27 @@ class WebSocket:
             await self._close(code, reason)
 
     async def accept(self) -> None:
-        ws, self.ws = self.ws, None
-        if self.state is not _HANDSHAKE or ws is None or self.wire.closed:
+        key, self._key = self._key, None
+        if self.state is not _HANDSHAKE or key is None or self.wire.closed:
             self.state = _CLOSED  # accepted twice, or after a reject
             return
         self.state = _OPEN
         if self.liveness is not None:
             self.liveness.add(self)
-        await self._send_bytes(ws.send(AcceptConnection()))
+        await self._send_bytes(accept_response(key))
 
     async def reject(
         self, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]]
     ) -> None:
         """Answer the upgrade with an HTTP response (once: nothing after it)."""
-        ws, self.ws = self.ws, None
+        key, self._key = self._key, None
         self.state = _CLOSED
-        if ws is None or self.wire.closed:
+        if key is None or self.wire.closed:
             return
-        headers = [*headers, (b"content-length", str(len(body)).encode())]
         try:
-            data = ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
-            data += ws.send(RejectData(data=body, body_finished=True))
-        except LocalProtocolError:
-            return
+            data = reject_response(status, headers, body)
+        except ValueError:
+            return  # a header that would break the head: the app's bug, sent as nothing
         await self._send_bytes(data)
 
 
