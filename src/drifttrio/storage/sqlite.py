@@ -1,8 +1,9 @@
 """The SQLite backend: the embedded default. One file, WAL, commits off the event loop.
 
-Every room batch is one transaction: the stream changes and the room's new
-high-water seq are committed together, so a seq that any client has seen is
-never reused after a restart. All database work runs in a worker thread
+A room batch's stream changes and the room's new high-water seq are committed
+together, so a seq that any client has seen is never reused after a restart; the
+batches of rooms waiting at the same time share one transaction (a group commit,
+see :meth:`SqliteStorage.commit`). All database work runs in a worker thread
 (``trio.to_thread.run_sync``) behind a capacity limiter of one, on one
 connection, so the event loop never waits on the disk.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -160,6 +162,10 @@ class SqliteStorage:
         self._clock = clock
         self._threads = threads
         self._limiter = trio.CapacityLimiter(1)
+        #: Room batches waiting to be committed, and the lock whose holder commits
+        #: them all in one transaction (see :meth:`commit`).
+        self._queued: list[_PendingCommit] = []
+        self._committing = trio.Lock()
         self._lock_held_by_parent = lock_held_by_parent
         self._lock: StoreLock | None = None
         self._write_failure: str | None = None
@@ -330,42 +336,46 @@ class SqliteStorage:
         return await self._run(load)
 
     async def commit(self, room_id: str, seq: int, changes: Sequence[StreamChange]) -> None:
-        now = self._clock()
-        rows = [(c.kind, c.key, c.entry.seq, _encode(c.entry.value)) for c in changes]
+        """Commit one room batch: in a transaction shared with the batches of the other
+        rooms that are waiting for the disk at the same time (a group commit).
 
-        def commit(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            updated = db.execute(
-                "UPDATE rooms SET seq = max(seq, ?), last_active = ? WHERE id = ?",
-                (seq, now, room_id),
-            ).rowcount
-            if not updated:
-                db.execute("ROLLBACK")
-                raise RoomNotFound(room_id)
-            for kind, key, entry_seq, blob in rows:
-                db.execute(
-                    "INSERT OR IGNORE INTO streams (room, key, compacted) VALUES (?, ?, 0)",
-                    (room_id, key),
-                )
-                if kind == "replace":
-                    db.execute("DELETE FROM entries WHERE room = ? AND key = ?", (room_id, key))
-                elif kind == "compact":
-                    db.execute(
-                        "DELETE FROM entries WHERE room = ? AND key = ? AND seq <= ?",
-                        (room_id, key, entry_seq),
-                    )
-                    db.execute(
-                        "UPDATE streams SET compacted = max(compacted, ?)"
-                        " WHERE room = ? AND key = ?",
-                        (entry_seq, room_id, key),
-                    )
-                db.execute(
-                    "INSERT INTO entries (room, key, seq, value) VALUES (?, ?, ?, ?)",
-                    (room_id, key, entry_seq, blob),
-                )
-            db.execute("COMMIT")
-
-        await self._run(commit, write=True)
+        Many small rooms commit a push or two each, hundreds of times a second: one
+        transaction, one WAL append and one worker-thread hand-off for each was most
+        of the store's cost. Here the first room to arrive commits everything queued
+        meanwhile; each room's part is a savepoint of its own, so a room that is gone
+        fails alone; a failure of the transaction itself fails every room in it, and
+        nothing of it is committed. Each room still learns of its commit only once it
+        is durable, and a room has at most one batch in flight.
+        """
+        entry = _PendingCommit(room_id, seq, self._clock(), _rows(changes))
+        self._queued.append(entry)
+        try:
+            async with self._committing:  # FIFO: the rooms of a group pass at once
+                if not entry.finished:
+                    group, self._queued = self._queued, []
+                    try:
+                        await self._run(partial(_commit_group, group), write=True)
+                    except Exception as exc:
+                        for other in group:
+                            other.finish(exc)
+                        raise
+                    except BaseException:
+                        # Cancelled before it ran (threads=False): the next holder commits
+                        # the others.
+                        self._queued[:0] = [other for other in group if other is not entry]
+                        raise
+                    for other in group:
+                        other.finish(None)
+        except BaseException:
+            if entry in self._queued:  # cancelled while waiting: never committed
+                self._queued.remove(entry)
+            raise
+        error = entry.error
+        if isinstance(error, DriftError):
+            # Each room gets an error of its own (a shared one would collect tracebacks).
+            raise type(error)(*error.args) from error
+        if error is not None:
+            raise error
 
     async def touch(self, room_id: str) -> None:
         """Mark the room as active now (it is in use without writing)."""
@@ -456,3 +466,79 @@ class SqliteStorage:
         """Run raw SQL on the connection (tests inject faults with PRAGMAs)."""
         assert self._db is not None
         return self._db.execute(sql, args).fetchall()
+
+
+#: One stream change as a row: (kind, key, seq, encoded value).
+_Row = tuple[str, str, int, bytes]
+
+
+def _rows(changes: Sequence[StreamChange]) -> list[_Row]:
+    return [(c.kind, c.key, c.entry.seq, _encode(c.entry.value)) for c in changes]
+
+
+class _PendingCommit:
+    """One room batch waiting in a group commit (see :meth:`SqliteStorage.commit`)."""
+
+    __slots__ = ("error", "finished", "now", "room_id", "rows", "seq")
+
+    def __init__(self, room_id: str, seq: int, now: float, rows: list[_Row]) -> None:
+        self.room_id = room_id
+        self.seq = seq
+        self.now = now
+        self.rows = rows
+        self.finished = False
+        #: Why this batch was not committed (``None``: it was).
+        self.error: Exception | None = None
+
+    def finish(self, error: Exception | None) -> None:
+        if not self.finished:
+            self.finished = True
+            self.error = self.error or error
+
+
+def _commit_group(group: list[_PendingCommit], db: sqlite3.Connection) -> None:
+    """Commit the batches of ``group`` in one transaction, each in a savepoint: a room
+    that no longer exists is rolled back alone (its batch gets :class:`RoomNotFound`)."""
+    db.execute("BEGIN IMMEDIATE")
+    for entry in group:
+        db.execute("SAVEPOINT room_batch")
+        if _commit_room(db, entry):
+            db.execute("RELEASE room_batch")
+        else:
+            db.execute("ROLLBACK TO room_batch")
+            db.execute("RELEASE room_batch")
+            entry.finish(RoomNotFound(entry.room_id))
+    db.execute("COMMIT")
+
+
+def _commit_room(db: sqlite3.Connection, entry: _PendingCommit) -> bool:
+    """Write one room batch: its new seq and its stream changes. ``False`` if the
+    room does not exist (nothing to keep of it)."""
+    room_id = entry.room_id
+    updated = db.execute(
+        "UPDATE rooms SET seq = max(seq, ?), last_active = ? WHERE id = ?",
+        (entry.seq, entry.now, room_id),
+    ).rowcount
+    if not updated:
+        return False
+    for kind, key, entry_seq, blob in entry.rows:
+        db.execute(
+            "INSERT OR IGNORE INTO streams (room, key, compacted) VALUES (?, ?, 0)",
+            (room_id, key),
+        )
+        if kind == "replace":
+            db.execute("DELETE FROM entries WHERE room = ? AND key = ?", (room_id, key))
+        elif kind == "compact":
+            db.execute(
+                "DELETE FROM entries WHERE room = ? AND key = ? AND seq <= ?",
+                (room_id, key, entry_seq),
+            )
+            db.execute(
+                "UPDATE streams SET compacted = max(compacted, ?) WHERE room = ? AND key = ?",
+                (entry_seq, room_id, key),
+            )
+        db.execute(
+            "INSERT INTO entries (room, key, seq, value) VALUES (?, ?, ?, ?)",
+            (room_id, key, entry_seq, blob),
+        )
+    return True
