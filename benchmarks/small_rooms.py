@@ -174,17 +174,24 @@ def driver(url: str, mode: str, *options: object) -> list[str]:
     return tp.pinned(1, argv + [str(o) for o in options])
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process tree rooted at pid (all threads), in seconds."""
-    ticks = 0
+def cpu_split(pid: int) -> tuple[float, float]:
+    """utime and stime of the process tree rooted at pid (all threads), in seconds:
+    the server's own code, and the kernel's work for it (system calls, TCP)."""
+    user = system = 0
     for p in tp.tree(pid):
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()  # the name may hold spaces
-        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-    return ticks / CLOCK_TICK
+        user += int(fields[11])  # field 14 of proc(5)
+        system += int(fields[12])  # field 15
+    return user / CLOCK_TICK, system / CLOCK_TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process tree rooted at pid (all threads), in seconds."""
+    return sum(cpu_split(pid))
 
 
 def settle(pid: int, limit: float = 10.0) -> None:
@@ -249,18 +256,24 @@ def run_rooms(
     # server at 100% of its core is the bottleneck, one below it waits on the rest.
     gen = subprocess.Popen(argv, stdout=subprocess.PIPE)
     assert gen.stdout is not None
-    cpu: dict[str, float] = {}
+    cpu: dict[str, tuple[float, float]] = {}
     result: dict[str, Any] | None = None
     for line in gen.stdout:
         message = json.loads(line)
         if message.get("phase") in ("start", "stop"):
-            cpu[message["phase"]] = cpu_seconds(proc.pid)
+            cpu[message["phase"]] = cpu_split(proc.pid)
         else:
             result = message
     if gen.wait() != 0 or result is None or len(cpu) != 2:
         print(f"    driver failed (exit status {gen.returncode})", file=sys.stderr)
         return None
-    result["server_cpu_percent"] = 100 * (cpu["stop"] - cpu["start"]) / result["seconds"]
+    user = cpu["stop"][0] - cpu["start"][0]
+    system = cpu["stop"][1] - cpu["start"][1]
+    result["server_cpu_percent"] = 100 * (user + system) / result["seconds"]
+    # Per push (a push reaches M subscribers and comes back to its publisher).
+    pushes = result["per_second"] * result["seconds"] / subscribers
+    result["user_us_per_push"] = 1e6 * user / pushes if pushes else None
+    result["sys_us_per_push"] = 1e6 * system / pushes if pushes else None
     return result
 
 
@@ -345,6 +358,7 @@ def measure(
                     f"  {name:<55} {shape_label(shape):<11} {r['per_second']:>8,.0f} msg/s"
                     f"  echo p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms"
                     f"  server CPU {r['server_cpu_percent']:.0f}%"
+                    f" ({r['user_us_per_push'] or 0:.0f} + {r['sys_us_per_push'] or 0:.0f} us/push)"
                     f"  lost {r['lost']} reordered {r['reordered']}"
                     + (f" closed {r['closed']}" if r["closed"] else ""),
                     file=sys.stderr,
@@ -528,6 +542,31 @@ def main() -> None:
             if other:
                 check += f", {other} unexpected messages"
             print(f"| {name} | " + " | ".join(cells) + f" | {check} |")
+
+    if "rooms" in measures:
+        print(
+            "\n### Server CPU per push\n\nthe server's CPU time over the rooms window per push "
+            "(a push reaches M subscribers and its publisher's echo), user (the server's own "
+            "code) + system (the kernel: system calls, loopback TCP), in µs (medians; lower "
+            "is better)\n"
+        )
+        print(
+            "| server | "
+            + " | ".join(f"{shape_label(s)} user + sys µs" for s in args.shapes)
+            + " |"
+        )
+        print("|" + "---|" * (len(args.shapes) + 1))
+        for name in names:
+            cells = []
+            for s in args.shapes:
+                user = values(rooms[name][s], "user_us_per_push")
+                system = values(rooms[name][s], "sys_us_per_push")
+                cells.append(
+                    f"{statistics.median(user):.0f} + {statistics.median(system):.0f}"
+                    if user and system
+                    else "n/a"
+                )
+            print(f"| {name} | " + " | ".join(cells) + " |")
 
     if "lifecycle" in measures:
         print(
