@@ -106,7 +106,13 @@ def hypercorn_config(
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.websocket_max_message_size = config.max_message_bytes
     hc.h11_max_incomplete_size = config.max_header_bytes
-    hc.keep_alive_timeout = config.keepalive_timeout
+    # hypercorn has one idle timer per connection: it starts at accept, so it also
+    # bounds the wait for the first request, which the own transport gives
+    # handshake_timeout. With keepalive_timeout (5 s) alone, a connection accepted
+    # while the server is busy (a reconnect storm, a long garbage collection) was
+    # closed before its upgrade was read: 'socket hang up' or ECONNRESET for a
+    # client that did nothing wrong. The longer of the two, for both.
+    hc.keep_alive_timeout = max(config.keepalive_timeout, config.handshake_timeout)
     # Connections the kernel queues before hypercorn accepts them: hypercorn's 100
     # drops SYNs in a reconnect storm (clients retry after 1 s, 3 s, ...); trio's
     # listeners (the own transport) use the system's maximum, so does this.
