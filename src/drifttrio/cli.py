@@ -21,6 +21,7 @@ import trio
 
 from . import __version__
 from ._errors import ConfigError, StorageError, unwrap_group
+from ._gc import paced_full_collections
 from ._logging import LOG_FORMATS, configure_logging
 from .bench._cli import add_bench_parser, run_bench_command
 from .client._cli import add_check_parser, run_check_command
@@ -63,7 +64,12 @@ async def _serve_until_signal(config: Config, transport: str) -> None:
                 log.info("received %s", signal.Signals(signum).name)
                 return
 
-        await serve(config, transport=transport, shutdown_trigger=wait_for_signal)
+        async with trio.open_nursery() as nursery:
+            # The server process's collector (see drifttrio._gc): its full collections
+            # paced, not one per quarter of growth in a connection storm.
+            nursery.start_soon(paced_full_collections)
+            await serve(config, transport=transport, shutdown_trigger=wait_for_signal)
+            nursery.cancel_scope.cancel()
 
 
 class _Parser(argparse.ArgumentParser):
