@@ -127,9 +127,17 @@ async def serve_stream(
     except WireClosed:
         pass
     finally:
-        with trio.CancelScope(shield=True):
-            await wire.linger()
-            await wire.abort()
+        if wire.cut_short and not wire.closed:
+            with trio.CancelScope(shield=True):
+                await wire.linger()
+        if type(stream) is trio.SocketStream:
+            # Nothing is buffered in a plain socket: close it at once, without the
+            # cancel scope and checkpoint of aclose_forcefully.
+            wire.closed = True
+            stream.socket.close()
+        else:
+            with trio.CancelScope(shield=True):
+                await wire.abort()
 
 
 async def serve_tcp(
