@@ -17,7 +17,8 @@ rate-limited log line, never a traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from types import MappingProxyType
 from typing import Any, Final, Protocol
 from urllib.parse import unquote
 
@@ -52,6 +53,11 @@ class App(Protocol):
 #: Over an HTTP cap, a connection's request head must arrive within this long:
 #: enough to answer ``/healthz`` or say 503, no more.
 BUSY_HEAD_SECONDS: Final = 1.0
+#: The ``extensions`` of every WebSocket scope: one, read-only, rather than two
+#: dicts per connection (they live as long as the connection).
+_WEBSOCKET_EXTENSIONS: Final[Mapping[str, Mapping[str, object]]] = MappingProxyType(
+    {"websocket.http.response": MappingProxyType({})}
+)
 #: Paths answered even over the HTTP caps: the orchestrator must see the truth.
 _HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz"})
 
@@ -389,6 +395,6 @@ def _websocket(
         "query_string": query,
         "headers": headers,
         "subprotocols": upgrade.subprotocols,
-        "extensions": {"websocket.http.response": {}},
+        "extensions": _WEBSOCKET_EXTENSIONS,
     }
     return WebSocket(scope, upgrade.key, wire, config, rest)
