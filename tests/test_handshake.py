@@ -20,6 +20,7 @@ import os
 import h11
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
@@ -37,6 +38,8 @@ from drifttrio.web.handshake import (
     reject_response,
     upgrade_of,
 )
+from drifttrio.web.websocket import WebSocket, WebSocketState
+from drifttrio.web.wire import Wire
 
 Headers = list[tuple[bytes, bytes]]
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -582,3 +585,32 @@ async def test_every_upgrade_gets_the_answer_it_got_from_h11(
         assert not answer.startswith(b"HTTP/1.1 101 "), answer
     else:
         assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+
+
+class _PartlyTaken(Wire):
+    """A wire whose socket takes only the first bytes of a write at once."""
+
+    __slots__ = ("taken",)
+
+    def write_now(self, data: bytes) -> bool | None:
+        self.taken, self.owed = data[:10], data[10:]
+        return False
+
+
+async def test_the_101_goes_out_whole_when_the_socket_takes_only_part_of_it_at_once() -> None:
+    """The 101 is written without waiting where it can; what the socket did not take
+    at once follows straight away (the client sends nothing until it has it all)."""
+    ours, theirs = trio.testing.memory_stream_pair()
+    wire = _PartlyTaken(ours, 1.0)
+    upgrade = upgrade_of(b"GET", VALID)
+    assert upgrade is not None
+    ws = WebSocket({"client": ("127.0.0.1", 1)}, upgrade.key, wire, Config(), b"")
+    await ws.accept()
+    answer = accept_response(KEY)
+    assert wire.taken == answer[:10]
+    received = b""
+    with trio.fail_after(TIMEOUT):
+        while len(received) < len(answer) - 10:
+            received += await theirs.receive_some()
+    assert received == answer[10:]
+    assert ws.state is WebSocketState.OPEN
