@@ -614,3 +614,13 @@ async def test_the_101_goes_out_whole_when_the_socket_takes_only_part_of_it_at_o
             received += await theirs.receive_some()
     assert received == answer[10:]
     assert ws.state is WebSocketState.OPEN
+
+
+def test_two_upgrades_share_their_common_header_names() -> None:
+    """A connection's scope lives as long as it: the common names are one object
+    each, not a copy per connection."""
+    first = read_upgrade(CLIENT_HEADS["chrome"], MAX_HEAD)
+    second = read_upgrade(CLIENT_HEADS["chrome"].replace(b"?cbor=true", b""), MAX_HEAD)
+    assert first is not None
+    assert second is not None
+    assert all(a is b for (a, _), (b, _) in zip(first.headers, second.headers, strict=True))
