@@ -15,16 +15,34 @@ header is read as bytes, never decoded on the way to a check.
 
 No extension is ever negotiated (``Sec-WebSocket-Extensions`` is ignored, so
 ``permessage-deflate`` is refused by omission) and no subprotocol is chosen.
+
+The common upgrade (a whole head in the connection's first read, nothing unusual
+in it) is read here too, without h11 (:func:`read_upgrade`): it is what nearly
+every connection sends, and h11's general machinery (a connection state
+machine, a receive buffer, events) was the next largest cost of a short
+connection after wsproto's. It accepts a strict subset of what h11 accepts and
+reads it as h11 does (``tests/test_handshake.py`` holds it to h11, head by
+head); anything else (another request, an incomplete or unusual head, an invalid
+upgrade) is left to h11, so every refusal is h11's or :func:`upgrade_of`'s as before.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-__all__ = ["BadUpgrade", "Upgrade", "accept_response", "reject_response", "upgrade_of"]
+__all__ = [
+    "BadUpgrade",
+    "Upgrade",
+    "UpgradeHead",
+    "accept_response",
+    "read_upgrade",
+    "reject_response",
+    "upgrade_of",
+]
 
 #: The only version spoken (RFC 6455 4.4).
 WEBSOCKET_VERSION: Final = b"13"
@@ -35,6 +53,49 @@ _ACCEPT_HEAD: Final = (
 )
 #: Bytes that would end a header line (or the head) early: never written.
 _LINE_BREAKERS: Final = (b"\r", b"\n", b"\x00")
+
+# h11's grammar (h11/_abnf.py), for the heads read without it: a line matched here
+# is read by h11 into the same name and value.
+_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_FIELD_VCHAR: Final = rb"[^\x00\s]"
+_FIELD_VALUE: Final = rb"(?:" + _FIELD_VCHAR + rb"+(?:[ \t]+" + _FIELD_VCHAR + rb"+)*)?"
+_HEADER_LINE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*")
+#: Only HTTP/1.1 GET: an upgrade by any other method is no upgrade, and HTTP/1.0
+#: is left to h11.
+_REQUEST_LINE: Final = re.compile(rb"GET ([\x21-\x7e]+) HTTP/1\.1")
+#: Headers that give a request a body: such an upgrade is left to h11.
+_BODY_HEADERS: Final = frozenset((b"content-length", b"transfer-encoding"))
+#: Header names clients send with an upgrade, each one object: a connection's
+#: scope keeps these rather than a copy of its own (five to fifteen per connection).
+_KNOWN_NAMES: Final = {
+    name: name
+    for name in (
+        b"host",
+        b"upgrade",
+        b"connection",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-protocol",
+        b"sec-websocket-extensions",
+        b"origin",
+        b"user-agent",
+        b"pragma",
+        b"cache-control",
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"authorization",
+        b"cookie",
+        b"sec-fetch-dest",
+        b"sec-fetch-mode",
+        b"sec-fetch-site",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-real-ip",
+    )
+}
 
 
 class BadUpgrade(Exception):
@@ -58,6 +119,66 @@ class Upgrade:
         self.key = key
         #: ``Sec-WebSocket-Protocol``'s tokens, in order (none is ever chosen).
         self.subprotocols = subprotocols
+
+
+class UpgradeHead:
+    """A valid upgrade request read by :func:`read_upgrade`: what h11 would have
+    made of it, and the bytes that followed its head."""
+
+    __slots__ = ("headers", "rest", "target", "upgrade")
+
+    def __init__(
+        self, target: bytes, headers: list[tuple[bytes, bytes]], upgrade: Upgrade, rest: bytes
+    ) -> None:
+        #: The request target (path and query), as sent.
+        self.target = target
+        #: The headers in order, names lower-cased, values without surrounding blanks.
+        self.headers = headers
+        self.upgrade = upgrade
+        #: What the client sent after the head (its first frames, if it did not wait).
+        self.rest = rest
+
+
+def read_upgrade(data: bytes, max_head_bytes: int) -> UpgradeHead | None:
+    """The valid WebSocket upgrade whose whole head starts ``data``, read as h11
+    reads it; ``None`` for anything else (then h11 reads ``data``).
+
+    Only a plain head qualifies: ``GET target HTTP/1.1``, every line ending in
+    CRLF and matching h11's header grammar (no folded lines, no bare LF), one
+    ``Host``, no ``Content-Length`` or ``Transfer-Encoding``, at most
+    ``max_head_bytes``, and an upgrade :func:`upgrade_of` accepts.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end + 4 > max_head_bytes:
+        return None
+    lines = data[:end].split(b"\r\n")
+    if end + 4 + len(lines) > max_head_bytes:
+        return None  # near the cap: h11's path measures a head a little differently
+    request = _REQUEST_LINE.fullmatch(lines[0])
+    if request is None:
+        return None
+    headers = []
+    hosts = 0
+    for line in lines[1:]:
+        field = _HEADER_LINE.fullmatch(line)
+        if field is None:
+            return None
+        name = field[1].lower()
+        name = _KNOWN_NAMES.get(name, name)
+        if name == b"host":
+            hosts += 1
+        elif name in _BODY_HEADERS:
+            return None
+        headers.append((name, field[2]))
+    if hosts != 1:
+        return None  # h11's refusal (none in HTTP/1.1, or several), said by h11
+    try:
+        upgrade = upgrade_of(b"GET", headers)
+    except BadUpgrade:
+        return None  # refused by the slow path, with h11 writing the answer
+    if upgrade is None:
+        return None
+    return UpgradeHead(request[1], headers, upgrade, data[end + 4 :])
 
 
 def upgrade_of(method: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Upgrade | None:

@@ -17,7 +17,8 @@ rate-limited log line, never a traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from types import MappingProxyType
 from typing import Any, Final, Protocol
 from urllib.parse import unquote
 
@@ -25,7 +26,7 @@ import h11
 import trio
 
 from ..runtime.config import Config
-from .handshake import BadUpgrade, Upgrade, upgrade_of
+from .handshake import BadUpgrade, Upgrade, read_upgrade, upgrade_of
 from .peer import Peer
 from .websocket import WebSocket
 from .wire import Wire, WireClosed, client_errors
@@ -52,6 +53,11 @@ class App(Protocol):
 #: Over an HTTP cap, a connection's request head must arrive within this long:
 #: enough to answer ``/healthz`` or say 503, no more.
 BUSY_HEAD_SECONDS: Final = 1.0
+#: The ``extensions`` of every WebSocket scope: one, read-only, rather than two
+#: dicts per connection (they live as long as the connection).
+_WEBSOCKET_EXTENSIONS: Final[Mapping[str, Mapping[str, object]]] = MappingProxyType(
+    {"websocket.http.response": MappingProxyType({})}
+)
 #: Paths answered even over the HTTP caps: the orchestrator must see the truth.
 _HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz"})
 
@@ -60,26 +66,49 @@ async def serve_http(
     app: App, config: Config, wire: Wire, base: dict[str, Any], scheme: str, *, busy: bool
 ) -> WebSocket | None:
     """Serve requests until the connection ends (``None``) or is upgraded: then
-    return its WebSocket (with its scope), handshake not yet answered."""
+    return its WebSocket (with its scope), handshake not yet answered.
+
+    The common first request, a valid upgrade whose head arrives in one read, is
+    read by :func:`~drifttrio.web.handshake.read_upgrade` without h11; h11 reads
+    any other (:func:`_serve_h11`), from the same bytes."""
+    start = trio.current_time()
+    data = b""
+    # (A CancelScope rather than move_on_at: no generator around it, on every connection.)
+    with trio.CancelScope(deadline=start + _head_seconds(config, busy)):
+        data = await wire.receive()
+    if not data:
+        return None  # gone, or silent past the head's deadline: closed without a word
+    if not busy:
+        head = read_upgrade(data, config.max_header_bytes)
+        if head is not None:
+            return _websocket(
+                config, wire, head.target, head.headers, head.upgrade, head.rest, base, scheme
+            )
+    return await _serve_h11(app, config, wire, base, scheme, data, start, busy=busy)
+
+
+async def _serve_h11(
+    app: App,
+    config: Config,
+    wire: Wire,
+    base: dict[str, Any],
+    scheme: str,
+    data: bytes,
+    start: float,
+    *,
+    busy: bool,
+) -> WebSocket | None:
+    """:func:`serve_http` by h11, from the connection's first bytes (``data``, the
+    first request's, whose deadlines count from ``start``)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+    conn.receive_data(data)
     client = base["client"]
-    head_seconds = min(config.handshake_timeout, config.request_timeout)
-    if busy:
-        head_seconds = min(head_seconds, BUSY_HEAD_SECONDS)
-    first = True
+    head_seconds = _head_seconds(config, busy)
     try:
         while True:
-            if not first and not conn.trailing_data[0]:
-                # Idle between two requests: the next one must start soon.
-                with trio.move_on_after(config.keepalive_timeout) as idle:
-                    conn.receive_data(await wire.receive())
-                if idle.cancelled_caught:
-                    return None
-            first = False
-            start = trio.current_time()
-            with trio.move_on_at(start + head_seconds) as head_deadline:
+            with trio.move_on_at(start + head_seconds) as head_timer:
                 event = await _next_event(conn, wire)
-            if head_deadline.cancelled_caught:
+            if head_timer.cancelled_caught:
                 if conn.their_state is h11.SEND_BODY or _has_partial_request(conn):
                     await _refuse(conn, wire, client, 408, "request head took too long")
                 return None
@@ -89,7 +118,7 @@ async def serve_http(
             if refusal is not None:
                 await _refuse(conn, wire, client, *refusal)
                 return None
-            if busy and _target(event)[0] not in _HEALTH_PATHS:
+            if busy and _target(event.target)[0] not in _HEALTH_PATHS:
                 await _refuse(
                     conn,
                     wire,
@@ -106,8 +135,13 @@ async def serve_http(
                     await _refuse(conn, wire, client, exc.status, exc.reason, exc.headers)
                     return None
                 if upgrade is not None:
-                    ws_scheme = "ws" if scheme == "http" else "wss"
-                    return _websocket(config, conn, wire, event, upgrade, base, ws_scheme)
+                    # Frames a client sent right behind its request are read once
+                    # it is accepted.
+                    rest = bytes(conn.trailing_data[0])
+                    headers = list(event.headers)  # h11 lower-cases the names
+                    return _websocket(
+                        config, wire, event.target, headers, upgrade, rest, base, scheme
+                    )
             deadline = start + config.request_timeout
             request_base = {**base, "scheme": scheme}
             await _http(app, config, conn, wire, event, request_base, deadline, close=busy)
@@ -116,10 +150,23 @@ async def serve_http(
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return None
             conn.start_next_cycle()
+            if not conn.trailing_data[0]:
+                # Idle between two requests: the next one must start soon.
+                with trio.move_on_after(config.keepalive_timeout) as idle:
+                    conn.receive_data(await wire.receive())
+                if idle.cancelled_caught:
+                    return None
+            start = trio.current_time()
     except h11.RemoteProtocolError as exc:
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             await _refuse(conn, wire, client, exc.error_status_hint, str(exc))
         return None
+
+
+def _head_seconds(config: Config, busy: bool) -> float:
+    """How long a request head may take to arrive (in full)."""
+    seconds = min(config.handshake_timeout, config.request_timeout)
+    return min(seconds, BUSY_HEAD_SECONDS) if busy else seconds
 
 
 def _refusal(request: h11.Request, config: Config) -> tuple[int, str] | None:
@@ -224,8 +271,9 @@ async def _plain_response(
         pass
 
 
-def _target(event: h11.Request) -> tuple[str, bytes, bytes]:
-    raw_path, _, query = event.target.partition(b"?")
+def _target(target: bytes) -> tuple[str, bytes, bytes]:
+    """A request target's path (percent-decoded), raw path and query."""
+    raw_path, _, query = target.partition(b"?")
     return unquote(raw_path.decode("latin-1")), raw_path, query
 
 
@@ -243,7 +291,7 @@ async def _http(
     """Run the app for one request. Its body must arrive by ``deadline`` (408
     otherwise). ``HEAD`` runs the app as ``GET`` and drops the body: the same
     headers, as RFC 9110 9.3.2 asks. ``close``: end the connection after it."""
-    path, raw_path, query = _target(request)
+    path, raw_path, query = _target(request.target)
     head = request.method == b"HEAD"
     scope = {
         **base,
@@ -326,26 +374,27 @@ class _Exchange:
 
 def _websocket(
     config: Config,
-    conn: h11.Connection,
     wire: Wire,
-    request: h11.Request,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
     upgrade: Upgrade,
+    rest: bytes,
     base: dict[str, Any],
     scheme: str,
 ) -> WebSocket:
-    """The WebSocket of a valid upgrade, with its scope, handshake not yet answered."""
-    path, raw_path, query = _target(request)
+    """The WebSocket of a valid upgrade (``headers`` with lower-cased names;
+    ``rest``, the bytes after its head: frames a client sent right behind its
+    request, read once it is accepted), with its scope, handshake not yet answered."""
+    path, raw_path, query = _target(target)
     scope = {
         **base,
-        "scheme": scheme,
+        "scheme": "ws" if scheme == "http" else "wss",
         "type": "websocket",
         "path": path,
         "raw_path": raw_path,
         "query_string": query,
-        "headers": list(request.headers),  # h11 lower-cases the names
+        "headers": headers,
         "subprotocols": upgrade.subprotocols,
-        "extensions": {"websocket.http.response": {}},
+        "extensions": _WEBSOCKET_EXTENSIONS,
     }
-    # Frames a client sent right behind its request are read once it is accepted.
-    leftover = bytes(conn.trailing_data[0])
-    return WebSocket(scope, upgrade.key, wire, config, leftover)
+    return WebSocket(scope, upgrade.key, wire, config, rest)

@@ -33,6 +33,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from functools import partial
+from types import MappingProxyType
+from typing import Final
 
 import trio
 
@@ -50,6 +52,10 @@ from .liveness import Liveness
 from .proxy import TrustedProxies
 from .websocket import FRAGMENT_COST
 from .wire import Wire, WireClosed, log
+
+#: The ``asgi`` entry of every scope this transport makes: one, read-only, rather
+#: than a dict per connection (it lives as long as the connection's scope).
+_ASGI: Final = MappingProxyType({"version": "3.0", "spec_version": "2.3"})
 
 __all__ = [
     "FRAGMENT_COST",
@@ -94,7 +100,7 @@ async def serve_stream(
         # Only the scope is kept of the base, and nothing of the HTTP state (h11,
         # the request) once upgraded: an idle WebSocket keeps its scope only.
         base = {
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "asgi": _ASGI,
             "http_version": "1.1",
             "client": client,
             "server": server,
@@ -127,9 +133,17 @@ async def serve_stream(
     except WireClosed:
         pass
     finally:
-        with trio.CancelScope(shield=True):
-            await wire.linger()
-            await wire.abort()
+        if wire.cut_short and not wire.closed:
+            with trio.CancelScope(shield=True):
+                await wire.linger()
+        if type(stream) is trio.SocketStream:
+            # Nothing is buffered in a plain socket: close it at once, without the
+            # cancel scope and checkpoint of aclose_forcefully.
+            wire.closed = True
+            stream.socket.close()
+        else:
+            with trio.CancelScope(shield=True):
+                await wire.abort()
 
 
 async def serve_tcp(

@@ -326,7 +326,13 @@ class WebSocket:
         self.state = _OPEN
         if self.liveness is not None:
             self.liveness.add(self)
-        await self._send_bytes(accept_response(key))
+        answer = accept_response(key)
+        # Almost always the socket takes the 101 at once: no lock, no schedule point.
+        written = self.wire.write_now(answer)
+        if written is None:
+            await self._send_bytes(answer)
+        elif not written:
+            await self._send_bytes(b"")  # the rest, owed: the client waits for it
 
     async def reject(
         self, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]]
