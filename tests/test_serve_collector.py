@@ -1,54 +1,37 @@
-"""``drifttrio serve`` tunes the cyclic garbage collector for many connections
-before it serves: what was imported is frozen, and full collections are rarer
-(a 10,000-client storm spent a fifth of its CPU time in them). An embedded server
-leaves the process's collector alone."""
+"""``drifttrio serve`` paces the process's full garbage collections while it
+serves (see tests/test_gc_pacing.py for the pacing itself) and gives the
+collector back as it was; an embedded server leaves the collector alone."""
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from drifttrio import cli
+from drifttrio import Config, cli, open_server
 
 
-@pytest.fixture
-def collector() -> Iterator[None]:
-    """Put the collector back as it was after the test."""
-    threshold = gc.get_threshold()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
-
-
-@pytest.mark.usefixtures("collector")
-def test_serve_freezes_what_was_imported_and_makes_full_collections_rarer(
+async def test_serve_turns_cpythons_full_collections_off_while_it_serves(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: dict[str, Any] = {}
 
-    def run_instead(*args: object) -> None:  # in place of serving
+    async def serve_instead(*args: object, **kwargs: object) -> None:
         seen["threshold"] = gc.get_threshold()
         seen["frozen"] = gc.get_freeze_count()
 
-    monkeypatch.setattr(cli.trio, "run", run_instead)
-    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)  # the test's own
-    gc.unfreeze()
-    young, middle, _ = gc.get_threshold()
-    assert cli.main(["serve", "--store", "memory", "--port", "0"]) == 0
-    assert seen["threshold"] == (young, middle, cli.FULL_COLLECTION_EVERY)
-    assert cli.FULL_COLLECTION_EVERY > 10  # Python's default
+    monkeypatch.setattr(cli, "serve", serve_instead)
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    await cli._serve_until_signal(Config(), "drifttrio")
+    assert seen["threshold"][:2] == before[:2]
+    assert seen["threshold"][2] >= 2**31 - 1  # never reached: CPython's own are off
     # Everything imported so far (drifttrio, trio, ...) is out of every collection.
-    assert seen["frozen"] > 10_000
+    assert seen["frozen"] > frozen + 10_000
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, frozen)
 
 
 async def test_an_embedded_server_leaves_the_collector_alone() -> None:
-    from drifttrio import Config, open_server
-
     threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     async with open_server(Config()):
         assert (gc.get_threshold(), gc.get_freeze_count()) == (threshold, frozen)

@@ -39,15 +39,20 @@ _NEVER: Final = 2**31 - 1
 
 
 async def paced_full_collections(
-    *, interval: float = FULL_INTERVAL, share: float = FULL_SHARE
+    *,
+    interval: float = FULL_INTERVAL,
+    share: float = FULL_SHARE,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until cancelled: CPython's own full collections off, ours paced. What
-    was running at the start (modules, settings) is frozen out of every scan. On
-    exit the collector is as it was."""
+    """Run until cancelled: CPython's own full collections off (from the moment it
+    has started, see ``nursery.start``), ours paced. What was running at the start
+    (modules, settings) is frozen out of every scan. On exit the collector is as it
+    was."""
     young, middle, old = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(young, middle, _NEVER)
     try:
+        task_status.started()
         wait = interval
         while True:
             await trio.sleep(wait)

@@ -10,7 +10,6 @@ does not answer): the same command can work later. Either way, one line on stder
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
@@ -49,31 +48,10 @@ _ROOMS_ACCESS: Final[dict[str, StoreAccess]] = {
     "import": "create",
     "delete": "write",
 }
-#: ``drifttrio serve`` runs a full garbage collection after this many collections of
-#: the middle generation (Python's default: 10); see :func:`_collect_for_a_server`.
-FULL_COLLECTION_EVERY: Final = 100
 _DESCRIPTION = (
     "A DriftDB-compatible real-time relay: clients join a room over WebSocket or HTTP"
     " and push values under keys; every member gets them in one order."
 )
-
-
-def _collect_for_a_server() -> None:
-    """Tune the cyclic garbage collector for a process that holds many connections.
-
-    A full collection walks every live object, and each open connection is a few
-    hundred of them: with Python's defaults a 10,000-client storm ran 9 full
-    collections, a fifth of the server's CPU time (connections per second fell as
-    the count grew). What was imported and built before serving is never garbage:
-    it is frozen (left out of every collection); and a full collection waits for
-    :data:`FULL_COLLECTION_EVERY` collections of the middle generation, not 10 (and
-    still for the long-lived objects to have grown by a quarter), so long-lived
-    cyclic garbage is found a little later. Only the ``serve`` command does this:
-    an embedding application owns its own process.
-    """
-    gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 async def _serve_until_signal(config: Config, transport: str) -> None:
@@ -89,7 +67,7 @@ async def _serve_until_signal(config: Config, transport: str) -> None:
         async with trio.open_nursery() as nursery:
             # The server process's collector (see drifttrio._gc): its full collections
             # paced, not one per quarter of growth in a connection storm.
-            nursery.start_soon(paced_full_collections)
+            await nursery.start(paced_full_collections)
             await serve(config, transport=transport, shutdown_trigger=wait_for_signal)
             nursery.cancel_scope.cancel()
 
@@ -373,7 +351,6 @@ def _main(argv: Sequence[str] | None) -> int:
         )
         configure_logging(config.log_format, config.log_level)
         warn_unknown_variables()
-        _collect_for_a_server()
         trio.run(_serve_until_signal, config, args.transport)
     except BaseException as exc:
         return _startup_failure(exc)
