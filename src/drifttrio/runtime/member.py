@@ -402,6 +402,40 @@ class Outbox:
 class Member:
     """One member of a room: a WebSocket session or an in-process subscriber."""
 
+    #: One per connection: no instance dict (about 1.6 KiB each).
+    __slots__ = (
+        "_bytes_out",
+        "_dirty",
+        "_flushes",
+        "_kicked",
+        "_missed",
+        "_missed_count",
+        "_write_now",
+        "asks_after_join",
+        "bytes_in",
+        "bytes_out",
+        "close_code",
+        "close_reason",
+        "closed",
+        "debug",
+        "dropped",
+        "encoder",
+        "explicit",
+        "gate",
+        "id",
+        "kick_scope",
+        "labels",
+        "messages_in",
+        "messages_out",
+        "metrics",
+        "opened_at",
+        "outbox",
+        "peer_close_code",
+        "policy",
+        "subscriptions",
+        "transport",
+    )
+
     def __init__(
         self,
         *,
