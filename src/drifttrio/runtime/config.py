@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import logging
 import math
@@ -469,8 +470,9 @@ class Config:
             max_room_bytes=self.max_room_bytes,
         )
 
-    @property
+    @functools.cached_property
     def decode_limits(self) -> DecodeLimits:
+        """The decode limits of these settings (made once: every connection asks)."""
         return DecodeLimits(
             max_depth=self.max_value_depth,
             max_key_bytes=self.max_key_bytes,
