@@ -354,15 +354,13 @@ class SqliteStorage:
                 if not entry.finished:
                     group, self._queued = self._queued, []
                     try:
-                        await self._run(partial(_commit_group, group), write=True)
+                        # Shielded: the group's other rooms wait on it (a worker thread
+                        # is not cancellable anyway; this covers threads=False too).
+                        with trio.CancelScope(shield=True):
+                            await self._run(partial(_commit_group, group), write=True)
                     except Exception as exc:
                         for other in group:
                             other.finish(exc)
-                        raise
-                    except BaseException:
-                        # Cancelled before it ran (threads=False): the next holder commits
-                        # the others.
-                        self._queued[:0] = [other for other in group if other is not entry]
                         raise
                     for other in group:
                         other.finish(None)
@@ -491,9 +489,10 @@ class _PendingCommit:
         self.error: Exception | None = None
 
     def finish(self, error: Exception | None) -> None:
+        """Done: committed (``error`` is ``None``) or not; the first outcome counts."""
         if not self.finished:
             self.finished = True
-            self.error = self.error or error
+            self.error = error
 
 
 def _commit_group(group: list[_PendingCommit], db: sqlite3.Connection) -> None:
