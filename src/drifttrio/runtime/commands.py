@@ -98,6 +98,11 @@ class PushCommand:
     value: Value
     action: Action
     origin: Origin
+    #: Who pushed it, as the authorize hook admitted them (see ``drifttrio.hooks``).
+    identity: object = None
+    #: Apply only if the key's last retained seq is this one (0: the key holds
+    #: nothing); otherwise refuse it as a conflict. ``None``: unconditional.
+    expect_seq: int | None = None
 
 
 @attrs.frozen(eq=False)

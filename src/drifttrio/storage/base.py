@@ -8,8 +8,10 @@ nothing.
 Optional capabilities, declared here so nobody probes for them by name:
 :class:`ExclusiveStorage` (only one process may write it: SQLite),
 :class:`WriteHealth` (it knows whether it can commit right now: SQLite),
-:class:`ServedStorage` (it runs a task while in use: Redis) and
-:class:`SharedStorage` (it orders rooms shared by several nodes: Redis).
+:class:`ServedStorage` (it runs a task while in use: Redis),
+:class:`SharedStorage` (it orders rooms shared by several nodes: Redis) and
+:class:`JournaledStorage` (it keeps committed pushes for ``Hooks.on_committed``
+until they are delivered: every built-in store).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ExclusiveStorage",
+    "JournalEntry",
+    "JournaledStorage",
     "RoomInfo",
     "RoomSnapshot",
     "ServedStorage",
@@ -178,3 +182,39 @@ class SharedStorage(Protocol):
 
     async def read_events(self, room_id: str, first: int, last: int) -> list[Event]:
         """Events ``first..last`` from the room's log (fewer if they were trimmed)."""
+
+
+@attrs.frozen
+class JournalEntry:
+    """One committed push kept for :meth:`drifttrio.hooks.Hooks.on_committed`.
+
+    ``id`` grows with every entry the store keeps (across rooms), so reading in
+    ``id`` order gives each room's entries in seq order."""
+
+    id: int
+    room_id: str
+    seq: int
+    #: ``replace``, ``append`` or ``compact`` (a :class:`StreamChange` kind).
+    action: str
+    key: str
+    value: object
+
+
+@runtime_checkable
+class JournaledStorage(Protocol):
+    """A backend that keeps, with each commit and in the same transaction, a journal
+    of the committed pushes, until a consumer has taken them: what makes
+    ``on_committed`` at-least-once and resumable after a restart."""
+
+    def enable_journal(self) -> None:
+        """Journal every commit from now on (off by default: it costs a write each)."""
+
+    async def read_journal(self, after: int, limit: int) -> list[JournalEntry]:
+        """Up to ``limit`` entries with an id greater than ``after``, by id."""
+
+    async def trim_journal(self, upto: int) -> None:
+        """Forget the entries with an id up to ``upto`` (they were delivered)."""
+
+    async def wait_journal(self, after: int) -> None:
+        """Return once an entry with an id greater than ``after`` may exist (at once
+        if one does; a store without a wake-up may poll)."""

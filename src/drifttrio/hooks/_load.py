@@ -1,0 +1,39 @@
+"""Hooks named by an import path (``drifttrio serve --hooks``, ``DRIFTTRIO_HOOKS``)."""
+
+from __future__ import annotations
+
+import importlib
+
+from .._errors import ConfigError
+from ._api import Hooks
+
+__all__ = ["load_hooks"]
+
+
+def load_hooks(path: str) -> Hooks:
+    """The :class:`Hooks` that ``module:attr`` names: an instance, or a class or
+    factory called with no arguments. One clear :class:`ConfigError` otherwise."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"hooks must be 'module:attribute', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module failed while importing
+        raise ConfigError(f"hooks: cannot import {module_name!r}: {exc}") from None
+    target: object = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(f"hooks: {module_name!r} has no attribute {attr!r}") from None
+    if isinstance(target, Hooks):
+        return target
+    if callable(target):
+        try:
+            made = target()
+        except Exception as exc:
+            raise ConfigError(f"hooks: {path} raised {type(exc).__name__}: {exc}") from None
+        if isinstance(made, Hooks):
+            return made
+        target = made
+    raise ConfigError(f"hooks: {path} is a {type(target).__name__}, not a drifttrio.hooks.Hooks")
