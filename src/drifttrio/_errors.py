@@ -37,6 +37,7 @@ class CloseCode:
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013  # a shared store (Redis) became unreachable or lost events
     TOO_MANY_ERRORS = 4000  # max_consecutive_errors undecodable/invalid messages in a row
+    ROOM_DELETED = 4004  # the room was deleted (Hub.delete_room) while connected
     PING_TIMEOUT = 4001  # no answer to a server ping within ping_timeout (drifttrio transport)
     SLOW_CLIENT = 4008  # the connection's outbox filled up (slow-client policy "disconnect")
     RATE_LIMITED = 4029  # 100 messages in a row refused by the connection's rate limit

@@ -198,6 +198,13 @@ def _parser() -> argparse.ArgumentParser:
         "--certfile", default=None, help="TLS certificate chain (PEM): serve https:// and wss://"
     )
     run.add_argument("--keyfile", default=None, help="its private key (PEM, unencrypted)")
+    run.add_argument(
+        "--hooks",
+        metavar="MODULE:ATTR",
+        default=None,
+        help="server-side room logic: a drifttrio.hooks.Hooks (instance, class or factory),"
+        " imported from the current directory or the Python path",
+    )
     _rooms_parser(commands)
     add_check_parser(commands)
     add_bench_parser(commands)
@@ -348,6 +355,7 @@ def _main(argv: Sequence[str] | None) -> int:
             trusted_proxies=args.trusted_proxies,
             certfile=args.certfile,
             keyfile=args.keyfile,
+            hooks=args.hooks,
         )
         configure_logging(config.log_format, config.log_level)
         warn_unknown_variables()

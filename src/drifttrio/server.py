@@ -29,6 +29,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from ._errors import ConfigError, DriftError
+from .hooks import Hooks, load_hooks
 from .runtime.config import Config
 from .runtime.hub import Hub
 from .storage.base import shown_url
@@ -193,9 +194,13 @@ async def serve(
     port: int | None = None,
     transport: str = "drifttrio",
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    hooks: Hooks | None = None,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (or until cancelled).
+
+    ``hooks``: the application's room logic (:class:`drifttrio.hooks.Hooks`; else
+    the one ``config.hooks`` names, if any).
 
     ``host`` and ``port``, when given, win over ``config.host`` and ``config.port``
     (127.0.0.1:8080 by default).
@@ -218,6 +223,8 @@ async def serve(
             port=config.port if port is None else port,
         )
     config = fit_descriptors(config, raise_descriptor_limit())
+    if hooks is None and config.hooks:
+        hooks = load_hooks(config.hooks)  # a bad path fails here, before anything is bound
     # A certificate or key that cannot be used fails here, before anything is bound
     # or opened.
     tls = server_ssl_context(config.certfile, config.keyfile) if config.certfile else None
@@ -228,7 +235,7 @@ async def serve(
             ops = await open_listeners(
                 config.metrics_host, config.metrics_port, flags=("--metrics-host", "--metrics-port")
             )
-        await _serve_on(config, public, ops, tls, checked, shutdown_trigger, task_status)
+        await _serve_on(config, public, ops, tls, checked, shutdown_trigger, hooks, task_status)
     finally:
         for listener in (*public, *ops):
             listener.socket.close()  # closed already unless something failed early
@@ -241,6 +248,7 @@ async def _serve_on(
     tls: ssl.SSLContext | None,
     transport: TransportName,
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    hooks: Hooks | None,
     task_status: trio.TaskStatus[RunningServer],
 ) -> None:
     """:func:`serve` once its listeners are bound."""
@@ -270,7 +278,7 @@ async def _serve_on(
         task_status.started(server)
 
     # Opens the store: a bad --store fails here, plainly.
-    async with open_app(config) as (hub, app), trio.open_nursery() as nursery:
+    async with open_app(config, hooks=hooks) as (hub, app), trio.open_nursery() as nursery:
         if ops:
             ops_host, ops_port = await nursery.start(
                 partial(serve_tcp, OpsApp(hub), config, listeners=ops)
@@ -418,13 +426,21 @@ async def open_server(
     host: str = "127.0.0.1",
     port: int = 0,
     transport: str = "drifttrio",
+    hooks: Hooks | None = None,
 ) -> AsyncIterator[RunningServer]:
-    """Run a server for the duration of the block; port 0 picks a free port."""
+    """Run a server for the duration of the block; port 0 picks a free port.
+    ``hooks``: the application's room logic (see :func:`serve`)."""
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         server: RunningServer = await nursery.start(
             partial(
-                serve, config, host=host, port=port, transport=transport, shutdown_trigger=stop.wait
+                serve,
+                config,
+                host=host,
+                port=port,
+                transport=transport,
+                shutdown_trigger=stop.wait,
+                hooks=hooks,
             )
         )
         try:

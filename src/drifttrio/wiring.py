@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Literal, TypeAlias
 
 from ._errors import ConfigError
+from .hooks import Hooks
 from .runtime.config import Config
 from .runtime.hub import Hub, open_hub
 from .storage import Storage
@@ -39,10 +40,10 @@ def checked_transport(transport: str) -> TransportName:
 
 @asynccontextmanager
 async def open_app(
-    config: Config, storage: Storage | None = None
+    config: Config, storage: Storage | None = None, hooks: Hooks | None = None
 ) -> AsyncIterator[tuple[Hub, DriftApp]]:
     """A running hub (on ``storage``, else the store ``config`` names: a store that
     cannot be opened fails here) and the app serving it, for the block; on exit the
     hub's rooms are cancelled (close them first for a graceful end)."""
-    async with open_hub(config, storage) as hub:
+    async with open_hub(config, storage, hooks=hooks) as hub:
         yield hub, DriftApp(config, hub=hub)

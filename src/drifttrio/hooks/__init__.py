@@ -11,6 +11,7 @@ from ._api import AuthorizeDecision as AuthorizeDecision
 from ._api import Committed as Committed
 from ._api import ConnectRequest as ConnectRequest
 from ._api import Event as Event
+from ._api import HookRefused as HookRefused
 from ._api import Hooks as Hooks
 from ._api import MemberJoined as MemberJoined
 from ._api import MemberLeft as MemberLeft
@@ -32,6 +33,7 @@ __all__ = [
     "Committed",
     "ConnectRequest",
     "Event",
+    "HookRefused",
     "Hooks",
     "MemberJoined",
     "MemberLeft",

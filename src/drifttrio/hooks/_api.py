@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
+from .._errors import ProtocolError
+
 __all__ = [
     "Accept",
     "Admit",
@@ -21,6 +23,7 @@ __all__ = [
     "Committed",
     "ConnectRequest",
     "Event",
+    "HookRefused",
     "Hooks",
     "MemberJoined",
     "MemberLeft",
@@ -112,6 +115,16 @@ class Refuse:
     def __attrs_post_init__(self) -> None:
         if not 400 <= self.status <= 599:
             raise ValueError(f"Refuse.status must be an HTTP error status, got {self.status}")
+
+
+class HookRefused(ProtocolError):
+    """A push the application's room logic refused (:class:`Refuse`): the sender
+    gets an ``error`` with its reason (HTTP: its status), :meth:`drifttrio.Hub.push`
+    raises this."""
+
+    def __init__(self, refusal: Refuse) -> None:
+        super().__init__(refusal.reason, status=refusal.status)
+        self.refusal = refusal
 
 
 # -- pushes -----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from .._errors import ConfigError
 from ._api import Hooks
@@ -14,6 +16,10 @@ def load_hooks(path: str) -> Hooks:
     """The :class:`Hooks` that ``module:attr`` names: an instance, or a class or
     factory called with no arguments. One clear :class:`ConfigError` otherwise."""
     module_name, sep, attr = path.partition(":")
+    # As ``python -m`` and ASGI servers do: the application's module may live in
+    # the directory the server was started from.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if not sep or not module_name or not attr:
         raise ConfigError(f"hooks must be 'module:attribute', got {path!r}")
     try:

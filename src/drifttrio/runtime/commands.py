@@ -8,7 +8,7 @@ room's bounded inbox, and is handled by the room task in order.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import attrs
 import trio
@@ -55,10 +55,15 @@ class Outcome(enum.Enum):
 class Reply:
     """The direct answer to a command from outside the room (HTTP, in-process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: Literal["http", "in_process"] = "in_process") -> None:
         self.message: ServerMessage | None = None
         #: How it ended (any ``Error`` reply is not :attr:`Outcome.DONE`).
         self.outcome = Outcome.DONE
+        #: The HTTP status of a :attr:`Outcome.REFUSED` answer (a room rule: 400;
+        #: the application's room logic says its own).
+        self.refused_status = 400
+        #: Who asked: an HTTP request or the in-process API (hooks are told).
+        self.source = source
         self.done = trio.Event()
 
     def send_message(self, message: ServerMessage) -> None:
@@ -70,6 +75,7 @@ class Reply:
         """The room refused the command with ``exc`` (answered next, as an ``error``)."""
         budget = isinstance(exc, PushRefused) and exc.reason is PushRefusal.BUDGET
         self.outcome = Outcome.TRY_LATER if budget else Outcome.REFUSED
+        self.refused_status = exc.status
 
     def fail(self, message: str, outcome: Outcome = Outcome.TRY_LATER) -> None:
         """Answer with an error (if not answered yet) and wake the waiter."""

@@ -416,6 +416,9 @@ class Config:
     allowed_origins: str = attrs.field(default="", validator=_TEXT)
     #: If set, ``POST /new`` needs ``Authorization: Bearer <api_key>`` (else 401).
     api_key: str = attrs.field(default="", repr=False, validator=_TEXT)
+    #: Server-side room logic: ``module:attribute`` naming a ``drifttrio.hooks.Hooks``
+    #: (an instance, or a class or factory called with no arguments). Empty: none.
+    hooks: str = attrs.field(default="", validator=_TEXT)
     #: If set, every room URL needs a signed, expiring ``token=`` (HTTP 401 without);
     #: ``POST /new`` hands out read-write URLs, ``POST /room/ID/token`` issues more.
     room_token_secret: str = attrs.field(default="", repr=False, validator=_TEXT)

@@ -19,7 +19,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 import trio
@@ -34,6 +34,8 @@ from .._errors import (
 )
 from ..core.budget import BudgetAccount, RetainedBudget
 from ..core.room_state import RoomLimits, RoomState
+from ..hooks import Hooks, RoomCreated, RoomDeleted, RoomExpired, load_hooks
+from ..hooks._runner import HookRunner
 from ..protocol.codec import check_value
 from ..protocol.messages import (
     Action,
@@ -87,8 +89,13 @@ class Hub:
         config: Config | None = None,
         storage: Storage | None = None,
         metrics: Metrics | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config or Config()
+        if hooks is None and self.config.hooks:
+            hooks = load_hooks(self.config.hooks)
+        #: The application's room logic (``None``: none, and nothing is paid for it).
+        self.hooks = None if hooks is None else HookRunner(hooks, self.config.decode_limits)
         #: This hub's Prometheus metrics (its own registry).
         self.metrics = metrics or Metrics()
         self.storage = storage if storage is not None else open_storage(self.config.store)
@@ -123,10 +130,14 @@ class Hub:
                 # Before any room is served: two servers on one SQLite file would each
                 # number the same room from its stored seq, and both commit.
                 self.storage.take_store_lock("serve")
+            if self.hooks is not None:
+                self.hooks.check_store(self.storage)
             async with trio.open_nursery() as nursery:
                 if isinstance(self.storage, ServedStorage):
                     # A networked store (Redis) connects and carries its event feed here.
                     await nursery.start(self.storage.run)
+                if self.hooks is not None:
+                    await nursery.start(self._run_hooks, self.hooks)
                 self._nursery = nursery
                 if self.config.room_ttl_seconds > 0:
                     nursery.start_soon(self._expire_idle_rooms)
@@ -136,6 +147,14 @@ class Hub:
             self._nursery = None
             with trio.CancelScope(shield=True):
                 await self.storage.aclose()
+
+    async def _run_hooks(
+        self, hooks: HookRunner, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The hooks' lifespan and event tasks, for as long as the hub runs."""
+        async with hooks.running(self.storage):
+            task_status.started()
+            await trio.sleep_forever()
 
     async def _expire_idle_rooms(self) -> None:
         """Delete rooms idle longer than the TTL (live rooms are never idle)."""
@@ -153,6 +172,9 @@ class Hub:
                 continue
             if expired:
                 log.info("expired %d idle room(s)", len(expired))
+                if self.hooks is not None:
+                    for room_id in expired:
+                        self.hooks.emit(RoomExpired(room_id))
 
     def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutdown") -> None:
         """Start draining: ask every member of every live room to close, and close the
@@ -203,7 +225,25 @@ class Hub:
             raise CapacityError(f"the server's limit of {limit} rooms is reached")
         room_id = new_room_id()
         await self.storage.create_room(room_id)
+        if self.hooks is not None:
+            self.hooks.emit(RoomCreated(room_id))
         return room_id
+
+    async def delete_room(self, room_id: str) -> None:
+        """Delete a room and its data: its members are closed with 4004 (room
+        deleted), what its inbox holds is refused. :class:`RoomNotFound` if it does
+        not exist."""
+        if not await self.room_exists(room_id):
+            raise RoomNotFound(room_id)
+        room = self.rooms.get(room_id)
+        if room is not None:
+            room.close_members(CloseCode.ROOM_DELETED, "room deleted")
+            self._release(room)
+            room.inbox.close()
+            await room.ended.wait()
+        await self.storage.delete_room(room_id)
+        if self.hooks is not None:
+            self.hooks.emit(RoomDeleted(room_id))
 
     async def room_exists(self, room_id: str) -> bool:
         if not valid_room_id(room_id):
@@ -253,6 +293,7 @@ class Hub:
                 self._forget,
                 self.metrics,
                 orderer,
+                self.hooks,
             )
             await orderer.open(shared)
             return shared
@@ -265,7 +306,9 @@ class Hub:
             broadcast_compact=self.config.broadcast_compact,
             limits=self._room_limits(),
         )
-        return Room(room_id, state, self.storage, self.config, self._forget, self.metrics)
+        return Room(
+            room_id, state, self.storage, self.config, self._forget, self.metrics, hooks=self.hooks
+        )
 
     def _forget(self, room: Room) -> None:
         self._release(room)
@@ -357,9 +400,14 @@ class Hub:
         self.metrics.rooms_evicted.inc()
         log.info("unloaded idle room %s to stay within max_retained_bytes", room_tag(room.room_id))
 
-    async def request(self, room_id: str, make: Callable[[Reply], Command]) -> Reply:
+    async def request(
+        self,
+        room_id: str,
+        make: Callable[[Reply], Command],
+        source: Literal["http", "in_process"] = "in_process",
+    ) -> Reply:
         """Submit ``make(reply)`` from outside the room and wait for its direct reply."""
-        reply = Reply()
+        reply = Reply(source)
         await self.submit(room_id, make(reply))
         await reply.done.wait()
         return reply
@@ -373,6 +421,7 @@ class Hub:
         transport: str = "in_process",
         asks_after_join: bool = False,
         write_now: Callable[[bytes], bool | None] | None = None,
+        identity: object = None,
     ) -> Member:
         """A room member with an outbox sized by the config; ``write_now``: its
         transport's non-blocking write, if it has one (see :meth:`Member.flush`)."""
@@ -386,6 +435,7 @@ class Hub:
             transport=transport,
             asks_after_join=asks_after_join,
             write_now=write_now,
+            identity=identity,
         )
 
     # -- in-process API ------------------------------------------------------------
@@ -475,10 +525,11 @@ class Subscription:
 
 @asynccontextmanager
 async def open_hub(
-    config: Config | None = None, storage: Storage | None = None
+    config: Config | None = None, storage: Storage | None = None, *, hooks: Hooks | None = None
 ) -> AsyncIterator[Hub]:
-    """Run a hub for the duration of the block (in-process use, no network)."""
-    hub = Hub(config, storage)
+    """Run a hub for the duration of the block (in-process use, no network);
+    ``hooks``: the application's room logic (else the one ``config.hooks`` names)."""
+    hub = Hub(config, storage, hooks=hooks)
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
         try:

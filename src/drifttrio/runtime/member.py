@@ -423,6 +423,7 @@ class Member:
         "explicit",
         "gate",
         "id",
+        "identity",
         "kick_scope",
         "labels",
         "messages_in",
@@ -448,9 +449,12 @@ class Member:
         transport: str = "in_process",
         asks_after_join: bool = False,
         write_now: Callable[[bytes], bool | None] | None = None,
+        identity: Any = None,
     ) -> None:
         #: A process-unique number, for log lines.
         self.id = next(_ids)
+        #: Who this member is, as the authorize hook admitted it (``drifttrio.hooks``).
+        self.identity = identity
         #: What encodes this member's frames (``None``: in-process, message objects).
         self.encoder: Final = encoder
         self.outbox = outbox

@@ -49,7 +49,7 @@ IN_KINDS: Final = ("relay", "replace", "append", "compact", "get", "ping", "inva
 #: Server messages, by type.
 OUT_KINDS: Final = ("push", "init", "stream_size", "pong", "error")
 #: Why an ``error`` message was sent.
-ERROR_REASONS: Final = ("invalid", "refused", "rate_limited", "storage", "slow_client")
+ERROR_REASONS: Final = ("invalid", "refused", "hook", "rate_limited", "storage", "slow_client")
 #: Why a connection ended (``client``: the peer closed or went away).
 CLOSE_REASONS: Final = (
     "client",
@@ -74,6 +74,7 @@ LIMITS: Final = (
     "rate_limit",
     "max_message_nodes",
     "address_budget",
+    "hook",
 )
 
 _LATENCY_BUCKETS: Final = (

@@ -18,13 +18,24 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeGuard
 
+import attrs
 import trio
 
 from .._errors import CloseCode, ProtocolError
 from ..core.join_gate import GateMode, Held, JoinGate, Offer
 from ..core.recent_keys import RecentKeys
 from ..core.room_state import PushOutcome, RoomState, StreamChange
-from ..protocol.messages import Error, Init, Pong, PushEvent, SeqValue, StreamSize
+from ..hooks._api import (
+    HookRefused,
+    MemberJoined,
+    MemberLeft,
+    PushRequest,
+    Refuse,
+    Replace,
+    RoomView,
+)
+from ..hooks._runner import HookRunner
+from ..protocol.messages import Compact, Error, Init, Pong, PushEvent, SeqValue, StreamSize
 from ..storage.base import Storage
 from .commands import (
     Command,
@@ -93,8 +104,13 @@ class Room:
         on_exit: Callable[[Room], None] = lambda room: None,
         metrics: Metrics | None = None,
         orderer: Orderer | None = None,
+        hooks: HookRunner | None = None,
     ) -> None:
         self.room_id = room_id
+        #: The application's room logic: ``decide`` runs here, in the room's order,
+        #: and membership events are told from here.
+        self._hooks = hooks
+        self._decides = hooks is not None and hooks.decides
         self.metrics = metrics or Metrics()
         # Messages in and out, counted during a batch and added to the metrics once.
         self._in: dict[str, int] = {}
@@ -120,6 +136,8 @@ class Room:
         #: hands to their writers) once the batch is delivered: see ``Member.flush``.
         self._flushes: list[Member] = []
         self.closed = False
+        #: Set once the task has ended and the room has left its hub.
+        self.ended = trio.Event()
 
     # -- the task --------------------------------------------------------------------
 
@@ -170,6 +188,7 @@ class Room:
             with trio.move_on_after(1.0) as scope:
                 scope.shield = True
                 await self.orderer.aclose(self)
+            self.ended.set()
 
     async def _next_command(self) -> Command | None:
         """The next command; ``None`` once the room should end: its inbox is closed, or
@@ -255,15 +274,20 @@ class Room:
 
     def _membership(self, command: Join | Leave) -> None:
         conn = command.conn
+        hooks = self._hooks
         if isinstance(command, Leave):
             if conn in self.members:
                 self.members.discard(conn)
                 self._debug_members -= conn.debug
                 self._forget_gate(conn)
+                if hooks is not None and conn.encoder is not None:
+                    hooks.emit(MemberLeft(self.room_id, conn.identity, len(self.members)))
             return
         if conn.closed:
             return
         self.members.add(conn)
+        if hooks is not None and conn.encoder is not None:
+            hooks.emit(MemberJoined(self.room_id, conn.identity, len(self.members)))
         conn.attach(self._flushes)
         self._attach_gate(conn)
         if conn.debug:
@@ -286,9 +310,11 @@ class Room:
             effects.append(Release(origin, None))
         if isinstance(command, PushCommand):
             try:
+                if self._decides:
+                    command = self._decide(command)
                 outcome = self.state.push(command.key, command.value, command.action)
             except ProtocolError as exc:
-                self.metrics.errors["refused"].inc()
+                self.metrics.errors["hook" if isinstance(exc, HookRefused) else "refused"].inc()
                 if isinstance(origin, Reply):
                     origin.refused(exc)
                 effects.append((origin, Error(exc.message)))
@@ -318,6 +344,28 @@ class Room:
             effects.append((origin, Pong(command.nonce)))
         if isinstance(origin, Reply):
             effects.append(Done(origin))
+
+    def _decide(self, command: PushCommand) -> PushCommand:
+        """The push as the ``decide`` hook lets it through (its value maybe
+        replaced); :class:`HookRefused` if the hook refuses it."""
+        assert self._hooks is not None
+        origin = command.origin
+        action = command.action
+        request = PushRequest(
+            self.room_id,
+            command.key,
+            action.TAG,
+            command.value,
+            command.identity,
+            origin.source if isinstance(origin, Reply) else "websocket",
+            action.seq if isinstance(action, Compact) else None,
+        )
+        decision = self._hooks.decide(RoomView(self.room_id, self.state), request)
+        if isinstance(decision, Refuse):
+            raise HookRefused(decision)
+        if isinstance(decision, Replace):
+            return attrs.evolve(command, value=decision.value)
+        return command
 
     def broadcast_of(self, key: str, outcome: PushOutcome) -> Broadcast | None:
         """What to deliver for an applied push: the broadcast, and for debug members

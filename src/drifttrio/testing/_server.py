@@ -26,6 +26,7 @@ from hypercorn.utils import wrap_app
 from trio_websocket import HandshakeError, WebSocketConnection, wrap_client_stream
 
 from .._errors import RoomNotFound
+from ..hooks import Hooks
 from ..protocol.messages import SeqValue
 from ..runtime.config import Config
 from ..runtime.hub import Hub
@@ -342,6 +343,7 @@ async def open_test_server(
     tmp_path: str | Path | None = None,
     transport: TransportName = "drifttrio",
     host: str = "drift.test",
+    hooks: Hooks | None = None,
 ) -> AsyncIterator[DriftTestServer]:
     """Run a drifttrio server in-process for the duration of the block.
 
@@ -349,7 +351,8 @@ async def open_test_server(
     in-memory database) or a :class:`~drifttrio.storage.Storage` of your own.
     The built-in stores stamp activity with ``trio.current_time``, so room TTLs
     follow a MockClock. ``config.store`` is ignored. ``transport`` picks the
-    connection handler, as ``drifttrio serve --transport`` does.
+    connection handler, as ``drifttrio serve --transport`` does. ``hooks``: the
+    application's room logic (:class:`drifttrio.hooks.Hooks`).
 
     On exit, connections still open are dropped and every task is cancelled;
     a MockClock autojumps meanwhile (shutdown has deadlines), then is restored.
@@ -364,7 +367,10 @@ async def open_test_server(
     clock = trio.lowlevel.current_clock()
     threshold = clock.autojump_threshold if isinstance(clock, trio.testing.MockClock) else None
     try:
-        async with open_app(config, storage) as (hub, app), trio.open_nursery() as server_nursery:
+        async with (
+            open_app(config, storage, hooks) as (hub, app),
+            trio.open_nursery() as server_nursery,
+        ):
             try:
                 async with trio.open_nursery() as client_nursery:
                     server = DriftTestServer(

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from functools import partial
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -31,9 +32,11 @@ from .._errors import (
     StorageError,
     unwrap_group,
 )
+from ..hooks import Admit, Hooks, Refuse
+from ..hooks._api import ADMIT_ALL
 from ..protocol.codec import CBOR, JSON, decode_json_client_message, json_nodes
 from ..protocol.messages import Error, Init, Push
-from ..runtime.commands import Outcome
+from ..runtime.commands import Command, Outcome, PushCommand, Reply
 from ..runtime.config import Config
 from ..runtime.hub import Hub, open_hub
 from ..runtime.member import Member
@@ -42,7 +45,15 @@ from ..runtime.room import Join
 from .limits import ClientBudgets, ConnectionCounter, KeyedRateLimiter
 from .ops import handle_ops, is_ops_path
 from .peer import AsgiPeer, Peer
-from .policy import READ_ONLY_REFUSAL, authorize, count_invalid, parse_query, read_only
+from .policy import (
+    READ_ONLY_REFUSAL,
+    authorize,
+    connect_request,
+    count_invalid,
+    parse_query,
+    read_only,
+    screen_push,
+)
 from .proxy import TrustedProxies
 from .session import Session, command_for
 from .tokens import READ, WRITE, issue_room_token, token_expiry
@@ -57,6 +68,8 @@ Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
+#: Scope key: what the authorize hook admitted an HTTP request with.
+_ADMIT_KEY: Final = "drifttrio.admit"
 _ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send|/token)?/?")
 #: The ``reason`` label of a close code the server chose.
 _CLOSE_REASONS = {
@@ -103,6 +116,7 @@ class DriftApp:
         *,
         hub: Hub | None = None,
         startup_failed: Callable[[str], None] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         """Serve ``hub``'s rooms, or (without one) run a hub of its own from ``config``
         in the ASGI lifespan. ``startup_failed`` is called with one line saying why
@@ -112,6 +126,8 @@ class DriftApp:
         self.config = config or (hub.config if hub is not None else Config())
         self.hub = hub
         self._startup_failed = startup_failed
+        #: The room logic of the hub this app runs itself (a given ``hub`` has its own).
+        self._hooks = hooks
         self._owns_hub = hub is None
         self._ready = hub is not None
         cfg = self.config
@@ -159,7 +175,8 @@ class DriftApp:
         started = False
         try:
             _require_trio()
-            async with open_hub(self.config) as hub:  # opens the store: a bad one fails here
+            # Opens the store (a bad one fails here) and loads the hooks.
+            async with open_hub(self.config, hooks=self._hooks) as hub:
                 self.hub = hub
                 self._ready = started = True
                 await send({"type": "lifespan.startup.complete"})
@@ -289,6 +306,14 @@ class DriftApp:
             except ProtocolError as exc:
                 await self._error(send, exc.status, exc.message)
                 return
+            if hub.hooks is not None and hub.hooks.authorizes:
+                request = connect_request(scope, room_id, "http", _client_ip(scope), token)
+                decision = await hub.hooks.authorize(request)
+                if isinstance(decision, Refuse):
+                    hub.metrics.rejected["hook"].inc()
+                    await self._error(send, decision.status, decision.reason)
+                    return
+                scope[_ADMIT_KEY] = decision
             if not await hub.room_exists(room_id):
                 await self._error(send, 404, "room not found")
                 return
@@ -459,8 +484,23 @@ class DriftApp:
         if isinstance(message, Push) and read_only(scope):
             await self._error(send, 403, READ_ONLY_REFUSAL)
             return
+        make: Callable[[Reply], Command]
+        if isinstance(message, Push):
+            admit: Admit = scope.get(_ADMIT_KEY, ADMIT_ALL)
+            screen = await screen_push(hub.hooks, admit, room_id, message, "http")
+            if isinstance(screen, Refuse):
+                hub.metrics.errors["hook"].inc()
+                await self._error(send, screen.status, screen.reason)
+                return
+            value, expect_seq = screen
+            push = message
+
+            def make(origin: Reply) -> Command:
+                return PushCommand(push.key, value, push.action, origin, admit.identity, expect_seq)
+        else:
+            make = partial(command_for, message)
         try:
-            reply = await hub.request(room_id, lambda origin: command_for(message, origin))
+            reply = await hub.request(room_id, make, "http")
         except RoomNotFound:
             await self._error(send, 404, "room not found")
             return
@@ -472,7 +512,12 @@ class DriftApp:
             return
         answer = reply.message
         if isinstance(answer, Error):
-            await self._error(send, _REPLY_STATUS[reply.outcome], answer.message)
+            status = (
+                reply.refused_status
+                if reply.outcome is Outcome.REFUSED
+                else _REPLY_STATUS[reply.outcome]
+            )
+            await self._error(send, status, answer.message)
             return
         if isinstance(answer, Init):
             await self._respond_init(send, answer)
@@ -533,9 +578,9 @@ class DriftApp:
         # Admission is over before the member runs: one frame less per connection.
         admitted = await self._admit(peer)
         if admitted is not None:
-            hub, room_id, ip = admitted  # counted in by _admit, no checkpoint since
+            hub, room_id, ip, admit = admitted  # counted in by _admit, no checkpoint since
             try:
-                await self._join(peer, hub, room_id)
+                await self._join(peer, hub, room_id, admit)
             finally:
                 self._connections.remove(ip, room_id)
 
@@ -543,10 +588,11 @@ class DriftApp:
         body = orjson.dumps({"type": "error", "message": message})
         await peer.reject(status, body, [(b"content-type", b"application/json"), *self._cors()])
 
-    async def _admit(self, peer: Peer) -> tuple[Hub, str, str] | None:
-        """Check an upgrade (room, origin, token, connection limits); refuse it, or
-        count the connection in and return the hub, the room id and the client
-        address to join with (the caller counts it out)."""
+    async def _admit(self, peer: Peer) -> tuple[Hub, str, str, Admit] | None:
+        """Check an upgrade (room, origin, token, the authorize hook, connection
+        limits); refuse it, or count the connection in and return the hub, the room
+        id, the client address and the admission to join with (the caller counts it
+        out)."""
         scope = peer.scope
         hub = self.hub
         if hub is None or not self._ready:
@@ -562,14 +608,23 @@ class DriftApp:
             await self._reject(peer, 403, "origin not allowed")
             return None
         try:
-            authorize(self.config, scope, room_id)
+            token = authorize(self.config, scope, room_id)
         except ProtocolError as exc:
             await self._reject(peer, exc.status, exc.message)
             return None
+        ip = _client_ip(scope)
+        admit = ADMIT_ALL
+        if hub.hooks is not None and hub.hooks.authorizes:
+            request = connect_request(scope, room_id, "websocket", ip, token)
+            decision = await hub.hooks.authorize(request)
+            if isinstance(decision, Refuse):
+                hub.metrics.rejected["hook"].inc()
+                await self._reject(peer, decision.status, decision.reason)
+                return None
+            admit = decision
         if not await hub.room_exists(room_id):
             await self._reject(peer, 404, "room not found")
             return None
-        ip = _client_ip(scope)
         exceeded = self._connections.exceeded(ip, room_id)
         if exceeded is not None:
             limit, cap = exceeded
@@ -577,7 +632,7 @@ class DriftApp:
             await self._reject(peer, 503, limit.refusal(cap))
             return None
         self._connections.add(ip, room_id)
-        return hub, room_id, ip
+        return hub, room_id, ip, admit
 
     def _origin_allowed(self, scope: Scope) -> bool:
         """Whether the ``Origin`` header, if any, is allowed (``allowed_origins``)."""
@@ -587,7 +642,7 @@ class DriftApp:
         origin = dict(scope.get("headers") or ()).get(b"origin")
         return origin is None or origin.decode("latin-1").rstrip("/") in origins
 
-    async def _join(self, peer: Peer, hub: Hub, room_id: str) -> None:
+    async def _join(self, peer: Peer, hub: Hub, room_id: str, admit: Admit) -> None:
         scope = peer.scope
         params = parse_query(scope.get("query_string", b""))
         conn = hub.new_member(
@@ -597,6 +652,7 @@ class DriftApp:
             transport=peer.transport,
             asks_after_join=True,
             write_now=peer.write_now,
+            identity=admit.identity,
         )
         # Join before accepting, so a client that sees the handshake complete is
         # already a member and misses nothing pushed after it.
@@ -625,6 +681,8 @@ class DriftApp:
             read_only=read_only(scope),
             budgets=self.budgets,
             ip=_client_ip(scope),
+            admit=admit,
+            hooks=hub.hooks,
         )
         code: int | None = None
         reason, by_peer = "", False

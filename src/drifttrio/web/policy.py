@@ -10,12 +10,24 @@ from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from ..hooks import Admit, ConnectRequest, PushRequest, Refuse, Replace, Source
+from ..hooks._runner import HookRunner
 from ..protocol.codec import DecodeLimits
+from ..protocol.messages import Compact, Push, Value
 from ..runtime.config import Config
 from ..runtime.metrics import Metrics
-from .tokens import READ, verify_room_token
+from .tokens import READ, token_expiry, verify_room_token
 
-__all__ = ["READ_ONLY_REFUSAL", "authorize", "count_invalid", "parse_query", "read_only"]
+__all__ = [
+    "READ_ONLY_REFUSAL",
+    "authorize",
+    "connect_request",
+    "count_invalid",
+    "key_refusal",
+    "parse_query",
+    "read_only",
+    "screen_push",
+]
 
 #: What a push under a read-only room token is answered with.
 READ_ONLY_REFUSAL = "read-only token: push refused"
@@ -54,6 +66,57 @@ def authorize(config: Config, scope: MutableMapping[str, Any], room_id: str) -> 
     token = parse_query(scope.get("query_string", b"")).get("token")
     scope[_ACCESS_KEY] = verify_room_token(secret, room_id, token)
     return token
+
+
+def connect_request(
+    scope: MutableMapping[str, Any], room_id: str, source: Source, client: str, token: str | None
+) -> ConnectRequest:
+    """What the application's ``authorize`` hook is asked about a request to ``room_id``
+    (after :func:`authorize` checked its token, if tokens are on)."""
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers") or ():
+        key = bytes(name).decode("latin-1").lower()
+        text = bytes(value).decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    claims = None
+    access = scope.get(_ACCESS_KEY)
+    if access is not None and token:
+        claims = {"room": room_id, "access": access, "expires": token_expiry(token)}
+    query = parse_query(scope.get("query_string", b""))
+    return ConnectRequest(room_id, source, client, headers, query, claims)
+
+
+def key_refusal(key: str) -> str:
+    """What a push to ``key`` that its admission does not let it write is answered with."""
+    return f"push refused: not allowed to write key {key!r}"
+
+
+async def screen_push(
+    hooks: HookRunner | None, admit: Admit, room_id: str, push: Push, source: Source
+) -> tuple[Value, int | None] | Refuse:
+    """Whether a client's push may go to its room: its admission must let it write
+    the key, then the ``on_push`` hook (if any) decides. The value to push (maybe
+    replaced) and the ``expect_seq`` to push it with, or the :class:`Refuse`."""
+    if not admit.may_write(push.key):
+        return Refuse(key_refusal(push.key), 403)
+    if hooks is None or not hooks.screens_pushes:
+        return push.value, None
+    action = push.action
+    request = PushRequest(
+        room_id,
+        push.key,
+        action.TAG,
+        push.value,
+        admit.identity,
+        source,
+        action.seq if isinstance(action, Compact) else None,
+    )
+    decision = await hooks.screen_push(request)
+    if isinstance(decision, Refuse):
+        return decision
+    if isinstance(decision, Replace):
+        return Value(decision.value), decision.expect_seq
+    return push.value, decision.expect_seq
 
 
 def read_only(scope: MutableMapping[str, Any]) -> bool:

@@ -17,6 +17,9 @@ from typing import Any
 import trio
 
 from .._errors import CloseCode, ProtocolError
+from ..hooks import Admit, Refuse
+from ..hooks._api import ADMIT_ALL
+from ..hooks._runner import HookRunner
 from ..protocol.codec import (
     cbor_nodes,
     decode_cbor_client_message,
@@ -29,7 +32,7 @@ from ..runtime.member import Member
 from ..runtime.room import Command, GetCommand, Leave, PingCommand, PushCommand, Room
 from .limits import ClientBudgets, TokenBucket
 from .peer import Peer
-from .policy import READ_ONLY_REFUSAL, count_invalid
+from .policy import READ_ONLY_REFUSAL, count_invalid, screen_push
 
 __all__ = ["Session", "command_for"]
 
@@ -37,7 +40,8 @@ _CLOSE_DRAIN_SECONDS = 1.0
 
 
 def command_for(message: ClientMessage, origin: Any) -> Command:
-    """The room command for a decoded client message from ``origin``."""
+    """The room command for a decoded client message from ``origin`` (a push
+    unscreened: see :func:`~drifttrio.web.policy.screen_push`)."""
     if isinstance(message, Push):
         return PushCommand(message.key, message.value, message.action, origin)
     if isinstance(message, Get):
@@ -59,6 +63,8 @@ class Session:
         read_only: bool = False,
         budgets: ClientBudgets | None = None,
         ip: str = "unknown",
+        admit: Admit = ADMIT_ALL,
+        hooks: HookRunner | None = None,
     ) -> None:
         self.config = config
         self.conn = conn
@@ -69,6 +75,10 @@ class Session:
         #: What the client address ``ip`` may spend, shared by all its connections.
         self.budgets = budgets or ClientBudgets()
         self.ip = ip
+        #: What the authorize hook admitted this member with (its identity, the keys
+        #: it may write), and the hooks screening its pushes.
+        self.admit = admit
+        self.hooks = hooks
 
     async def run(self) -> tuple[int | None, str, bool]:
         """Run until either side ends; return the close code, its reason, and
@@ -136,6 +146,10 @@ class Session:
         # is not read from either. drifttrio's transport writes a batch at once.
         pace = peer.paced
         budgets, ip = self.budgets, self.ip
+        # Pushes are screened (keys it may write, the on_push hook) only when the
+        # application has a say: without hooks this costs one test per message.
+        admit, hooks, room_id = self.admit, self.hooks, room.room_id
+        screened = admit is not ADMIT_ALL or (hooks is not None and hooks.screens_pushes)
         while True:
             if pace:
                 await conn.outbox.wait_taken()
@@ -190,7 +204,19 @@ class Session:
                     return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
                 continue
             errors = 0
-            command = command_for(client_message, conn)
+            if screened and isinstance(client_message, Push):
+                screen = await screen_push(hooks, admit, room_id, client_message, "websocket")
+                if isinstance(screen, Refuse):
+                    metrics.errors["hook"].inc()
+                    conn.tell(Error(screen.reason))
+                    continue
+                value, expect_seq = screen
+                push = client_message
+                command: Command = PushCommand(
+                    push.key, value, push.action, conn, admit.identity, expect_seq
+                )
+            else:
+                command = command_for(client_message, conn)
             try:
                 # Without yielding while there is room: every message already read
                 # reaches the room before it wakes, so it applies (and commits, and
