@@ -62,6 +62,8 @@ class Reply:
         #: The HTTP status of a :attr:`Outcome.REFUSED` answer (a room rule: 400;
         #: the application's room logic says its own).
         self.refused_status = 400
+        #: Why a room rule or the room logic refused it (raised by the in-process API).
+        self.refusal: ProtocolError | None = None
         #: Who asked: an HTTP request or the in-process API (hooks are told).
         self.source = source
         self.done = trio.Event()
@@ -76,6 +78,7 @@ class Reply:
         budget = isinstance(exc, PushRefused) and exc.reason is PushRefusal.BUDGET
         self.outcome = Outcome.TRY_LATER if budget else Outcome.REFUSED
         self.refused_status = exc.status
+        self.refusal = exc
 
     def fail(self, message: str, outcome: Outcome = Outcome.TRY_LATER) -> None:
         """Answer with an error (if not answered yet) and wake the waiter."""

@@ -459,7 +459,7 @@ class Hub:
         if isinstance(message, Error):
             if reply.outcome is Outcome.TRY_LATER:
                 raise StorageError(message.message)
-            raise ProtocolError(message.message)
+            raise reply.refusal or ProtocolError(message.message)
         return message.size if isinstance(message, StreamSize) else None
 
     async def get(self, room_id: str, key: str, since: int = 0) -> list[SeqValue]:

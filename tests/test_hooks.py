@@ -1,0 +1,473 @@
+"""Server-side room logic (``drifttrio.hooks``): each hook and each failure mode, on
+both transports, over the real app (in-process connections, mock clock).
+
+A hook that raises, times out or answers nonsense refuses that request or push with
+a clear error and one log line; it never closes the connection or the room, and
+the next push goes through.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionRejected
+
+from drifttrio import CloseCode, Config, ConfigError, ProtocolError
+from drifttrio.hooks import (
+    Accept,
+    Admit,
+    ConnectRequest,
+    Event,
+    HookRefused,
+    Hooks,
+    MemberJoined,
+    MemberLeft,
+    PushRequest,
+    Refuse,
+    Replace,
+    RoomCreated,
+    RoomDeleted,
+    RoomView,
+    load_hooks,
+)
+from drifttrio.runtime.hub import open_hub
+from drifttrio.server import TRANSPORTS
+from drifttrio.testing import DriftClient, open_test_server, settle
+
+pytest_plugins = ["drifttrio.testing.pytest_plugin"]
+
+transports = pytest.mark.parametrize("transport", TRANSPORTS)
+
+
+async def _next(client: DriftClient, kind: str) -> dict[str, Any]:
+    """The next message of type ``kind`` (pushes echo, errors, ...)."""
+    while True:
+        message = await client.receive()
+        if message["type"] == kind:
+            return message
+
+
+# -- authorize ---------------------------------------------------------------------------
+
+
+class Gate(Hooks):
+    """Admits ``?user=NAME`` (writing only ``NAME/*`` and ``chat``), refuses others."""
+
+    def __init__(self) -> None:
+        self.asked: list[ConnectRequest] = []
+
+    def authorize(self, request: ConnectRequest) -> Admit | Refuse:
+        self.asked.append(request)
+        user = request.query.get("user")
+        if user is None:
+            return Refuse("who are you?", 401)
+        if user == "reader":
+            return Admit(identity=user, write=False)
+        return Admit(identity={"user": user}, keys={f"{user}/*", "chat"})
+
+
+@transports
+async def test_authorize_refuses_an_upgrade_with_its_status_and_reason(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    gate = Gate()
+    async with open_test_server(transport=transport, hooks=gate) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        with pytest.raises(ConnectionRejected) as refused:
+            await server.connect(room, headers=[("x-app", "1")])
+        assert refused.value.status_code == 401
+        assert b"who are you?" in (refused.value.body or b"")
+        (asked,) = gate.asked
+        assert asked.room_id == room
+        assert asked.source == "websocket"
+        assert asked.headers["x-app"] == "1"
+        assert asked.client == "127.0.0.1"
+        assert server.hub.metrics.rejected["hook"]._value.get() == 1
+
+
+@transports
+async def test_admitted_identity_and_key_permissions_apply_to_pushes(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    async with open_test_server(transport=transport, hooks=Gate()) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        async with await server.connect(room, query="user=ann") as ann:
+            await ann.push("ann/cursor", 1, "replace")
+            assert (await _next(ann, "push"))["value"] == 1
+            await ann.push("bob/cursor", 2, "replace")
+            error = await _next(ann, "error")
+            assert error["message"] == "push refused: not allowed to write key 'bob/cursor'"
+            await ann.push("chat", "hi")
+            assert (await _next(ann, "push"))["value"] == "hi"  # still connected, in order
+        async with await server.connect(room, query="user=reader") as reader:
+            await reader.push("chat", "x")
+            assert "not allowed" in (await _next(reader, "error"))["message"]
+            await reader.get("chat")
+            init = await _next(reader, "init")
+            assert [e["value"] for e in init["data"]] == ["hi"]  # reads stay room-wide
+
+
+@transports
+async def test_authorize_covers_http_room_requests(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    gate = Gate()
+    async with open_test_server(transport=transport, hooks=gate) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        assert gate.asked == []  # POST /new is not a room request
+        answer = await server.send(room, {"type": "get", "key": "chat", "seq": 0})
+        assert answer.status == 401
+        push = {"type": "push", "key": "bob/x", "value": 1, "action": {"type": "append"}}
+        refused = await server.request("POST", f"/room/{room}/send?user=ann", json_body=push)
+        assert refused.status == 403
+        assert "not allowed to write key 'bob/x'" in refused.json()["message"]
+        push["key"] = "ann/x"
+        ok = await server.request("POST", f"/room/{room}/send?user=ann", json_body=push)
+        assert ok.status == 200
+        assert gate.asked[-1].source == "http"
+
+
+class Broken(Hooks):
+    authorize_timeout = 1.0
+    push_timeout = 1.0
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    async def authorize(self, request: ConnectRequest) -> Any:
+        if self.mode == "raise":
+            raise RuntimeError("backend bug")
+        if self.mode == "slow":
+            await trio.sleep(10)
+        return "yes"  # nonsense
+
+    async def on_push(self, push: PushRequest) -> Any:
+        if push.value == "raise":
+            raise RuntimeError("backend bug")
+        if push.value == "slow":
+            await trio.sleep(10)
+        if push.value == "nonsense":
+            return 42
+        if push.value == "unsendable":
+            return Replace({1, 2})
+        return None
+
+
+@transports
+@pytest.mark.parametrize("mode", ["raise", "slow", "nonsense"])
+async def test_a_failing_authorize_hook_answers_503_with_one_log_line(
+    autojump_clock: trio.abc.Clock,
+    transport: str,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_test_server(transport=transport, hooks=Broken(mode)) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        caplog.clear()
+        with (
+            caplog.at_level(logging.WARNING, logger="drifttrio.hooks"),
+            pytest.raises(ConnectionRejected) as refused,
+        ):
+            await server.connect(room)
+        assert refused.value.status_code == 503
+        records = [r for r in caplog.records if r.name == "drifttrio.hooks"]
+        assert len(records) == 1
+        assert records[0].exc_info is None
+        assert "authorize" in records[0].getMessage()
+
+
+@transports
+async def test_a_failing_push_hook_refuses_that_push_only(
+    autojump_clock: trio.abc.Clock, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    hooks = Broken("ok")
+    hooks.authorize = lambda request: None  # type: ignore[method-assign, assignment]
+    async with open_test_server(transport=transport, hooks=hooks) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        async with await server.connect(room) as client:
+            with caplog.at_level(logging.WARNING, logger="drifttrio.hooks"):
+                for bad, text in [
+                    ("raise", "failed"),
+                    ("slow", "timed out"),
+                    ("nonsense", "failed"),
+                    ("unsendable", "failed"),
+                ]:
+                    await client.push("k", bad)
+                    error = await _next(client, "error")
+                    assert text in error["message"], bad
+                await client.push("k", "fine")
+                assert (await _next(client, "push"))["value"] == "fine"
+            records = [r for r in caplog.records if r.name == "drifttrio.hooks"]
+            assert len(records) == 4
+            assert all(r.exc_info is None for r in records)
+        assert server.hub.rooms[room].state.seq == 1  # refused pushes took no seq
+
+
+# -- on_push -------------------------------------------------------------------------------
+
+
+class Moderator(Hooks):
+    """Refuses banned words, stamps the sender's name into chat messages."""
+
+    def authorize(self, request: ConnectRequest) -> Admit:
+        return Admit(identity=request.query.get("user", "anonymous"))
+
+    async def on_push(self, push: PushRequest) -> Accept | Replace | Refuse:
+        await trio.sleep(0.01)  # an async hook: the room never waits for it
+        if "darn" in str(push.value):
+            return Refuse("push refused: mind your language")
+        if push.key == "chat":
+            return Replace({"text": push.value, "from": push.identity})
+        return Accept()
+
+
+@transports
+async def test_on_push_refuses_and_replaces_in_each_connections_order(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    async with open_test_server(transport=transport, hooks=Moderator()) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        async with (
+            await server.connect(room, query="user=ann") as ann,
+            await server.connect(room, query="user=bob") as bob,
+        ):
+            await bob.get("chat")
+            await _next(bob, "init")
+            for text in ["one", "darn", "two", "three"]:
+                await ann.push("chat", text)
+            assert (await _next(ann, "error"))["message"] == "push refused: mind your language"
+            seen = [(await _next(bob, "push"))["value"] for _ in range(3)]
+            assert seen == [{"text": t, "from": "ann"} for t in ["one", "two", "three"]]
+            # over HTTP too, with the status the hook chose
+            push = {"type": "push", "key": "chat", "value": "darn", "action": {"type": "append"}}
+            answer = await server.send(room, push)
+            assert answer.status == 403
+            assert "mind your language" in answer.json()["message"]
+
+
+async def test_in_process_pushes_are_trusted(autojump_clock: trio.abc.Clock) -> None:
+    async with open_hub(hooks=Moderator()) as hub:
+        room = await hub.create_room()
+        await hub.push(room, "chat", "darn")  # on_push is for clients
+        (entry,) = await hub.get(room, "chat")
+        assert entry.value == "darn"
+
+
+# -- decide: in the room's order ------------------------------------------------------------
+
+
+class TicTacToe(Hooks):
+    """Each move is an append to ``moves``: legal only on a free cell, players alternate."""
+
+    def decide(self, room: RoomView, push: PushRequest) -> Refuse | None:
+        if push.key != "moves":
+            return None
+        moves = [value for _, value in room.values("moves")]
+        cell = push.value.get("cell") if isinstance(push.value, dict) else None
+        if cell not in range(9) or any(m["cell"] == cell for m in moves):
+            return Refuse("illegal move")
+        player = "x" if len(moves) % 2 == 0 else "o"
+        if push.value.get("player") != player:
+            return Refuse(f"not your turn: {player} plays")
+        return None
+
+
+@transports
+async def test_decide_judges_concurrent_moves_against_the_state_the_other_left(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    async with open_test_server(transport=transport, hooks=TicTacToe()) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        async with await server.connect(room) as x, await server.connect(room) as also_x:
+            # Two clients claim the same cell at once: exactly one move is legal.
+            await x.push("moves", {"cell": 4, "player": "x"})
+            await also_x.push("moves", {"cell": 4, "player": "x"})
+            await settle()
+            moves = [e.value for e in server.hub.rooms[room].state.get("moves")]
+            assert moves == [{"cell": 4, "player": "x"}]
+            errors = [m for c in (x, also_x) for m in await c.drain() if m["type"] == "error"]
+            assert [e["message"] for e in errors] == ["illegal move"]
+            answer = await server.send(
+                room,
+                {
+                    "type": "push",
+                    "key": "moves",
+                    "value": {"cell": 0, "player": "x"},
+                    "action": {"type": "append"},
+                },
+            )
+            assert answer.status == 403
+            assert answer.json()["message"] == "not your turn: o plays"
+
+
+async def test_decide_applies_to_in_process_pushes(autojump_clock: trio.abc.Clock) -> None:
+    async with open_hub(hooks=TicTacToe()) as hub:
+        room = await hub.create_room()
+        await hub.push(room, "moves", {"cell": 0, "player": "x"})
+        with pytest.raises(HookRefused, match="not your turn"):
+            await hub.push(room, "moves", {"cell": 1, "player": "x"})
+
+
+class RaisingRule(Hooks):
+    def decide(self, room: RoomView, push: PushRequest) -> None:
+        if push.value == "boom":
+            raise ValueError("bug in the rule")
+
+
+async def test_a_raising_decide_refuses_the_push_and_the_room_lives_on(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_test_server(hooks=RaisingRule()) as server:
+        room = await server.new_room()
+        async with await server.connect(room) as client:
+            with caplog.at_level(logging.WARNING, logger="drifttrio.hooks"):
+                await client.push("k", "boom")
+                assert "failed" in (await _next(client, "error"))["message"]
+            await client.push("k", "fine")
+            assert (await _next(client, "push"))["seq"] == 1
+        assert [r.name for r in caplog.records].count("drifttrio.hooks") == 1
+
+
+async def test_decide_is_refused_on_a_shared_store_at_start_up() -> None:
+    from drifttrio.hooks._runner import HookRunner
+    from drifttrio.storage.base import SharedStorage
+
+    def nothing(*args: object) -> None:
+        pass
+
+    class FakeShared:  # only isinstance is asked
+        load_room = follow = unfollow = push_batch = read_events = nothing
+
+    assert isinstance(FakeShared(), SharedStorage)
+    with pytest.raises(ConfigError, match="expect_seq"):
+        HookRunner(TicTacToe()).check_store(FakeShared())  # type: ignore[arg-type]
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+class Recorder(Hooks):
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.arrived = trio.Event()
+
+    def authorize(self, request: ConnectRequest) -> Admit:
+        return Admit(identity=request.query.get("user"))
+
+    async def on_event(self, event: Event) -> None:
+        self.events.append(event)
+        self.arrived.set()
+
+
+@transports
+async def test_room_and_membership_events(autojump_clock: trio.abc.Clock, transport: str) -> None:
+    recorder = Recorder()
+    async with open_test_server(transport=transport, hooks=recorder) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        async with (
+            await server.connect(room, query="user=ann"),
+            await server.connect(room, query="user=bob"),
+        ):
+            await settle()
+        await settle()
+        await server.hub.delete_room(room)
+        await settle()
+        assert recorder.events == [
+            RoomCreated(room),
+            MemberJoined(room, "ann", 1),
+            MemberJoined(room, "bob", 2),
+            MemberLeft(room, "bob", 1),
+            MemberLeft(room, "ann", 0),
+            RoomDeleted(room),
+        ]
+
+
+async def test_a_stuck_event_consumer_never_slows_the_room(autojump_clock: trio.abc.Clock) -> None:
+    class Stuck(Hooks):
+        async def on_event(self, event: Event) -> None:
+            await trio.sleep_forever()
+
+    async with open_test_server(hooks=Stuck()) as server:
+        room = await server.new_room()
+        for _ in range(5000):  # more than the queue holds: dropped, counted
+            server.hub.hooks.emit(RoomCreated(room))  # type: ignore[union-attr]
+        async with await server.connect(room) as client:
+            await client.push("k", 1)
+            assert (await _next(client, "push"))["seq"] == 1
+        assert server.hub.hooks.dropped_events > 0  # type: ignore[union-attr]
+
+
+async def test_delete_room_closes_its_members_with_4004(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server() as server:
+        room = await server.new_room()
+        async with await server.connect(room) as client:
+            await client.push("k", 1)
+            await _next(client, "push")
+            await server.hub.delete_room(room)
+            reason = await client.wait_closed()
+            assert reason.code == CloseCode.ROOM_DELETED
+        assert not await server.hub.room_exists(room)
+
+
+# -- loading and the cost of nothing ----------------------------------------------------------
+
+
+class Named(Hooks):
+    pass
+
+
+NAMED = Named()
+NOT_HOOKS = 42
+
+
+def test_load_hooks_takes_an_instance_a_class_or_a_factory() -> None:
+    assert load_hooks(f"{__name__}:NAMED") is NAMED
+    assert isinstance(load_hooks(f"{__name__}:Named"), Named)
+    for bad, why in [
+        ("nocolon", "module:attribute"),
+        ("no_such_module_xyz:x", "cannot import"),
+        (f"{__name__}:missing", "no attribute"),
+        (f"{__name__}:NOT_HOOKS", "int, not a drifttrio.hooks.Hooks"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            load_hooks(bad)
+
+
+def test_config_names_hooks_by_import_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTTRIO_HOOKS", f"{__name__}:NAMED")
+    config = Config.from_env()
+    assert config.hooks == f"{__name__}:NAMED"
+    from drifttrio.runtime.hub import Hub
+
+    assert Hub(config).hooks is not None
+    assert Hub(config).hooks.hooks is NAMED  # type: ignore[union-attr]
+    assert Hub(Config()).hooks is None
+
+
+def test_only_overridden_hooks_are_called() -> None:
+    from drifttrio.hooks._runner import HookRunner
+
+    runner = HookRunner(Moderator())
+    assert (runner.authorizes, runner.screens_pushes, runner.decides) == (True, True, False)
+    assert (runner.wants_events, runner.wants_commits) == (False, False)
+
+
+def test_refuse_needs_an_error_status() -> None:
+    with pytest.raises(ValueError, match="error status"):
+        Refuse("x", 200)
+    assert isinstance(HookRefused(Refuse("no")), ProtocolError)
+
+
+def test_admit_key_rules() -> None:
+    admit = Admit(keys=["chat", "ann/*"])
+    assert admit.may_write("chat")
+    assert admit.may_write("ann/cursor")
+    assert not admit.may_write("chat2")
+    assert not admit.may_write("bob/cursor")
+    assert not Admit(write=False).may_write("chat")
+    with pytest.raises(TypeError):
+        Admit(keys="chat")  # type: ignore[arg-type]
