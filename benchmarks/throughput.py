@@ -101,6 +101,28 @@ SERVERS: dict[str, list[str]] = {
         "127.0.0.1:0",
         str(HERE / "asgi_relay") + ":app",
     ],
+    # The cost of server-side logic (issue 21): pass-through hooks (hook_rows.py).
+    "drifttrio serve (own transport, sync on_push hook)": [
+        *DRIFTTRIO_SERVE,
+        "--store",
+        "memory",
+        "--hooks",
+        "hook_rows:SyncPush",
+    ],
+    "drifttrio serve (own transport, async on_push hook)": [
+        *DRIFTTRIO_SERVE,
+        "--store",
+        "memory",
+        "--hooks",
+        "hook_rows:AsyncPush",
+    ],
+    "drifttrio serve (own transport, decide hook)": [
+        *DRIFTTRIO_SERVE,
+        "--store",
+        "memory",
+        "--hooks",
+        "hook_rows:Decide",
+    ],
     WEBSOCKETS: [sys.executable, str(HERE / "websockets_relay.py")],
     "minimal relay on trio-websocket": [sys.executable, str(HERE / "trio_websocket_relay.py")],
     NODE: ["node", str(HERE / "minimal_relay.js")],
@@ -142,8 +164,10 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
     # One publisher at full speed is what the per-connection rate limit and the
     # per-address budgets exist to stop: switch them off to measure the relay itself.
     # The connection limits only move when --connections needs more than their defaults.
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     return {
         **os.environ,
+        "PYTHONPATH": path,  # the hook rows' hooks (hook_rows.py)
         "DRIFTTRIO_STORE": "memory",
         "DRIFTTRIO_RATE_LIMIT_PER_SECOND": "0",
         "DRIFTTRIO_ADDRESS_MESSAGES_PER_SECOND": "0",
