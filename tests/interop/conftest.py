@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from drifttrio import Config, RunningServer, open_server
+from drifttrio.hooks import Admit, ConnectRequest, Event, Hooks, PushRequest, RoomView
 
 INTEROP_DIR = Path(__file__).resolve().parent
 
@@ -45,16 +46,35 @@ def node() -> str:
     return exe
 
 
-@pytest.fixture(params=["memory", "redis"])
+class PassThrough(Hooks):
+    """Every hook overridden, each letting everything through unchanged: the npm
+    client must not notice that server-side logic runs."""
+
+    def authorize(self, request: ConnectRequest) -> Admit:
+        return Admit(identity={"client": request.client})
+
+    async def on_push(self, push: PushRequest) -> None:
+        await trio.lowlevel.checkpoint()  # a real await: the reader task yields
+
+    def decide(self, room: RoomView, push: PushRequest) -> None:
+        return None
+
+    async def on_event(self, event: Event) -> None:
+        return None
+
+
+@pytest.fixture(params=["memory", "redis", "hooks"])
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
     """A drifttrio server on 127.0.0.1 and a free port, default configuration; each
-    scenario runs on the in-process store and on a shared Redis store (a real
-    ``redis-server``, the ``redis_server`` fixture of tests/conftest.py)."""
+    scenario runs on the in-process store, on a shared Redis store (a real
+    ``redis-server``, the ``redis_server`` fixture of tests/conftest.py), and on
+    the in-process store with pass-through hooks (:class:`PassThrough`)."""
     store = "memory"
     if request.param == "redis":
         redis = request.getfixturevalue("redis_server")
         store = f"{redis.url}?prefix=interop{secrets.token_hex(6)}"
-    async with open_server(Config(store=store)) as running:
+    hooks = PassThrough() if request.param == "hooks" else None
+    async with open_server(Config(store=store), hooks=hooks) as running:
         yield running
 
 
