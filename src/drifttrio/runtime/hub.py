@@ -28,6 +28,7 @@ from .._errors import (
     CapacityError,
     CloseCode,
     ProtocolError,
+    PushConflict,
     RoomNotFound,
     ShuttingDown,
     StorageError,
@@ -396,19 +397,29 @@ class Hub:
         key: str,
         value: object,
         action: Action = Append(),  # noqa: B008 - frozen, immutable
+        *,
+        expect_seq: int | None = None,
     ) -> int | None:
         """Push a value; return the stream size if it holds more than one value.
+
+        ``expect_seq``: a conditional push, applied only if the key's last retained
+        seq is still this one where the room is ordered (0: the key retains nothing);
+        otherwise :class:`PushConflict` is raised and nothing changed.
 
         Raises :class:`ProtocolError` if the room refuses it (e.g. a compact seq
         from the future) and :class:`RoomNotFound` for an unknown room.
         """
         check_value(value, self.config.decode_limits)
         checked = Value(value)
-        reply = await self.request(room_id, lambda r: PushCommand(key, checked, action, r))
+        reply = await self.request(
+            room_id, lambda r: PushCommand(key, checked, action, r, expect_seq=expect_seq)
+        )
         message = reply.message
         if isinstance(message, Error):
             if reply.outcome is Outcome.TRY_LATER:
                 raise StorageError(message.message)
+            if reply.outcome is Outcome.CONFLICT:
+                raise PushConflict(message.message)
             raise ProtocolError(message.message)
         return message.size if isinstance(message, StreamSize) else None
 

@@ -286,7 +286,9 @@ class Room:
             effects.append(Release(origin, None))
         if isinstance(command, PushCommand):
             try:
-                outcome = self.state.push(command.key, command.value, command.action)
+                outcome = self.state.push(
+                    command.key, command.value, command.action, command.expect_seq
+                )
             except ProtocolError as exc:
                 self.metrics.errors["refused"].inc()
                 if isinstance(origin, Reply):
