@@ -20,6 +20,10 @@ DOCS = ROOT / "docs"
 
 #: What each example must print (substrings of its standard output).
 EXPECTED: dict[str, list[str]] = {
+    "conditional_push.py": [
+        "refused: conflict: key 'score' changed (last seq 1, expected 0)",
+        "counter after 20 concurrent increments: SeqValue(value=20, seq=21)",
+    ],
     "embed_server.py": [
         "listening on http://127.0.0.1:",
         'received: {"key":"chat","value":"hi","seq":1,"type":"push"}',

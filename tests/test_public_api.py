@@ -18,6 +18,7 @@ EXPECTED_PUBLIC = {
     "DriftError",
     "Hub",
     "ProtocolError",
+    "PushConflict",
     "RoomNotFound",
     "RunningServer",
     "StorageError",

@@ -3,7 +3,8 @@
 orders a room shared by several nodes.
 
 The same random pushes, in random batches, under small random caps and a node budget
-(:attr:`RoomLimits.account`; the shared room checks it on its mirror), go to a fresh
+(:attr:`RoomLimits.account`; the shared room checks it on its mirror), some of them
+conditional (``expect_seq``: the key's last retained seq, or another), go to a fresh
 ``RoomState`` and to a fresh room on a real ``redis-server`` through
 :meth:`RedisStorage.push_batch` (built as the shared room builds them). Each push must
 have the same outcome on both (accepted at the same seq with the same stream size, a
@@ -108,9 +109,11 @@ Outcome: TypeAlias = (
 ACTIONS: dict[str, Action] = {"relay": Relay(), "replace": Replace(), "append": Append()}
 
 
-def apply_to_room_state(state: RoomState, push: Push, action: Action) -> Outcome:
+def apply_to_room_state(
+    state: RoomState, push: Push, action: Action, expect: int | None = None
+) -> Outcome:
     try:
-        outcome = state.push(push.key, Value(push.value), action)
+        outcome = state.push(push.key, Value(push.value), action, expect)
     except PushRefused as exc:
         return ("refused", exc.reason, exc.message)
     if outcome.change is not None:
@@ -130,7 +133,7 @@ def redis_outcome(result: PushResult) -> Outcome:
     return ("refused", result.refusal.reason, result.error)
 
 
-def push_item(push: Push, action: Action, charge: int) -> PushItem:
+def push_item(push: Push, action: Action, charge: int, expect: int | None = None) -> PushItem:
     """The item the shared room (``SharedRoom._push``) sends for this push."""
     relay = isinstance(action, Relay)
     return PushItem(
@@ -140,6 +143,7 @@ def push_item(push: Push, action: Action, charge: int) -> PushItem:
         action.seq if isinstance(action, Compact) else 0,
         charge,
         0 if relay else key_size(push.key),
+        expect,
     )
 
 
@@ -155,16 +159,33 @@ class Batch:
     pushes: list[Push]
     actions: list[Action]
     expected: list[Outcome]
+    #: Each push's ``expect_seq`` (``None``: unconditional).
+    expects: list[int | None] = attrs.field(factory=list)
+
+    def expect(self, i: int) -> int | None:
+        return self.expects[i] if self.expects else None
 
 
 def plan(
-    state: RoomState, batches: list[list[Push]], data: st.DataObject | None = None
+    state: RoomState,
+    batches: list[list[Push]],
+    data: st.DataObject | None = None,
+    expects: list[list[int | None]] | None = None,
 ) -> list[Batch]:
-    """Apply the pushes to ``state``; a compact's seq is drawn around the room's seq."""
+    """Apply the pushes to ``state``; a compact's seq is drawn around the room's seq.
+
+    A push's ``expect_seq`` is the one ``expects`` gives, else (with ``data``) drawn: none
+    mostly, or the key's last retained seq as the room state has it before the batch
+    (so a later push of the key in the same batch conflicts), or a seq around it."""
     planned = []
-    for pushes in batches:
+    for b, pushes in enumerate(batches):
         actions: list[Action] = []
+        batch_expects: list[int | None] = [] if expects is None else expects[b]
         for push in pushes:
+            if expects is None and data is not None:
+                last = state.last_seq(push.key)
+                expect_seqs = st.none() | st.none() | st.just(last) | st.integers(0, state.seq + 1)
+                batch_expects.append(data.draw(expect_seqs, label=f"expect_seq {push.key!r}"))
             if push.action == "compact":
                 assert data is not None
                 stream = state.streams.get(push.key)
@@ -174,8 +195,12 @@ def plan(
                 actions.append(Compact(data.draw(seqs, label=f"compact {push.key!r} at")))
             else:
                 actions.append(ACTIONS[push.action])
-        expected = [apply_to_room_state(state, p, a) for p, a in zip(pushes, actions, strict=True)]
-        planned.append(Batch(pushes, actions, expected))
+        conditions = batch_expects or [None] * len(pushes)
+        expected = [
+            apply_to_room_state(state, p, a, e)
+            for p, a, e in zip(pushes, actions, conditions, strict=True)
+        ]
+        planned.append(Batch(pushes, actions, expected, batch_expects))
     return planned
 
 
@@ -187,13 +212,14 @@ async def push_through_redis(
     outcomes: dict[int, Outcome] = {}
     sent, items = [], []
     for i, (push, action) in enumerate(zip(batch.pushes, batch.actions, strict=True)):
+        expect = batch.expect(i)
         try:
-            charge = mirror.check_budget(push.key, Value(push.value), action)
+            charge = mirror.check_budget(push.key, Value(push.value), action, expect)
         except PushRefused as exc:
             outcomes[i] = ("refused", exc.reason, exc.message)
         else:
             sent.append(i)
-            items.append(push_item(push, action, charge))
+            items.append(push_item(push, action, charge, expect))
     limits = mirror.limits
     results = await storage.push_batch(
         room_id,
@@ -285,6 +311,50 @@ async def test_a_push_that_reaches_the_byte_cap_exactly_passes_on_both(
             await storage.aclose()
 
 
+async def test_conditional_pushes_in_one_script_call_agree(redis_server: RedisServer) -> None:
+    """Pushes of one key expecting the same seq in one script call: the first applies,
+    the next conflicts. A conflict is decided before any other rule (a compact seq
+    below 1, here), a matching one leaves the others to decide (the key cap), and an
+    ``expect_seq`` beyond a Lua number's precision is quoted exactly."""
+    pushes = [
+        Push("append", "k", "a"),
+        Push("append", "k", "b"),
+        Push("append", "k", "c"),
+        Push("compact", "k", "d"),
+        Push("relay", "k", "e"),
+        Push("replace", "k", "f"),
+        Push("replace", "new", "g"),
+    ]
+    actions: list[Action] = [Append(), Append(), Append(), Compact(0), Relay(), Replace()]
+    actions.append(Replace())
+    expects: list[int | None] = [0, 0, 1, 1, 2, 2**70, 0]
+    caps = Caps(max_keys=1)
+    state = RoomState(limits=caps.limits())
+    expected = [
+        apply_to_room_state(state, p, a, e)
+        for p, a, e in zip(pushes, actions, expects, strict=True)
+    ]
+    conflict = PushRefusal.CONFLICT
+    assert expected == [
+        ("ok", 1, None),
+        ("refused", conflict, "conflict: key 'k' changed (last seq 1, expected 0)"),
+        ("ok", 2, 2),
+        ("refused", conflict, "conflict: key 'k' changed (last seq 2, expected 1)"),
+        ("ok", 3, 2),
+        ("refused", conflict, f"conflict: key 'k' changed (last seq 2, expected {2**70})"),
+        ("refused", PushRefusal.KEYS, "room has reached its limit of 1 keys"),
+    ]
+    storage = RedisStorage(f"{redis_server.url}?prefix=t{secrets.token_hex(6)}")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(storage.run)
+        try:
+            await compare_with_redis(
+                storage, caps, [Batch(pushes, actions, expected, expects)], state
+            )
+        finally:
+            await storage.aclose()
+
+
 async def full_budget_outcomes(storage: Storage) -> tuple[int, list[str]]:
     """Fill a node's budget with one room, then push what grows nothing or breaks a
     rule: the room's seq then, and what ``hub.push`` answers each time."""
@@ -357,7 +427,10 @@ DOCUMENTED = {
     PushRefusal.BYTES: (67108864,),
     PushRefusal.COMPACT_HIGH: (99, 2),
     PushRefusal.BUDGET: (536870912,),
+    PushRefusal.CONFLICT: (7, 5),
 }
+#: The HTTP status of each refusal ``/send`` answers with (400 for the others).
+STATUS = {PushRefusal.BUDGET: 503, PushRefusal.CONFLICT: 409}
 
 
 def test_the_refusal_texts_are_the_documented_ones() -> None:
@@ -366,6 +439,6 @@ def test_the_refusal_texts_are_the_documented_ones() -> None:
     for reason, numbers in DOCUMENTED.items():
         refused = PushRefused(reason, "k", *numbers)
         assert refused.message in text, reason
-        assert refused.status == (503 if reason is PushRefusal.BUDGET else 400)
+        assert refused.status == STATUS.get(reason, 400)
     low = PushRefused(PushRefusal.COMPACT_LOW, "k", 0)
     assert (low.message, low.status) == ("compact seq must be at least 1, got 0", 400)

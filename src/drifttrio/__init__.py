@@ -10,6 +10,7 @@ from ._errors import CloseCode as CloseCode
 from ._errors import ConfigError as ConfigError
 from ._errors import DriftError as DriftError
 from ._errors import ProtocolError as ProtocolError
+from ._errors import PushConflict as PushConflict
 from ._errors import RoomNotFound as RoomNotFound
 from ._errors import StorageError as StorageError
 
@@ -59,6 +60,7 @@ __all__ = [
     "DriftError",
     "Hub",
     "ProtocolError",
+    "PushConflict",
     "RoomNotFound",
     "RunningServer",
     "StorageError",

@@ -5,7 +5,8 @@ The tree::
     DriftError                  root of everything drifttrio raises on purpose
     ├── ConfigError             a configuration value is invalid (local mistake)
     ├── ProtocolError           the peer sent something we cannot accept (remote);
-    │                           carries the HTTP status to answer with
+    │   │                       carries the HTTP status to answer with
+    │   └── PushConflict        a conditional push's key changed (HTTP 409)
     ├── RoomNotFound            the room id is unknown
     ├── CapacityError           a server-wide cap is reached (HTTP 503)
     ├── ShuttingDown            the server is shutting down: no room is loaded or joined
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "DriftError",
     "ProtocolError",
+    "PushConflict",
     "RoomNotFound",
     "ShuttingDown",
     "StorageError",
@@ -62,6 +64,15 @@ class ProtocolError(DriftError):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class PushConflict(ProtocolError):
+    """A conditional push (``expect_seq``) was refused: the key's last retained seq
+    was another, so the key changed since it was read. Nothing changed and no seq
+    was used: read the key again and decide anew."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=409)
 
 
 class RoomNotFound(DriftError):

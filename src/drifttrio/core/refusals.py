@@ -38,6 +38,10 @@ class PushRefusal(enum.Enum):
     #: limit. Never from the Redis script: the budget is each node's memory, so the
     #: node checks it before sending the push.
     BUDGET = "budget"
+    #: A conditional push (``expect_seq``) whose key's last retained seq is another:
+    #: the key changed since the pusher read it. Checked before any other rule.
+    #: Numbers: the key's last retained seq (0: it retains nothing), the expected one.
+    CONFLICT = "conflict"
 
 
 #: The text of each refusal: ``{0}``, ``{1}`` are its numbers, ``{key}`` the pushed key.
@@ -53,7 +57,12 @@ _TEXTS: Final[Mapping[PushRefusal, str]] = {
         "server memory budget reached: live rooms retain the server's limit of {0} bytes;"
         " pushes that do not grow a room still pass, try again later"
     ),
+    PushRefusal.CONFLICT: "conflict: key {key!r} changed (last seq {0}, expected {1})",
 }
+
+#: The HTTP status of a refusal other than ``400``: a full server budget is worth a
+#: retry later; a conflict, a fresh read of the key and a new decision.
+_STATUS: Final[Mapping[PushRefusal, int]] = {PushRefusal.BUDGET: 503, PushRefusal.CONFLICT: 409}
 
 
 def refusal_text(reason: PushRefusal, key: str, numbers: tuple[int, ...]) -> str:
@@ -65,12 +74,12 @@ class PushRefused(ProtocolError):
     """A push the room refused: nothing changed and no seq was consumed.
 
     Carries its :class:`PushRefusal` so no one has to read the cause back out of the
-    text. A full server budget is answered ``503`` (retry later), any other refusal
-    ``400``.
+    text. A full server budget is answered ``503`` (retry later), a conflict ``409``,
+    any other refusal ``400``.
     """
 
     def __init__(self, reason: PushRefusal, key: str, *numbers: int) -> None:
-        status = 503 if reason is PushRefusal.BUDGET else 400
+        status = _STATUS.get(reason, 400)
         super().__init__(refusal_text(reason, key, numbers), status=status)
         self.reason = reason
         self.key = key

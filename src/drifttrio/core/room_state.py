@@ -307,14 +307,17 @@ class RoomState:
             if account is not None:
                 account.add(delta)
 
-    def check_budget(self, key: str, value: Value, action: Action) -> int:
+    def check_budget(
+        self, key: str, value: Value, action: Action, expect_seq: int | None = None
+    ) -> int:
         """Raise :class:`PushRefused` if the server budget has no room for this push;
         return the value's charge (:func:`value_size`; 0 for a relay).
 
         For a room whose pushes a shared store applies: the store checks the room's
         rules, this node its own memory. A push that this mirror sees refused by a rule
-        (a cap, a compact seq out of range), or changing nothing (a compact at or below
-        the stream's mark), passes here, so the store answers it as :meth:`push` would.
+        (a conflict with ``expect_seq``, a cap, a compact seq out of range), or changing
+        nothing (a compact at or below the stream's mark), passes here, so the store
+        answers it as :meth:`push` would.
         (Should this mirror be behind and the store accept it after all, the mirror
         takes it, as it takes every push accepted through other nodes.)
         """
@@ -325,6 +328,8 @@ class RoomState:
         if account is None:
             return size
         try:
+            if expect_seq is not None:
+                self.check_expected(key, expect_seq)
             change = self._change(key, value, action)
             if change is None:
                 return size
@@ -356,10 +361,19 @@ class RoomState:
         assert isinstance(action, Append)
         return StreamChange("append", key, SeqValue(value, self.seq + 1))
 
-    def push(self, key: str, value: Value, action: Action) -> PushOutcome:
+    def push(
+        self, key: str, value: Value, action: Action, expect_seq: int | None = None
+    ) -> PushOutcome:
         """Apply one push. Raises :class:`PushRefused` (a :class:`ProtocolError`) for an
         invalid compact or a push beyond a cap; then nothing changed and no seq was
-        consumed."""
+        consumed.
+
+        ``expect_seq``: apply it only if :meth:`last_seq` of ``key`` is this one, else
+        refuse it as a :attr:`~PushRefusal.CONFLICT`, before any other rule is checked
+        (``None``: unconditional). Relays and compacts too: the rule reads what the
+        key retains, whatever the push would do to it."""
+        if expect_seq is not None:
+            self.check_expected(key, expect_seq)
         change = self._change(key, value, action)
         if change is None:
             if isinstance(action, Compact):
@@ -391,6 +405,18 @@ class RoomState:
             return PushOutcome(entry if self.broadcast_compact else None, change, None)
         self.seq = max(self.seq, entry.seq)
         return PushOutcome(entry, change, None)
+
+    def last_seq(self, key: str) -> int:
+        """The seq of the last value ``key`` retains (0: it retains none)."""
+        stream = self.streams.get(key)
+        return stream.entries[-1].seq if stream is not None and stream.entries else 0
+
+    def check_expected(self, key: str, expect_seq: int) -> None:
+        """Raise :class:`PushRefused` (:attr:`~PushRefusal.CONFLICT`) unless ``key``'s
+        last retained seq is ``expect_seq``."""
+        last = self.last_seq(key)
+        if last != expect_seq:
+            raise PushRefused(PushRefusal.CONFLICT, key, last, expect_seq)
 
     def get(self, key: str, since: int = 0) -> list[SeqValue]:
         """Retained values of ``key`` with seq greater than ``since``, ascending."""

@@ -8,7 +8,7 @@ room's bounded inbox, and is handled by the room task in order.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import attrs
 import trio
@@ -46,6 +46,8 @@ class Outcome(enum.Enum):
     DONE = "done"
     #: Refused by a room rule (an ``error``): nothing changed.
     REFUSED = "refused"
+    #: A conditional push refused because its key changed: nothing changed.
+    CONFLICT = "conflict"
     #: Not applied for now: the store failed, or the server's memory budget is spent.
     TRY_LATER = "try_later"
     #: The room was deleted meanwhile.
@@ -75,8 +77,8 @@ class Reply:
 
     def refused(self, exc: ProtocolError) -> None:
         """The room refused the command with ``exc`` (answered next, as an ``error``)."""
-        budget = isinstance(exc, PushRefused) and exc.reason is PushRefusal.BUDGET
-        self.outcome = Outcome.TRY_LATER if budget else Outcome.REFUSED
+        reason = exc.reason if isinstance(exc, PushRefused) else None
+        self.outcome = _REFUSAL_OUTCOMES.get(reason, Outcome.REFUSED)
         self.refused_status = exc.status
         self.refusal = exc
 
@@ -87,6 +89,12 @@ class Reply:
             self.outcome = outcome
             self.done.set()
 
+
+#: The refusals that end a command otherwise than :attr:`Outcome.REFUSED`.
+_REFUSAL_OUTCOMES: Final[dict[PushRefusal | None, Outcome]] = {
+    PushRefusal.BUDGET: Outcome.TRY_LATER,
+    PushRefusal.CONFLICT: Outcome.CONFLICT,
+}
 
 Origin: TypeAlias = Member | Reply
 

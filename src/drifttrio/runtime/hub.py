@@ -28,13 +28,14 @@ from .._errors import (
     CapacityError,
     CloseCode,
     ProtocolError,
+    PushConflict,
     RoomNotFound,
     ShuttingDown,
     StorageError,
 )
 from ..core.budget import BudgetAccount, RetainedBudget
 from ..core.room_state import RoomLimits, RoomState
-from ..hooks import Hooks, RoomCreated, RoomDeleted, RoomExpired, load_hooks
+from ..hooks import HookRefused, Hooks, RoomCreated, RoomDeleted, RoomExpired, load_hooks
 from ..hooks._runner import HookRunner
 from ..protocol.codec import check_value
 from ..protocol.messages import (
@@ -446,20 +447,32 @@ class Hub:
         key: str,
         value: object,
         action: Action = Append(),  # noqa: B008 - frozen, immutable
+        *,
+        expect_seq: int | None = None,
     ) -> int | None:
         """Push a value; return the stream size if it holds more than one value.
+
+        ``expect_seq``: a conditional push, applied only if the key's last retained
+        seq is still this one where the room is ordered (0: the key retains nothing);
+        otherwise :class:`PushConflict` is raised and nothing changed.
 
         Raises :class:`ProtocolError` if the room refuses it (e.g. a compact seq
         from the future) and :class:`RoomNotFound` for an unknown room.
         """
         check_value(value, self.config.decode_limits)
         checked = Value(value)
-        reply = await self.request(room_id, lambda r: PushCommand(key, checked, action, r))
+        reply = await self.request(
+            room_id, lambda r: PushCommand(key, checked, action, r, expect_seq=expect_seq)
+        )
         message = reply.message
         if isinstance(message, Error):
             if reply.outcome is Outcome.TRY_LATER:
                 raise StorageError(message.message)
-            raise reply.refusal or ProtocolError(message.message)
+            if reply.outcome is Outcome.CONFLICT:
+                raise PushConflict(message.message)
+            if isinstance(reply.refusal, HookRefused):
+                raise reply.refusal  # the application's Refuse, status and all
+            raise ProtocolError(message.message)
         return message.size if isinstance(message, StreamSize) else None
 
     async def get(self, room_id: str, key: str, since: int = 0) -> list[SeqValue]:

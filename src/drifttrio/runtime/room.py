@@ -312,7 +312,9 @@ class Room:
             try:
                 if self._decides:
                     command = self._decide(command)
-                outcome = self.state.push(command.key, command.value, command.action)
+                outcome = self.state.push(
+                    command.key, command.value, command.action, command.expect_seq
+                )
             except ProtocolError as exc:
                 self.metrics.errors["hook" if isinstance(exc, HookRefused) else "refused"].inc()
                 if isinstance(origin, Reply):

@@ -150,7 +150,11 @@ class SharedOrderer:
             compact_seq = command.action.seq if isinstance(command.action, Compact) else 0
             blob = encode_value(command.value)
             key_charge = 0 if kind == "relay" else key_size(command.key)
-            items.append(PushItem(kind, command.key, blob, compact_seq, charge, key_charge))
+            items.append(
+                PushItem(
+                    kind, command.key, blob, compact_seq, charge, key_charge, command.expect_seq
+                )
+            )
         limits = room.state.limits
         metrics = room.metrics
         started = time.perf_counter()
@@ -187,6 +191,8 @@ class SharedOrderer:
                     effects.append((command.origin, StreamSize(command.key, result.stream_size)))
             elif result.status == "error":
                 metrics.errors["refused"].inc()
+                if isinstance(command.origin, Reply) and result.refusal is not None:
+                    command.origin.refused(result.refusal)
                 effects.append((command.origin, Error(result.error)))
             if isinstance(command.origin, Reply):
                 effects.append(Done(command.origin))
@@ -203,7 +209,9 @@ class SharedOrderer:
         admitted = []
         for command in pushes:
             try:
-                charge = room.state.check_budget(command.key, command.value, command.action)
+                charge = room.state.check_budget(
+                    command.key, command.value, command.action, command.expect_seq
+                )
             except ProtocolError as exc:
                 room.count_in(command.action.TAG)
                 room.metrics.errors["refused"].inc()

@@ -48,9 +48,11 @@ local function fmt(n) return string.format('%d', n) end
 """
 
 #: KEYS: meta, keys, log, stream lists...; ARGV: now, log_max, publish command,
-#: channel, max_keys, max_values, max_bytes, floor_ev, n, then 7 per push:
+#: channel, max_keys, max_values, max_bytes, floor_ev, n, then 8 per push:
 #: action, index of its stream list in KEYS, key, CBOR value, compact seq, charge of
-#: the entry, charge of the stream if the push creates it (``value_size``, ``key_size``).
+#: the entry, charge of the stream if the push creates it (``value_size``, ``key_size``),
+#: and the seq the key's last retained entry must have (0: none), or ``''`` for none:
+#: a conditional push whose key has another is refused before any other rule.
 #: Returns false if the room does not exist, ``{'behind', ev}`` if Redis holds fewer
 #: events than this node has seen (it lost data), else one result per push:
 #: ``{'ok', seq, stream_size, ev}``, ``{'noop'}`` or ``{'err', reason, numbers...}``,
@@ -86,16 +88,26 @@ local function bytes_refused(after)
   end
   return nil
 end
+local function conflict(skey, expect)
+  -- a conditional push: refused unless the key's last retained seq is the expected one
+  if expect == '' then return nil end
+  local last = redis.call('LINDEX', skey, -1)
+  last = last and entry_seq(last) or 0
+  if last ~= tonumber(expect) then return {'err', 'conflict', last, expect} end
+  return nil
+end
 
 for i = 0, n - 1 do
-  local b = 10 + i * 7
+  local b = 10 + i * 8
   local action, skey, name, blob = ARGV[b], KEYS[tonumber(ARGV[b + 1])], ARGV[b + 2], ARGV[b + 3]
   local charge, stream_charge = tonumber(ARGV[b + 5]), 0
   local function charge_stream()  -- a push creating its stream pays for the stream too
     if redis.call('HEXISTS', keysh, name) == 0 then stream_charge = tonumber(ARGV[b + 6]) end
   end
-  local result, at = nil, nil
-  if action == 'relay' then
+  local result, at = conflict(skey, ARGV[b + 7]), nil
+  if result then
+    -- refused: nothing else is decided for it
+  elseif action == 'relay' then
     seq = seq + 1
     at = seq
     result = {'ok', seq, redis.call('LLEN', skey)}

@@ -71,6 +71,9 @@ class PushItem:
     charge: int = 0
     #: ... and the stream, if the push creates it (:func:`~.room_state.key_size`).
     key_charge: int = 0
+    #: Apply it only if the key's last retained seq is this one (0: it retains
+    #: nothing), else refuse it as a conflict; ``None``: unconditional.
+    expect_seq: int | None = None
 
 
 @attrs.frozen
@@ -454,6 +457,7 @@ class RedisStorage:
                 item.compact_seq,
                 item.charge,
                 item.key_charge,
+                "" if item.expect_seq is None else item.expect_seq,
             ]
         raw = await self._call("PUSH", keys, args)
         if raw is None:

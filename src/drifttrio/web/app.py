@@ -701,7 +701,12 @@ class DriftApp:
 
 
 #: The HTTP status of a ``/send`` answered with an ``error``.
-_REPLY_STATUS: Final = {Outcome.REFUSED: 400, Outcome.TRY_LATER: 503, Outcome.ROOM_GONE: 404}
+_REPLY_STATUS: Final = {
+    Outcome.REFUSED: 400,
+    Outcome.CONFLICT: 409,
+    Outcome.TRY_LATER: 503,
+    Outcome.ROOM_GONE: 404,
+}
 
 _Handler: TypeAlias = Callable[
     [DriftApp, Scope, Receive, Send, Hub, str, str | None], Awaitable[None]
