@@ -471,3 +471,28 @@ def test_admit_key_rules() -> None:
     assert not Admit(write=False).may_write("chat")
     with pytest.raises(TypeError):
         Admit(keys="chat")  # type: ignore[arg-type]
+
+
+class WriteOnce(Hooks):
+    """The key ``once`` may be written while it holds nothing (a conditional push)."""
+
+    def on_push(self, push: PushRequest) -> Accept:
+        return Accept(expect_seq=0) if push.key == "once" else Accept()
+
+
+@transports
+async def test_on_push_makes_a_push_conditional(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    async with open_test_server(transport=transport, hooks=WriteOnce()) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        async with await server.connect(room) as client:
+            await client.push("once", "first", "replace")
+            assert (await _next(client, "push"))["seq"] == 1
+            await client.push("once", "second", "replace")
+            error = await _next(client, "error")
+            assert error["message"].startswith("conflict: key 'once' changed")
+        push = {"type": "push", "key": "once", "value": "x", "action": {"type": "replace"}}
+        answer = await server.send(room, push)
+        assert answer.status == 409
+        assert server.hub.rooms[room].state.seq == 1
