@@ -201,13 +201,16 @@ def _committed_body(pushes: Sequence[Committed]) -> dict[str, Any]:
 
 
 def _refusal(answer: Mapping[str, Any], what: str) -> Refuse:
-    reason = answer.get("reason", Refuse.reason)
-    status = answer.get("status", 403)
-    if not isinstance(reason, str):
-        raise WebhookBadAnswer(f"{what} answer: 'reason' must be a string")
-    if type(status) is not int or not 400 <= status <= 599:
-        raise WebhookBadAnswer(f"{what} answer: 'status' must be an HTTP status from 400 to 599")
-    return Refuse(reason, status)
+    refusal: dict[str, Any] = {}
+    if "reason" in answer:
+        refusal["reason"] = answer["reason"]
+        if not isinstance(refusal["reason"], str):
+            raise WebhookBadAnswer(f"{what} answer: 'reason' must be a string")
+    if "status" in answer:
+        refusal["status"] = status = answer["status"]
+        if type(status) is not int or not 400 <= status <= 599:
+            raise WebhookBadAnswer(f"{what} answer: 'status' must be an HTTP status, 400 to 599")
+    return Refuse(**refusal)
 
 
 def _object(answer: object, what: str) -> Mapping[str, Any]:
@@ -406,11 +409,21 @@ class WebhookHooks(Hooks):
         raise WebhookUnavailable(f"POST {url}: no answer within {self.timeout:g} s")
 
     async def _read(self, answer: httpx.Response, url: str) -> bytes:
+        """The answer's body, up to ``max_answer_bytes``. Past it (unless its
+        ``content-length`` said so first) the rest is read and dropped within the
+        call's deadline: httpx leaks a half-read stream's generators."""
+        too_large = WebhookBadAnswer(f"POST {url}: answer over {self.max_answer_bytes} bytes")
+        length = answer.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_answer_bytes:
+            raise too_large
         body = bytearray()
+        over = False
         async for chunk in answer.aiter_bytes():
-            body += chunk
-            if len(body) > self.max_answer_bytes:
-                raise WebhookBadAnswer(f"POST {url}: answer over {self.max_answer_bytes} bytes")
+            over = over or len(body) + len(chunk) > self.max_answer_bytes
+            if not over:
+                body += chunk
+        if over:
+            raise too_large
         return bytes(body)
 
     def _failed(self, hook: str, exc: WebhookError) -> None:
