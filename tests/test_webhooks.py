@@ -7,10 +7,9 @@ moderated chat example's backend (stdlib, in a thread) runs on the real clock.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib.util
 import logging
+import re
 import socket
 import sys
 import threading
@@ -55,7 +54,8 @@ from drifttrio.hooks.webhooks import (
 from drifttrio.storage.memory import MemoryStorage
 
 SECRET = "test-secret-0123456789abcdef"
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "moderated_chat" / "backend.py"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "moderated_chat" / "backend.py"
 
 
 # -- a backend in the test's trio run --------------------------------------------------------
@@ -179,14 +179,17 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 # -- the signature -------------------------------------------------------------------------
 
 
-def verify_as_documented(secret: bytes, header: str, body: bytes) -> bool:
-    """The verification snippet of docs/server-side-logic.md, as a backend runs it."""
-    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    timestamp = int(fields.get("t", "0"))
-    if abs(time.time() - timestamp) > 300:
-        return False
-    expected = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, fields.get("v1", ""))
+def documented_verify() -> Callable[[bytes, str, bytes], bool]:
+    """The verification snippet of docs/server-side-logic.md, run as a backend would."""
+    page = (ROOT / "docs" / "server-side-logic.md").read_text()
+    (snippet,) = re.findall(r"```python\n(import hashlib.*?def verify\(.*?)```", page, re.S)
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)
+    verify: Callable[[bytes, str, bytes], bool] = namespace["verify"]
+    return verify
+
+
+verify_as_documented = documented_verify()
 
 
 async def test_every_call_is_signed_and_a_wrong_secret_fails_verification() -> None:
