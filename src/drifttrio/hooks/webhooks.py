@@ -402,7 +402,9 @@ class WebhookHooks(Hooks):
                             raise WebhookBadAnswer(f"POST {url} answered {answer.status_code}")
                         return await self._read(answer, url)
                 except httpx.HTTPError as exc:
-                    raise WebhookUnavailable(f"POST {url}: {exc or type(exc).__name__}") from None
+                    raise WebhookUnavailable(
+                        f"POST {url}: {str(exc) or type(exc).__name__}"
+                    ) from None
         if not holding:
             busy = f"all {self.max_in_flight} calls in flight stayed busy"
             raise WebhookUnavailable(f"POST {url}: {busy} for {self.timeout:g} s")
