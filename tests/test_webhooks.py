@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
@@ -602,6 +603,15 @@ def test_hooks_from_config() -> None:
 def test_bad_webhook_settings_stop_the_start(settings: dict[str, str], error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         hooks_from_config(Config(**settings))
+
+
+def test_python_hooks_and_webhooks_together_stop_the_start() -> None:
+    # ``hooks`` (an import path) is a setting of the hooks wiring, merged separately:
+    # a stand-in config carries it until then.
+    settings = attrs.asdict(Config(webhook_url="http://b", webhook_secret=SECRET))
+    both = types.SimpleNamespace(**settings, hooks="app.logic:hooks")
+    with pytest.raises(ConfigError, match="not both"):
+        hooks_from_config(both)  # type: ignore[arg-type]
 
 
 # -- the moderated chat example ------------------------------------------------------------
