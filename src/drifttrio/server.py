@@ -29,7 +29,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from ._errors import ConfigError, DriftError
-from .hooks import Hooks, load_hooks
+from .hooks import Hooks, configured_hooks
 from .runtime.config import Config
 from .runtime.hub import Hub
 from .storage.base import shown_url
@@ -223,8 +223,9 @@ async def serve(
             port=config.port if port is None else port,
         )
     config = fit_descriptors(config, raise_descriptor_limit())
-    if hooks is None and config.hooks:
-        hooks = load_hooks(config.hooks)  # a bad path fails here, before anything is bound
+    if hooks is None:
+        # Bad hook settings fail here, before anything is bound.
+        hooks = configured_hooks(config)
     # A certificate or key that cannot be used fails here, before anything is bound
     # or opened.
     tls = server_ssl_context(config.certfile, config.keyfile) if config.certfile else None

@@ -24,6 +24,7 @@ from ._api import RoomDeleted as RoomDeleted
 from ._api import RoomExpired as RoomExpired
 from ._api import RoomView as RoomView
 from ._api import Source as Source
+from ._load import configured_hooks as configured_hooks
 from ._load import load_hooks as load_hooks
 
 __all__ = [
@@ -46,5 +47,6 @@ __all__ = [
     "RoomExpired",
     "RoomView",
     "Source",
+    "configured_hooks",
     "load_hooks",
 ]

@@ -296,6 +296,11 @@ class Hooks:
     #: A plain hook slower than this is logged (it held the event loop).
     slow_seconds: float = 0.05
 
+    def overrides(self, name: str) -> bool:
+        """Whether the server should call the hook ``name``: by default, whether
+        this class overrides it (what is not overridden costs nothing)."""
+        return getattr(type(self), name, None) is not getattr(Hooks, name, None)
+
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         """Held open while the server runs (override to open clients, pools...):

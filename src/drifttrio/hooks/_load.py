@@ -7,9 +7,20 @@ import os
 import sys
 
 from .._errors import ConfigError
+from ..runtime.config import Config
 from ._api import Hooks
 
-__all__ = ["load_hooks"]
+__all__ = ["configured_hooks", "load_hooks"]
+
+
+def configured_hooks(config: Config) -> Hooks | None:
+    """The hooks a config asks for: the ``hooks`` import path, or webhooks
+    (``webhook_url``...), or none. :class:`ConfigError` if they cannot be had."""
+    if config.webhook_url or config.webhook_secret:
+        from .webhooks import hooks_from_config  # httpx is imported only when used
+
+        return hooks_from_config(config)
+    return load_hooks(config.hooks) if config.hooks else None
 
 
 def load_hooks(path: str) -> Hooks:

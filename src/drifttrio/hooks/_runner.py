@@ -63,10 +63,6 @@ class HookFailed(Exception):
         self.timed_out = timed_out
 
 
-def _overrides(hooks: Hooks, name: str) -> bool:
-    return getattr(type(hooks), name, None) is not getattr(Hooks, name)
-
-
 class HookRunner:
     """The server's side of one :class:`Hooks` object."""
 
@@ -74,11 +70,11 @@ class HookRunner:
         self.hooks = hooks
         self._limits = limits or DecodeLimits()
         #: Which hooks are set: the server only calls (and only pays for) these.
-        self.authorizes = _overrides(hooks, "authorize")
-        self.screens_pushes = _overrides(hooks, "on_push")
-        self.decides = _overrides(hooks, "decide")
-        self.wants_events = _overrides(hooks, "on_event")
-        self.wants_commits = _overrides(hooks, "on_committed")
+        self.authorizes = hooks.overrides("authorize")
+        self.screens_pushes = hooks.overrides("on_push")
+        self.decides = hooks.overrides("decide")
+        self.wants_events = hooks.overrides("on_event")
+        self.wants_commits = hooks.overrides("on_committed")
         self._events_in, self._events_out = trio.open_memory_channel[Event](EVENT_QUEUE_SIZE)
         #: Events dropped because ``on_event`` fell behind.
         self.dropped_events = 0

@@ -453,6 +453,25 @@ class Config:
     keyfile: str = attrs.field(default="", validator=_with_certfile)
     #: Log line format of ``drifttrio serve``: ``text``, ``kv`` (key=value) or ``json``.
     log_format: str = attrs.field(default="text", validator=_Choice(LOG_FORMATS))
+    # -- webhooks (drifttrio.hooks.webhooks; docs/server-side-logic.md#webhooks) --
+    #: Base URL of the application's webhook backend (empty: no webhooks): hooks
+    #: are POSTed to ``{url}/authorize``, ``/push``, ``/event``, ``/committed``.
+    webhook_url: str = attrs.field(default="", validator=_Text("must be a URL", token=True))
+    #: Shared secret signing every webhook call (``Drifttrio-Signature``, HMAC-SHA256);
+    #: required with ``webhook_url``, at least 16 characters.
+    webhook_secret: str = attrs.field(default="", repr=False, validator=_TEXT)
+    #: Comma-separated hooks the backend is called for: ``authorize``, ``push``,
+    #: ``event``, ``committed``.
+    webhook_hooks: str = attrs.field(default="authorize,push", validator=_TEXT)
+    #: Seconds one webhook call may take, waiting for a free slot included; then
+    #: the hook's failure mode applies.
+    webhook_timeout_seconds: float = attrs.field(default=2.0, validator=_seconds())
+    #: Webhook calls open at once, over all hooks; past it a call waits for a slot
+    #: (within its timeout), so client traffic never becomes a flood of calls.
+    webhook_max_in_flight: int = attrs.field(default=64, validator=_count())
+    #: Comma-separated hooks that allow when the backend fails (``authorize``,
+    #: ``push``; empty: every hook refuses).
+    webhook_fail_open: str = attrs.field(default="", validator=_TEXT)
 
     @property
     def origins(self) -> frozenset[str]:

@@ -35,7 +35,7 @@ from .._errors import (
 )
 from ..core.budget import BudgetAccount, RetainedBudget
 from ..core.room_state import RoomLimits, RoomState
-from ..hooks import HookRefused, Hooks, RoomCreated, RoomDeleted, RoomExpired, load_hooks
+from ..hooks import HookRefused, Hooks, RoomCreated, RoomDeleted, RoomExpired, configured_hooks
 from ..hooks._runner import HookRunner
 from ..protocol.codec import check_value
 from ..protocol.messages import (
@@ -93,8 +93,8 @@ class Hub:
         hooks: Hooks | None = None,
     ) -> None:
         self.config = config or Config()
-        if hooks is None and self.config.hooks:
-            hooks = load_hooks(self.config.hooks)
+        if hooks is None:
+            hooks = configured_hooks(self.config)
         #: The application's room logic (``None``: none, and nothing is paid for it).
         self.hooks = None if hooks is None else HookRunner(hooks, self.config.decode_limits)
         #: This hub's Prometheus metrics (its own registry).
