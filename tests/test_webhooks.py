@@ -26,6 +26,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from trio_websocket import ConnectionRejected
 
 from drifttrio import Config, ConfigError
 from drifttrio.hooks import (
@@ -52,7 +53,9 @@ from drifttrio.hooks.webhooks import (
     sign,
     verify_signature,
 )
+from drifttrio.server import TRANSPORTS
 from drifttrio.storage.memory import MemoryStorage
+from drifttrio.testing import open_test_server
 
 SECRET = "test-secret-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[1]
@@ -660,3 +663,100 @@ async def test_moderated_chat_backend(chat_backend: str) -> None:
             assert await runner.screen_push(push({"text": "hi"}, "alice")) == Refuse(
                 PUSH_HOOK_FAILED, 503
             )
+
+
+# -- end to end: a server on each transport, its webhooks on a real backend ------------------
+
+
+def _moderating(bad_signature: bool = False) -> Handler:
+    async def handler(call: Call) -> Answer:
+        if bad_signature or not verify_as_documented(SECRET.encode(), _sig(call), call.body):
+            return 401, b'{"error": "bad signature"}'
+        body = call.json
+        if call.path.endswith("/authorize"):
+            name = body["query"].get("name")
+            if name is None:
+                return 200, orjson.dumps({"allow": False, "status": 401, "reason": "say who"})
+            return 200, orjson.dumps({"allow": True, "identity": name})
+        if call.path.endswith("/push"):
+            value = body["value"]
+            if value == "nonsense":
+                return 200, b"[1, 2]"
+            if value == "spam":
+                return 200, orjson.dumps({"accept": False, "reason": "no spam"})
+            stamped = {"text": value, "from": body["identity"]}
+            return 200, orjson.dumps({"accept": True, "value": stamped})
+        return 200, b"{}"
+
+    return handler
+
+
+def _sig(call: Call) -> str:
+    return call.headers.get(SIGNATURE_HEADER.lower(), "")
+
+
+async def _next_of(client: Any, kind: str) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = await client.receive()
+        if message["type"] == kind:
+            return message
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_webhooks_decide_for_a_real_server(transport: str) -> None:
+    async with backend(_moderating()) as server_side:
+        hooks = WebhookHooks(server_side.url, SECRET, hooks="authorize,push")
+        async with open_test_server(transport=transport, hooks=hooks) as server:  # type: ignore[arg-type]
+            room = await server.new_room()
+            with pytest.raises(ConnectionRejected) as refused:
+                await server.connect(room)
+            assert refused.value.status_code == 401
+            async with await server.connect(room, query="name=ann") as ann:
+                for value in ["hi", "spam", "nonsense", "bye"]:
+                    await ann.push("chat", value)
+                assert (await _next_of(ann, "push"))["value"] == {"text": "hi", "from": "ann"}
+                assert (await _next_of(ann, "error"))["message"] == "no spam"
+                assert (await _next_of(ann, "error"))["message"] == PUSH_HOOK_FAILED
+                assert (await _next_of(ann, "push"))["value"] == {"text": "bye", "from": "ann"}
+            answer = await server.request(
+                "POST",
+                f"/room/{room}/send?name=bob",
+                json_body={
+                    "type": "push",
+                    "key": "chat",
+                    "value": "spam",
+                    "action": {"type": "append"},
+                },
+            )
+            assert answer.status == 403
+            assert answer.json()["message"] == "no spam"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_backend_rejecting_the_signature_refuses_upgrades(transport: str) -> None:
+    async with backend(_moderating(bad_signature=True)) as server_side:
+        hooks = WebhookHooks(server_side.url, SECRET, hooks="authorize,push")
+        async with open_test_server(transport=transport, hooks=hooks) as server:  # type: ignore[arg-type]
+            room = await server.new_room()
+            with pytest.raises(ConnectionRejected) as refused:
+                await server.connect(room, query="name=ann")
+            assert refused.value.status_code == 503
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("fail_open", ["", "authorize,push"])
+async def test_backend_down_on_a_real_server(transport: str, fail_open: str) -> None:
+    with refused_port() as port:
+        hooks = WebhookHooks(
+            f"http://127.0.0.1:{port}", SECRET, hooks="authorize,push", fail_open=fail_open
+        )
+        async with open_test_server(transport=transport, hooks=hooks) as server:  # type: ignore[arg-type]
+            room = await server.new_room()
+            if not fail_open:
+                with pytest.raises(ConnectionRejected) as refused:
+                    await server.connect(room)
+                assert refused.value.status_code == 503
+                return
+            async with await server.connect(room) as client:
+                await client.push("chat", "hi")
+                assert (await _next_of(client, "push"))["value"] == "hi"
