@@ -54,6 +54,7 @@ DRIFTTRIO_ASGI = "hypercorn -k trio drifttrio.asgi:app"
 ASGI_RELAY = "hypercorn -k trio asgi_relay:app (minimal ASGI relay)"
 WEBSOCKETS = "minimal relay on websockets (asyncio)"
 NODE = "minimal relay on Node ws (yardstick)"
+WEBHOOK_ROW = "drifttrio serve (own transport, push webhook)"
 
 DRIFTTRIO_SERVE = [sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0"]
 #: The TLS row's files, made by make_certificate() when the row runs.
@@ -123,9 +124,24 @@ SERVERS: dict[str, list[str]] = {
         "--hooks",
         "hook_rows:Decide",
     ],
+    WEBHOOK_ROW: [*DRIFTTRIO_SERVE, "--store", "memory"],
     WEBSOCKETS: [sys.executable, str(HERE / "websockets_relay.py")],
     "minimal relay on trio-websocket": [sys.executable, str(HERE / "trio_websocket_relay.py")],
     NODE: ["node", str(HERE / "minimal_relay.js")],
+}
+
+#: Rows that need a process of their own beside the server: its command line (it
+#: prints its URL) and the variable that gives the server that URL.
+WEBHOOK_SECRET = "benchmark-webhook-secret-0123456789"
+SIDECARS: dict[str, tuple[list[str], dict[str, str]]] = {
+    WEBHOOK_ROW: (
+        [sys.executable, str(HERE / "webhook_backend.py")],
+        {
+            "DRIFTTRIO_WEBHOOK_URL": "{url}",
+            "DRIFTTRIO_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "DRIFTTRIO_WEBHOOK_HOOKS": "push",
+        },
+    ),
 }
 
 #: drifttrio serve (memory) / websockets relay, messages per second, per M: at least this.
@@ -180,6 +196,24 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
             max(1024, args.connections // max(1, args.rooms) + 16)
         ),
     }
+
+
+def start_sidecar(
+    name: str, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes] | None, dict[str, str]]:
+    """The row's sidecar (pinned beside the load generator, on core 1), and the
+    server environment that points at it."""
+    if name not in SIDECARS:
+        return None, env
+    argv, settings = SIDECARS[name]
+    proc = subprocess.Popen(pinned(1, argv), stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    found = URL.search(proc.stdout.readline())
+    if found is None:
+        proc.kill()
+        sys.exit(f"{name}: its sidecar did not say where it listens")
+    url = found.group(1).decode()
+    return proc, {**env, **{k: v.format(url=url) for k, v in settings.items()}}
 
 
 def start(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -369,7 +403,8 @@ def main() -> None:
     for round_ in range(args.runs):
         print(f"round {round_ + 1}/{args.runs}", file=sys.stderr)
         for name, argv in servers.items():
-            proc, url = start(argv, env)
+            sidecar, row_env = start_sidecar(name, env)
+            proc, url = start(argv, row_env)
             try:
                 if "memory" in measures:
                     r = run_memory(proc, url, args)
@@ -400,12 +435,15 @@ def main() -> None:
                                 file=sys.stderr,
                             )
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                for child in (proc, sidecar):
+                    if child is None:
+                        continue
+                    child.terminate()
+                    try:
+                        child.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        child.kill()
+                        child.wait()
     load_end = os.getloadavg()
     state_end = git_state()
 
