@@ -536,9 +536,7 @@ class _PendingCommit:
 
     __slots__ = ("error", "finished", "journal", "now", "room_id", "rows", "seq")
 
-    def __init__(
-        self, room_id: str, seq: int, now: float, rows: list[_Row], journal: bool
-    ) -> None:
+    def __init__(self, room_id: str, seq: int, now: float, rows: list[_Row], journal: bool) -> None:
         self.room_id = room_id
         self.seq = seq
         self.now = now
