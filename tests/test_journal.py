@@ -352,11 +352,25 @@ async def test_redis_unmarks_an_empty_room_only_after_the_grace_period(
         # Marked within the grace period: a push may be about to write its entry.
         assert await storage.client.zcard(storage._journal_index) == 1
         monkeypatch.setattr(redis_module, "JOURNAL_GRACE_SECONDS", 0.0)
+        monkeypatch.setattr(redis_module, "JOURNAL_REMARK_SECONDS", 0.0)  # below the grace
         assert await storage.read_journal(10) == []
         assert await storage.client.zcard(storage._journal_index) == 0
         # The next journaled push marks it again, and its entry is read.
         await storage.commit("r", 2, [change("append", "k", 2, 2)])
         assert seen(await storage.read_journal(10)) == [("r", 2, "append", "k", 2)]
+
+
+async def test_redis_marks_a_room_once_per_window_not_per_push(
+    redis_server: RedisServer,
+) -> None:
+    async with redis_storage(redis_server) as storage:
+        storage.enable_journal()
+        await storage.create_room("r")
+        await storage.commit("r", 1, [change("append", "k", 1, 1)])
+        first = await storage.client.zscore(storage._journal_index, "r")
+        await storage.commit("r", 2, [change("append", "k", 2, 2)])
+        assert await storage.client.zscore(storage._journal_index, "r") == first
+        assert len(await storage.read_journal(10)) == 2
 
 
 async def test_redis_one_node_holds_the_delivery_lease(redis_server: RedisServer) -> None:

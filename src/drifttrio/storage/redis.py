@@ -50,6 +50,10 @@ JOURNAL_LEASE_SECONDS: Final = 60.0
 #: ... how long a room stays marked after its last journaled push, even when its
 #: journal looks empty (a push marked then may not have run its script yet) ...
 JOURNAL_GRACE_SECONDS: Final = 60.0
+#: ... how long after marking a room this node pushes to it without marking it
+#: again (the mark is then at most this old plus a request's time when the push
+#: runs: keep it well below the grace period) ...
+JOURNAL_REMARK_SECONDS: Final = 20.0
 #: ... how often a node looks for pushes journaled by other nodes (seconds) ...
 JOURNAL_POLL_SECONDS: Final = 0.5
 #: ... and how long an emptied room journal is kept (its ids keep counting up).
@@ -245,6 +249,9 @@ class RedisStorage:
         self._journal_grew = trio.Event()
         self._journal_offset = 0
         self._journal_idle = False
+        #: When this node last sent a mark for each room (``time.monotonic``).
+        self._journal_marked: dict[str, float] = {}
+        self._journal_marked_max = 4096
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -650,7 +657,16 @@ class RedisStorage:
         the script's journal flag (``'1'`` or ``'0'``)."""
         if not (self._journaling and retains):
             return "0"
-        await self._call("JOURNAL_MARK", [self._journal_index], [room_id])
+        now = time.monotonic()
+        if now - self._journal_marked.get(room_id, -math.inf) >= JOURNAL_REMARK_SECONDS:
+            if len(self._journal_marked) >= self._journal_marked_max:
+                # Forget the stale marks: the dict holds the rooms pushed to lately.
+                fresh = now - JOURNAL_REMARK_SECONDS
+                marked = self._journal_marked.items()
+                self._journal_marked = {room: at for room, at in marked if at > fresh}
+                self._journal_marked_max = max(4096, 2 * len(self._journal_marked))
+            await self._call("JOURNAL_MARK", [self._journal_index], [room_id])
+            self._journal_marked[room_id] = now  # when sent: the mark is no older
         return "1"
 
     def _journal_grown(self, journal: str) -> None:
