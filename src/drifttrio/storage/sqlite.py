@@ -17,6 +17,10 @@ command that writes) takes the store lock with :meth:`SqliteStorage.take_store_l
 failed (:attr:`SqliteStorage.write_failure`), so readiness can say "cannot
 commit" while reads still work, and :meth:`SqliteStorage.probe_write` tells when
 writes work again.
+
+With :meth:`SqliteStorage.enable_journal` (a server whose hooks want
+``on_committed``), each room batch also writes its changes to the ``journal``
+table, in the batch's savepoint: committed together or not at all.
 """
 
 from __future__ import annotations
