@@ -386,6 +386,26 @@ async def test_redis_one_node_holds_the_delivery_lease(redis_server: RedisServer
         assert seen(await b.read_journal(10)) == [("r", 1, "append", "k", "from b")]
 
 
+async def test_redis_the_holder_keeps_its_lease_while_its_hook_is_slow(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from drifttrio.storage import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "JOURNAL_LEASE_SECONDS", 0.6)
+    prefix = "t" + secrets.token_hex(6)
+    async with redis_storage(redis_server, prefix) as a, redis_storage(redis_server, prefix) as b:
+        for node in (a, b):
+            node.enable_journal()
+        await a.create_room("r")
+        await a.commit("r", 1, [change("append", "k", 1, 1)])
+        assert len(await a.read_journal(10)) == 1  # a holds the lease ...
+        # ... and, busy in its hook, touches no journal for twice the lease's life:
+        # Redis's own clock expires a lease, so this waits in real time.
+        await trio.sleep(1.2)
+        assert await b.read_journal(10) == []  # a renewed it meanwhile
+        assert len(await a.read_journal(10)) == 1
+
+
 # -- on_committed, fed by the runner --------------------------------------------------------
 
 

@@ -252,6 +252,8 @@ class RedisStorage:
         #: When this node last sent a mark for each room (``time.monotonic``).
         self._journal_marked: dict[str, float] = {}
         self._journal_marked_max = 4096
+        #: Whether this node held the delivery lease when it last asked.
+        self._journal_lease_held = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -280,7 +282,13 @@ class RedisStorage:
                 for name in scripts.__all__:
                     self._scripts[name] = self.client.register_script(getattr(scripts, name))
                 self._running = True
-                await self._feed(task_status)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._keep_journal_lease)
+                        await self._feed(task_status)
+                except BaseExceptionGroup as group:
+                    # Only the feed raises (the lease task keeps its errors): as before.
+                    raise _leaf(group) from None
         except Exception as exc:
             leaf = _leaf(exc)
             if isinstance(leaf, ConfigError | StorageError):
@@ -644,8 +652,8 @@ class RedisStorage:
     # decides), so a push marked but not yet written is never left unmarked.
     #
     # One node delivers: the holder of a lease (a key with an expiry, renewed by each
-    # wait and read). If it dies, another takes over once the lease expires and
-    # delivers again what the first had not trimmed.
+    # wait and read, and every 20 s while it holds it). If it dies, another takes over
+    # once the lease expires and delivers again what the first had not trimmed.
 
     def enable_journal(self) -> None:
         """Journal this node's pushes from now on. Every node sharing the store must
@@ -675,10 +683,23 @@ class RedisStorage:
             self._journal_grew = trio.Event()
 
     async def _holds_journal_lease(self) -> bool:
+        """Take the delivery lease if it is free, renew it if this node holds it."""
         ttl_ms = int(JOURNAL_LEASE_SECONDS * 1000)
-        return bool(
-            await self._call("JOURNAL_LEASE", [self._journal_lease], [self._journal_token, ttl_ms])
-        )
+        args = [self._journal_token, ttl_ms]
+        held = await self._call("JOURNAL_LEASE", [self._journal_lease], args)
+        self._journal_lease_held = bool(held)
+        return self._journal_lease_held
+
+    async def _keep_journal_lease(self) -> None:
+        """Renew the lease while this node holds it, also while ``on_committed`` takes
+        long (a slow hook must not hand delivery to a second node meanwhile)."""
+        while True:
+            await trio.sleep(JOURNAL_LEASE_SECONDS / 3)
+            if self._journal_lease_held:
+                try:
+                    await self._holds_journal_lease()
+                except StorageError as exc:  # the next wait or read tries again
+                    log.debug("could not renew the journal lease: %s", exc)
 
     async def read_journal(self, limit: int) -> list[JournalEntry]:
         """Up to ``limit`` entries from the rooms marked in the index, visited in turn
