@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import trio
@@ -32,7 +34,7 @@ class MemoryStorage:
         #: The committed-push journal (off until :meth:`enable_journal`), the last id
         #: it gave, and the event set when it grows (then replaced).
         self._journaling = False
-        self._journal: list[JournalEntry] = []
+        self._journal: deque[JournalEntry] = deque()
         self._journal_id = 0
         self._journal_grew = trio.Event()
 
@@ -82,11 +84,16 @@ class MemoryStorage:
         self._journaling = True
 
     async def read_journal(self, limit: int) -> list[JournalEntry]:
-        return self._journal[:limit]
+        await trio.lowlevel.checkpoint()  # a consumer draining a backlog yields
+        return list(itertools.islice(self._journal, limit))
 
     async def trim_journal(self, entries: Sequence[JournalEntry]) -> None:
         ids = {entry.id for entry in entries}
-        self._journal = [entry for entry in self._journal if entry.id not in ids]
+        journal = self._journal
+        while journal and journal[0].id in ids:  # what was read is the head: O(trimmed)
+            ids.discard(journal.popleft().id)
+        if ids:
+            self._journal = deque(entry for entry in journal if entry.id not in ids)
 
     async def wait_journal(self) -> None:
         if not self._journal:
