@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .._errors import ConfigError
-from ..runtime.config import Config
 from ._api import Hooks
+
+if TYPE_CHECKING:
+    from ..runtime.config import Config
 
 __all__ = ["configured_hooks", "load_hooks"]
 

@@ -233,38 +233,42 @@ class HookRunner:
                 await self._call("on_event", self.hooks.on_event, event, self.hooks.event_timeout)
 
     async def _deliver_committed(self, journal: JournaledStorage) -> None:
-        after = 0
+        """Hand the journal's head to ``on_committed`` until it returns, then trim it:
+        nothing is forgotten before the hook took it (at least once), and a batch
+        the hook failed on is offered again, with backoff, before any later one."""
         while True:
-            await journal.wait_journal(after)
+            await self._retrying("wait for the journal", journal.wait_journal)
             entries = await self._retrying(
-                "read the journal", partial(journal.read_journal, after, COMMITTED_BATCH)
+                "read the journal", partial(journal.read_journal, COMMITTED_BATCH)
             )
             if not entries:
                 continue
             pushes = [Committed(e.room_id, e.seq, e.key, e.action, e.value) for e in entries]
-            delay = RETRY_FIRST
-            while True:
-                try:
-                    await self._call(
-                        "on_committed", self.hooks.on_committed, pushes, self.hooks.event_timeout
-                    )
-                    break
-                except HookFailed:
-                    await trio.sleep(delay)  # kept in the store meanwhile: retried
-                    delay = min(delay * 2, RETRY_MAX)
-            after = entries[-1].id
-            await self._retrying("trim the journal", partial(journal.trim_journal, after))
+            await self._retrying(
+                "deliver committed pushes",
+                partial(
+                    self._call,
+                    "on_committed",
+                    self.hooks.on_committed,
+                    pushes,
+                    self.hooks.event_timeout,
+                ),
+            )
+            await self._retrying("trim the journal", partial(journal.trim_journal, entries))
 
     async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
-        """``await step()``, retried with backoff while the store fails."""
+        """``await step()``, retried with backoff (doubling, up to :data:`RETRY_MAX`)
+        while it fails; a failing hook was logged by :meth:`_call` already."""
         delay = RETRY_FIRST
         while True:
             try:
                 return await step()
+            except HookFailed:
+                pass
             except Exception as exc:
                 log.warning("could not %s for on_committed (retrying): %s", what, exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
 
 _ACCEPT: Final = Accept()

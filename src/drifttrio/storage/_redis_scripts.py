@@ -13,7 +13,19 @@ room on one shard and each script runs atomically on it:
   node's memory, computed by the node that pushed it: ``value_size``). Entries stored
   before charges were, ``"SEQ|" + CBOR``, count the size of their CBOR;
 * ``P:{R}:log`` - Redis stream: the last events, id ``EV-0``, for gap repair;
-* ``P:{R}:ev`` - the pub/sub channel every event batch is published on.
+* ``P:{R}:ev`` - the pub/sub channel every event batch is published on;
+* ``P:{R}:journal`` - Redis stream: the room's committed pushes not yet delivered to
+  ``on_committed`` (only while a node journals), id ``0-N`` (N counts up per room),
+  fields ``s`` (seq), ``a`` (action), ``k`` (key), ``v`` (CBOR value). Not deleted
+  with the room; it expires a day after it was last emptied.
+
+And beside the rooms (one key each, on whichever shard; no script touches both a
+room and these):
+
+* ``P:journal:rooms`` - sorted set: the rooms whose journal may hold entries, scored
+  with the Redis time they were last marked (before each journaled push);
+* ``P:journal:lease`` - string: which node delivers the journal (expires unless
+  renewed).
 
 An event record is ``"EV|SEQ|ACTION|KEYLEN|BLOBLEN|" + key + CBOR(value)``.
 """
@@ -22,7 +34,19 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["COMMIT", "CREATE", "DELETE", "IMPORT", "LOAD", "PUSH", "TOUCH"]
+__all__ = [
+    "COMMIT",
+    "CREATE",
+    "DELETE",
+    "IMPORT",
+    "JOURNAL_LEASE",
+    "JOURNAL_MARK",
+    "JOURNAL_TRIM",
+    "JOURNAL_UNMARK",
+    "LOAD",
+    "PUSH",
+    "TOUCH",
+]
 
 # Shared Lua helpers: the seq and charge of an entry, and the retained bytes of a list.
 _HELPERS: Final = r"""
@@ -47,8 +71,9 @@ end
 local function fmt(n) return string.format('%d', n) end
 """
 
-#: KEYS: meta, keys, log, stream lists...; ARGV: now, log_max, publish command,
-#: channel, max_keys, max_values, max_bytes, floor_ev, n, then 8 per push:
+#: KEYS: meta, keys, log, journal, stream lists...; ARGV: now, log_max, publish
+#: command, channel, max_keys, max_values, max_bytes, floor_ev, n, journal ('1' to
+#: journal the retained pushes, '0' not to), then 8 per push:
 #: action, index of its stream list in KEYS, key, CBOR value, compact seq, charge of
 #: the entry, charge of the stream if the push creates it (``value_size``, ``key_size``),
 #: and the seq the key's last retained entry must have (0: none), or ``''`` for none:
@@ -73,6 +98,7 @@ local bytes = tonumber(redis.call('HGET', meta, 'bytes') or '0')
 local now, log_max, pub, chan = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max_keys, max_values, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local n = tonumber(ARGV[9])
+local journal, journaling, journaled = KEYS[4], ARGV[10] == '1', false
 local results, records = {}, {}
 
 local function new_key_refused(name)
@@ -98,7 +124,7 @@ local function conflict(skey, expect)
 end
 
 for i = 0, n - 1 do
-  local b = 10 + i * 8
+  local b = 11 + i * 8
   local action, skey, name, blob = ARGV[b], KEYS[tonumber(ARGV[b + 1])], ARGV[b + 2], ARGV[b + 3]
   local charge, stream_charge = tonumber(ARGV[b + 5]), 0
   local function charge_stream()  -- a push creating its stream pays for the stream too
@@ -164,10 +190,15 @@ for i = 0, n - 1 do
     local record = string.format('%d|%d|%s|%d|%d|', ev, at, action, #name, #blob) .. name .. blob
     redis.call('XADD', log, 'MAXLEN', '~', log_max, fmt(ev) .. '-0', 'p', record)
     records[#records + 1] = record
+    if journaling and action ~= 'relay' then
+      redis.call('XADD', journal, '0-*', 's', fmt(at), 'a', action, 'k', name, 'v', blob)
+      journaled = true
+    end
   end
   results[#results + 1] = result
 end
 redis.call('HSET', meta, 'seq', fmt(seq), 'ev', fmt(ev), 'bytes', fmt(bytes), 'last', now)
+if journaled then redis.call('PERSIST', journal) end
 if #records > 0 then redis.call(pub, chan, table.concat(records)) end
 return results
 """
@@ -214,20 +245,26 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'last', A
 return 1
 """
 
-#: KEYS: meta, keys; ARGV: now, seq, stream list prefix, then 3 per change:
-#: kind, key, entry (``"SEQ:CHARGE|" + CBOR``). Applies changes without publishing
-#: (the plain :class:`Storage` interface). Returns false if the room does not exist.
+#: KEYS: meta, keys, journal; ARGV: now, seq, stream list prefix, journal ('1' or
+#: '0'), then 3 per change: kind, key, entry (``"SEQ:CHARGE|" + CBOR``). Applies
+#: changes without publishing (the plain :class:`Storage` interface). Returns false if
+#: the room does not exist.
 COMMIT: Final = (
     _HELPERS
     + r"""
-local meta, keysh = KEYS[1], KEYS[2]
+local meta, keysh, journal = KEYS[1], KEYS[2], KEYS[3]
 local seq = redis.call('HGET', meta, 'seq')
 if not seq then return false end
+local journaling = ARGV[4] == '1' and #ARGV > 4
 local bytes = tonumber(redis.call('HGET', meta, 'bytes') or '0')
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local kind, name, entry = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local skey = ARGV[3] .. name
   local at, size = entry_seq(entry)
+  if journaling then
+    local blob = string.sub(entry, string.find(entry, '|', 1, true) + 1)
+    redis.call('XADD', journal, '0-*', 's', fmt(at), 'a', kind, 'k', name, 'v', blob)
+  end
   redis.call('HSETNX', keysh, name, '0')
   if kind == 'replace' then
     bytes = bytes - list_bytes(skey)
@@ -247,6 +284,7 @@ for i = 4, #ARGV, 3 do
 end
 if tonumber(ARGV[2]) > tonumber(seq) then seq = ARGV[2] end
 redis.call('HSET', meta, 'seq', seq, 'bytes', fmt(bytes), 'last', ARGV[1])
+if journaling then redis.call('PERSIST', journal) end
 return 1
 """
 )
@@ -281,3 +319,51 @@ redis.call('HSET', meta, 'seq', ARGV[2], 'ev', ev, 'bytes', fmt(bytes), 'created
 return 1 - existed
 """
 )
+
+# -- the committed-push journal's index and lease (one key each: any shard) ----------
+
+#: KEYS: the journal index; ARGV: room id. Marks the room as having journal entries
+#: (run before each journaled push, so a push is never journaled unmarked), scored
+#: with this Redis's time.
+JOURNAL_MARK: Final = r"""
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[1])
+return 1
+"""
+
+#: KEYS: the journal index; ARGV: room id, grace seconds. Unmarks the room (its
+#: journal was found empty) unless it was marked within the grace period: a push
+#: marked since may not have run its script yet. Returns 1 if unmarked.
+JOURNAL_UNMARK: Final = r"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return 0 end
+local t = redis.call('TIME')
+if tonumber(score) > tonumber(t[1]) + tonumber(t[2]) / 1000000 - tonumber(ARGV[2]) then
+  return 0
+end
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
+#: KEYS: the lease; ARGV: this node's token, milliseconds. Takes the lease if free,
+#: renews it if this node holds it. Returns 1 if this node holds it now.
+JOURNAL_LEASE: Final = r"""
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+#: KEYS: a room's journal; ARGV: the first id to keep (``0-N``), milliseconds an
+#: emptied journal is kept. Trims the delivered entries; an empty journal expires
+#: (pushes remove the expiry), so deleted rooms leave nothing behind for long.
+JOURNAL_TRIM: Final = r"""
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
+if redis.call('XLEN', KEYS[1]) == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""

@@ -188,8 +188,11 @@ class SharedStorage(Protocol):
 class JournalEntry:
     """One committed push kept for :meth:`drifttrio.hooks.Hooks.on_committed`.
 
-    ``id`` grows with every entry the store keeps (across rooms), so reading in
-    ``id`` order gives each room's entries in seq order."""
+    ``id`` grows with each entry the store keeps for the room (memory and SQLite:
+    across rooms too), so each room's entries in ``id`` order are in its commit
+    order. It names the entry to :meth:`JournaledStorage.trim_journal`; it is not
+    a cursor across rooms (a Redis Cluster keeps each room's journal on its own
+    shard, where no counter is shared)."""
 
     id: int
     room_id: str
@@ -204,17 +207,22 @@ class JournalEntry:
 class JournaledStorage(Protocol):
     """A backend that keeps, with each commit and in the same transaction, a journal
     of the committed pushes, until a consumer has taken them: what makes
-    ``on_committed`` at-least-once and resumable after a restart."""
+    ``on_committed`` at-least-once and resumable after a restart.
+
+    The journal is a queue: the consumer reads its head, delivers it, then trims
+    what it delivered; an entry read but not trimmed (the consumer failed or the
+    process stopped) is read again."""
 
     def enable_journal(self) -> None:
         """Journal every commit from now on (off by default: it costs a write each)."""
 
-    async def read_journal(self, after: int, limit: int) -> list[JournalEntry]:
-        """Up to ``limit`` entries with an id greater than ``after``, by id."""
+    async def read_journal(self, limit: int) -> list[JournalEntry]:
+        """Up to ``limit`` of the oldest entries not trimmed yet, each room's in
+        ``id`` order (the rooms may interleave)."""
 
-    async def trim_journal(self, upto: int) -> None:
-        """Forget the entries with an id up to ``upto`` (they were delivered)."""
+    async def trim_journal(self, entries: Sequence[JournalEntry]) -> None:
+        """Forget ``entries`` (read with :meth:`read_journal`, then delivered)."""
 
-    async def wait_journal(self, after: int) -> None:
-        """Return once an entry with an id greater than ``after`` may exist (at once
-        if one does; a store without a wake-up may poll)."""
+    async def wait_journal(self) -> None:
+        """Return once the journal may hold an entry for this consumer (at once if it
+        does; a store without a wake-up may poll)."""

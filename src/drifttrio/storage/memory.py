@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+
+import trio
 
 from .._errors import RoomNotFound
 from ..core.room_state import Stream, StreamChange
-from .base import RoomInfo, RoomSnapshot
+from .base import JournalEntry, RoomInfo, RoomSnapshot
 
 __all__ = ["MemoryStorage"]
 
@@ -27,6 +31,12 @@ class MemoryStorage:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._rooms: dict[str, _Room] = {}
         self._clock = clock
+        #: The committed-push journal (off until :meth:`enable_journal`), the last id
+        #: it gave, and the event set when it grows (then replaced).
+        self._journaling = False
+        self._journal: deque[JournalEntry] = deque()
+        self._journal_id = 0
+        self._journal_grew = trio.Event()
 
     async def create_room(self, room_id: str) -> None:
         self._rooms.setdefault(room_id, _Room(self._clock()))
@@ -52,6 +62,42 @@ class MemoryStorage:
             room.streams.setdefault(change.key, Stream()).apply(change)
         room.seq = max(room.seq, seq)
         room.last_active = self._clock()
+        if self._journaling and changes:
+            for change in changes:
+                self._journal_id += 1
+                self._journal.append(
+                    JournalEntry(
+                        self._journal_id,
+                        room_id,
+                        change.entry.seq,
+                        change.kind,
+                        change.key,
+                        change.entry.value,
+                    )
+                )
+            self._journal_grew.set()
+            self._journal_grew = trio.Event()
+
+    # -- the committed-push journal (kept when its room is deleted) -------------------
+
+    def enable_journal(self) -> None:
+        self._journaling = True
+
+    async def read_journal(self, limit: int) -> list[JournalEntry]:
+        await trio.lowlevel.checkpoint()  # a consumer draining a backlog yields
+        return list(itertools.islice(self._journal, limit))
+
+    async def trim_journal(self, entries: Sequence[JournalEntry]) -> None:
+        ids = {entry.id for entry in entries}
+        journal = self._journal
+        while journal and journal[0].id in ids:  # what was read is the head: O(trimmed)
+            ids.discard(journal.popleft().id)
+        if ids:
+            self._journal = deque(entry for entry in journal if entry.id not in ids)
+
+    async def wait_journal(self) -> None:
+        if not self._journal:
+            await self._journal_grew.wait()
 
     async def touch(self, room_id: str) -> None:
         room = self._rooms.get(room_id)

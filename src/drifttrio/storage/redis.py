@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal
@@ -34,7 +35,7 @@ from ..core.refusals import PushRefusal, PushRefused
 from ..core.room_state import Stream, StreamChange, value_size
 from ..protocol.messages import SeqValue, Value
 from . import _redis_scripts as scripts
-from .base import FeedCallback, RoomInfo, RoomSnapshot, shown_url
+from .base import FeedCallback, JournalEntry, RoomInfo, RoomSnapshot, shown_url
 
 __all__ = ["ActionName", "Event", "PushItem", "PushResult", "RedisStorage", "parse_records"]
 
@@ -42,6 +43,21 @@ log = logging.getLogger("drifttrio.redis")
 
 #: Events kept in each room's log for nodes that missed some (``?log=N``).
 DEFAULT_LOG_LENGTH: Final = 1000
+
+#: The committed-push journal (see :meth:`RedisStorage.enable_journal`): how long the
+#: delivering node's lease lasts unless renewed (seconds; each read renews it) ...
+JOURNAL_LEASE_SECONDS: Final = 60.0
+#: ... how long a room stays marked after its last journaled push, even when its
+#: journal looks empty (a push marked then may not have run its script yet) ...
+JOURNAL_GRACE_SECONDS: Final = 60.0
+#: ... how long after marking a room this node pushes to it without marking it
+#: again (the mark is then at most this old plus a request's time when the push
+#: runs: keep it well below the grace period) ...
+JOURNAL_REMARK_SECONDS: Final = 20.0
+#: ... how often a node looks for pushes journaled by other nodes (seconds) ...
+JOURNAL_POLL_SECONDS: Final = 0.5
+#: ... and how long an emptied room journal is kept (its ids keep counting up).
+JOURNAL_EMPTY_TTL_MS: Final = 86_400_000
 
 
 ActionName = Literal["relay", "replace", "append", "compact"]
@@ -227,6 +243,20 @@ class RedisStorage:
         self._pubsub: Any = None
         self._running = False
         self._scope: trio.CancelScope | None = None
+        #: The journal: whether this node journals its pushes, the token it holds the
+        #: delivery lease with, the event set when it journals (then replaced), where
+        #: the next read starts in the index of rooms, and whether the last read found
+        #: nothing (then the next wait sleeps first).
+        self._journaling = False
+        self._journal_token = secrets.token_hex(8)
+        self._journal_grew = trio.Event()
+        self._journal_offset = 0
+        self._journal_idle = False
+        #: When this node last sent a mark for each room (``time.monotonic``).
+        self._journal_marked: dict[str, float] = {}
+        self._journal_marked_max = 4096
+        #: Whether this node held the delivery lease when it last asked.
+        self._journal_lease_held = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -252,10 +282,16 @@ class RedisStorage:
             async with self.client:
                 await self.client.ping()
                 await self._check_persistence()
-                for name in ("PUSH", "LOAD", "CREATE", "DELETE", "TOUCH", "COMMIT", "IMPORT"):
+                for name in scripts.__all__:
                     self._scripts[name] = self.client.register_script(getattr(scripts, name))
                 self._running = True
-                await self._feed(task_status)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._keep_journal_lease)
+                        await self._feed(task_status)
+                except BaseExceptionGroup as group:
+                    # Only the feed raises (the lease task keeps its errors): as before.
+                    raise _leaf(group) from None
         except Exception as exc:
             leaf = _leaf(exc)
             if isinstance(leaf, ConfigError | StorageError):
@@ -362,6 +398,17 @@ class RedisStorage:
     def _stream_prefix(self, room_id: str) -> str:
         return self._meta(room_id) + ":s:"
 
+    def _journal_key(self, room_id: str) -> str:
+        return self._meta(room_id) + ":journal"
+
+    @property
+    def _journal_index(self) -> str:
+        return f"{self.prefix}:journal:rooms"
+
+    @property
+    def _journal_lease(self) -> str:
+        return f"{self.prefix}:journal:lease"
+
     def channel(self, room_id: str) -> bytes:
         return (self._meta(room_id) + ":ev").encode()
 
@@ -430,7 +477,8 @@ class RedisStorage:
         """
         from .._errors import RoomNotFound
 
-        keys = self._keys(room_id)
+        journal = await self._journal_mark(room_id, any(i.action != "relay" for i in items))
+        keys = [*self._keys(room_id), self._journal_key(room_id)]
         prefix = self._stream_prefix(room_id)
         index: dict[str, int] = {}
         for item in items:
@@ -447,6 +495,7 @@ class RedisStorage:
             max_bytes,
             seen_ev,
             len(items),
+            journal,
         ]
         for item in items:
             args += [
@@ -460,6 +509,7 @@ class RedisStorage:
                 "" if item.expect_seq is None else item.expect_seq,
             ]
         raw = await self._call("PUSH", keys, args)
+        self._journal_grown(journal)
         if raw is None:
             raise RoomNotFound(room_id)
         if raw and raw[0] == b"behind":
@@ -519,11 +569,15 @@ class RedisStorage:
     async def commit(self, room_id: str, seq: int, changes: Sequence[StreamChange]) -> None:
         from .._errors import RoomNotFound
 
-        args: list[Any] = [repr(self._clock()), seq, self._stream_prefix(room_id)]
+        journal = await self._journal_mark(room_id, bool(changes))
+        args: list[Any] = [repr(self._clock()), seq, self._stream_prefix(room_id), journal]
         for change in changes:
             entry = change.entry
             args += [change.kind, change.key, _entry(entry.seq, entry.value)]
-        if await self._call("COMMIT", self._keys(room_id)[:2], args) is None:
+        keys = [*self._keys(room_id)[:2], self._journal_key(room_id)]
+        done = await self._call("COMMIT", keys, args)
+        self._journal_grown(journal)
+        if done is None:
             raise RoomNotFound(room_id)
 
     async def delete_room(self, room_id: str) -> None:
@@ -587,3 +641,127 @@ class RedisStorage:
             args += [_entry(e.seq, e.value) for e in stream.entries]
         if await self._call("IMPORT", self._keys(room_id), args):
             await self._count(1)
+
+    # -- the committed-push journal ---------------------------------------------------
+    #
+    # Each room's journal is a stream under the room's hash tag, written by the push
+    # (or commit) script itself: a push and its journal entry are one atomic write.
+    # A global index (a sorted set) names the rooms whose journal may hold entries; no
+    # script can write it with the room's keys on a Redis Cluster (other slot), so the
+    # node marks the room in it *before* running the script. Crash windows: a node
+    # dying between the mark and the script leaves a mark with an empty journal
+    # (unmarked after the grace period); the consumer dying between delivering and
+    # trimming delivers those entries again (at least once). Only a mark older than
+    # the grace period on an empty journal is removed (the index's own Redis time
+    # decides), so a push marked but not yet written is never left unmarked.
+    #
+    # One node delivers: the holder of a lease (a key with an expiry, renewed by each
+    # wait and read, and every 20 s while it holds it). If it dies, another takes over
+    # once the lease expires and delivers again what the first had not trimmed.
+
+    def enable_journal(self) -> None:
+        """Journal this node's pushes from now on. Every node sharing the store must
+        run the same hooks: a node without ``on_committed`` journals nothing."""
+        self._journaling = True
+
+    async def _journal_mark(self, room_id: str, retains: bool) -> str:
+        """Mark the room in the journal index if the batch will journal something;
+        the script's journal flag (``'1'`` or ``'0'``)."""
+        if not (self._journaling and retains):
+            return "0"
+        now = time.monotonic()
+        if now - self._journal_marked.get(room_id, -math.inf) >= JOURNAL_REMARK_SECONDS:
+            if len(self._journal_marked) >= self._journal_marked_max:
+                # Forget the stale marks: the dict holds the rooms pushed to lately.
+                fresh = now - JOURNAL_REMARK_SECONDS
+                marked = self._journal_marked.items()
+                self._journal_marked = {room: at for room, at in marked if at > fresh}
+                self._journal_marked_max = max(4096, 2 * len(self._journal_marked))
+            await self._call("JOURNAL_MARK", [self._journal_index], [room_id])
+            self._journal_marked[room_id] = now  # when sent: the mark is no older
+        return "1"
+
+    def _journal_grown(self, journal: str) -> None:
+        if journal == "1":
+            self._journal_grew.set()
+            self._journal_grew = trio.Event()
+
+    async def _holds_journal_lease(self) -> bool:
+        """Take the delivery lease if it is free, renew it if this node holds it."""
+        ttl_ms = int(JOURNAL_LEASE_SECONDS * 1000)
+        args = [self._journal_token, ttl_ms]
+        held = await self._call("JOURNAL_LEASE", [self._journal_lease], args)
+        self._journal_lease_held = bool(held)
+        return self._journal_lease_held
+
+    async def _keep_journal_lease(self) -> None:
+        """Renew the lease while this node holds it, also while ``on_committed`` takes
+        long (a slow hook must not hand delivery to a second node meanwhile)."""
+        while True:
+            await trio.sleep(JOURNAL_LEASE_SECONDS / 3)
+            if self._journal_lease_held:
+                try:
+                    await self._holds_journal_lease()
+                except StorageError as exc:  # the next wait or read tries again
+                    log.debug("could not renew the journal lease: %s", exc)
+
+    async def read_journal(self, limit: int) -> list[JournalEntry]:
+        """Up to ``limit`` entries from the rooms marked in the index, visited in turn
+        from where the last read stopped (so a busy room starves none); nothing
+        unless this node holds the delivery lease."""
+        entries: list[JournalEntry] = []
+        if await self._holds_journal_lease():
+            start = self._journal_offset
+            rooms = await self._command("zrange", self._journal_index, start, start + limit - 1)
+            # Next time: from the first room not drained now (wrapping at the end).
+            self._journal_offset = start + len(rooms) if len(rooms) == limit else 0
+            for visited, raw in enumerate(rooms):
+                room_id = _text(raw)
+                wanted = limit - len(entries)
+                found = await self._command(
+                    "xrange", self._journal_key(room_id), "-", "+", count=wanted
+                )
+                if not found:
+                    args = [room_id, repr(JOURNAL_GRACE_SECONDS)]
+                    await self._call("JOURNAL_UNMARK", [self._journal_index], args)
+                entries.extend(_journal_entry(room_id, item) for item in found)
+                if len(entries) >= limit:
+                    self._journal_offset = start + visited + (len(found) < wanted)
+                    break
+        self._journal_idle = not entries
+        return entries
+
+    async def trim_journal(self, entries: Sequence[JournalEntry]) -> None:
+        last: dict[str, int] = {}
+        for entry in entries:
+            last[entry.room_id] = max(entry.id, last.get(entry.room_id, 0))
+        for room_id, upto in last.items():
+            args = [f"0-{upto + 1}", JOURNAL_EMPTY_TTL_MS]
+            await self._call("JOURNAL_TRIM", [self._journal_key(room_id)], args)
+
+    async def wait_journal(self) -> None:
+        """Poll: other nodes' pushes wake no one here. This node's own pushes wake it
+        at once; after a read that found nothing, wait for one or the poll period."""
+        while True:
+            if (
+                not self._journal_idle
+                and await self._holds_journal_lease()
+                and await self._command("zcard", self._journal_index)
+            ):
+                return
+            self._journal_idle = False
+            with trio.move_on_after(JOURNAL_POLL_SECONDS):
+                await self._journal_grew.wait()
+
+
+def _journal_entry(room_id: str, item: Any) -> JournalEntry:
+    """A journal stream entry (id ``0-N``; fields seq, action, key, CBOR value)."""
+    fields = item.field_values
+    return JournalEntry(
+        int(_text(item.identifier).split("-", 1)[1]),
+        room_id,
+        int(fields[b"s"]),
+        _text(fields[b"a"]),
+        _text(fields[b"k"]),
+        _decode_value(fields[b"v"]),
+    )

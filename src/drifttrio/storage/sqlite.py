@@ -17,6 +17,10 @@ command that writes) takes the store lock with :meth:`SqliteStorage.take_store_l
 failed (:attr:`SqliteStorage.write_failure`), so readiness can say "cannot
 commit" while reads still work, and :meth:`SqliteStorage.probe_write` tells when
 writes work again.
+
+With :meth:`SqliteStorage.enable_journal` (a server whose hooks want
+``on_committed``), each room batch also writes its changes to the ``journal``
+table, in the batch's savepoint: committed together or not at all.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import trio
 from .._errors import ConfigError, DriftError, RoomNotFound, StorageError
 from ..core.room_state import Stream, StreamChange
 from ..protocol.messages import SeqValue, Value
-from .base import RoomInfo, RoomSnapshot, StoreAccess
+from .base import JournalEntry, RoomInfo, RoomSnapshot, StoreAccess
 from .lock import LockPurpose, StoreLock
 
 __all__ = ["SqliteStorage"]
@@ -64,6 +68,17 @@ CREATE TABLE IF NOT EXISTS entries (
     FOREIGN KEY (room, key) REFERENCES streams (room, key) ON DELETE CASCADE
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS write_probe (data BLOB NOT NULL);
+-- The committed-push journal (see SqliteStorage.enable_journal): not tied to rooms,
+-- so a deleted or expired room's committed pushes are still delivered.
+-- AUTOINCREMENT: an id is never given twice, even once the journal was emptied.
+CREATE TABLE IF NOT EXISTS journal (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    room   TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  BLOB NOT NULL
+);
 """
 
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -174,6 +189,10 @@ class SqliteStorage:
         #: A read-only connection to a database no server has open reads the file
         #: as immutable, which creates no -wal and -shm files beside it.
         self._immutable = False
+        #: Whether commits journal their changes (:meth:`enable_journal`), and the
+        #: event set after a commit that journaled something (then replaced).
+        self._journaling = False
+        self._journal_grew = trio.Event()
         self._db = self._open()
 
     # -- opening ------------------------------------------------------------------------
@@ -347,7 +366,7 @@ class SqliteStorage:
         nothing of it is committed. Each room still learns of its commit only once it
         is durable, and a room has at most one batch in flight.
         """
-        entry = _PendingCommit(room_id, seq, self._clock(), _rows(changes))
+        entry = _PendingCommit(room_id, seq, self._clock(), _rows(changes), self._journaling)
         self._queued.append(entry)
         try:
             async with self._committing:  # FIFO: the rooms of a group pass at once
@@ -364,6 +383,9 @@ class SqliteStorage:
                         raise
                     for other in group:
                         other.finish(None)
+                    if any(other.journal and other.rows for other in group):
+                        self._journal_grew.set()
+                        self._journal_grew = trio.Event()
         except BaseException:
             if entry in self._queued:  # cancelled while waiting: never committed
                 self._queued.remove(entry)
@@ -447,6 +469,45 @@ class SqliteStorage:
 
         await self._run(replace, write=True)
 
+    # -- the committed-push journal ----------------------------------------------------
+
+    def enable_journal(self) -> None:
+        """From now on each commit also writes its changes to the ``journal`` table,
+        in the room's savepoint: a batch and its journal entries commit together."""
+        self._journaling = True
+
+    async def read_journal(self, limit: int) -> list[JournalEntry]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT id, room, seq, action, key, value FROM journal ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [
+            JournalEntry(id_, room, seq, action, key, _decode(blob))
+            for id_, room, seq, action, key, blob in rows
+        ]
+
+    async def trim_journal(self, entries: Sequence[JournalEntry]) -> None:
+        ids = [(entry.id,) for entry in entries]
+
+        def trim(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM journal WHERE id = ?", ids)
+            db.execute("COMMIT")
+
+        await self._run(trim, write=True)
+
+    async def wait_journal(self) -> None:
+        while True:
+            grew = self._journal_grew  # taken first: a commit during the query sets it
+            found = await self._run(
+                lambda db: db.execute("SELECT 1 FROM journal LIMIT 1").fetchone()
+            )
+            if found is not None:
+                return
+            await grew.wait()
+
     async def aclose(self) -> None:
         db, self._db = self._db, None
         try:
@@ -477,13 +538,15 @@ def _rows(changes: Sequence[StreamChange]) -> list[_Row]:
 class _PendingCommit:
     """One room batch waiting in a group commit (see :meth:`SqliteStorage.commit`)."""
 
-    __slots__ = ("error", "finished", "now", "room_id", "rows", "seq")
+    __slots__ = ("error", "finished", "journal", "now", "room_id", "rows", "seq")
 
-    def __init__(self, room_id: str, seq: int, now: float, rows: list[_Row]) -> None:
+    def __init__(self, room_id: str, seq: int, now: float, rows: list[_Row], journal: bool) -> None:
         self.room_id = room_id
         self.seq = seq
         self.now = now
         self.rows = rows
+        #: Whether the rows also go to the journal table.
+        self.journal = journal
         self.finished = False
         #: Why this batch was not committed (``None``: it was).
         self.error: Exception | None = None
@@ -511,8 +574,9 @@ def _commit_group(group: list[_PendingCommit], db: sqlite3.Connection) -> None:
 
 
 def _commit_room(db: sqlite3.Connection, entry: _PendingCommit) -> bool:
-    """Write one room batch: its new seq and its stream changes. ``False`` if the
-    room does not exist (nothing to keep of it)."""
+    """Write one room batch: its new seq, its stream changes and (when journaling)
+    their journal entries. ``False`` if the room does not exist (nothing to keep of
+    it)."""
     room_id = entry.room_id
     updated = db.execute(
         "UPDATE rooms SET seq = max(seq, ?), last_active = ? WHERE id = ?",
@@ -539,5 +603,10 @@ def _commit_room(db: sqlite3.Connection, entry: _PendingCommit) -> bool:
         db.execute(
             "INSERT INTO entries (room, key, seq, value) VALUES (?, ?, ?, ?)",
             (room_id, key, entry_seq, blob),
+        )
+    if entry.journal:
+        db.executemany(
+            "INSERT INTO journal (room, seq, action, key, value) VALUES (?, ?, ?, ?, ?)",
+            [(room_id, seq, kind, key, blob) for kind, key, seq, blob in entry.rows],
         )
     return True

@@ -12,6 +12,7 @@ import trio
 from .._errors import ConfigError, StorageError
 from ..core.room_state import StreamChange
 from ..storage import MemoryStorage, RoomInfo, RoomSnapshot, SqliteStorage, Storage
+from ..storage.base import JournaledStorage, JournalEntry
 
 __all__ = ["FaultyStorage", "Operation", "StoreName", "make_storage"]
 
@@ -19,7 +20,16 @@ StoreName: TypeAlias = Literal["memory", "sqlite"]
 
 #: The storage operations a fault can be injected into.
 Operation: TypeAlias = Literal[
-    "create_room", "room_exists", "load_room", "commit", "delete_room", "touch", "expire"
+    "create_room",
+    "room_exists",
+    "load_room",
+    "commit",
+    "delete_room",
+    "touch",
+    "expire",
+    "read_journal",
+    "trim_journal",
+    "wait_journal",
 ]
 _OPERATIONS: frozenset[str] = frozenset(get_args(Operation))
 
@@ -45,7 +55,9 @@ def make_storage(store: StoreName | Storage, path: str | Path | None = None) -> 
 class FaultyStorage:
     """Wraps a backend; makes chosen operations fail, or wait, on demand.
 
-    ``calls`` counts every operation that was attempted.
+    ``calls`` counts every operation that was attempted. The journal operations
+    (:class:`~drifttrio.storage.base.JournaledStorage`) are forwarded too, and fail
+    with a :class:`~drifttrio.ConfigError` if the wrapped backend keeps no journal.
     """
 
     def __init__(self, inner: Storage) -> None:
@@ -130,6 +142,28 @@ class FaultyStorage:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+    # -- the JournaledStorage interface ------------------------------------------------
+
+    def _journal(self) -> JournaledStorage:
+        if not isinstance(self.inner, JournaledStorage):
+            raise ConfigError(f"{type(self.inner).__name__} keeps no journal")
+        return self.inner
+
+    def enable_journal(self) -> None:
+        self._journal().enable_journal()
+
+    async def read_journal(self, limit: int) -> list[JournalEntry]:
+        await self._enter("read_journal")
+        return await self._journal().read_journal(limit)
+
+    async def trim_journal(self, entries: Sequence[JournalEntry]) -> None:
+        await self._enter("trim_journal")
+        await self._journal().trim_journal(entries)
+
+    async def wait_journal(self) -> None:
+        await self._enter("wait_journal")
+        await self._journal().wait_journal()
 
 
 def _check(operation: str) -> None:
