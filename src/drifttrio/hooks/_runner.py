@@ -75,6 +75,9 @@ class HookRunner:
         self.decides = hooks.overrides("decide")
         self.wants_events = hooks.overrides("on_event")
         self.wants_commits = hooks.overrides("on_committed")
+        #: ``on_push`` is a plain method: called on the spot, without the deadline's
+        #: cancel scope (which costs more than a trivial hook).
+        self.push_is_plain = not inspect.iscoroutinefunction(hooks.on_push)
         self._events_in, self._events_out = trio.open_memory_channel[Event](EVENT_QUEUE_SIZE)
         #: Events dropped because ``on_event`` fell behind.
         self.dropped_events = 0
@@ -121,18 +124,19 @@ class HookRunner:
             log.warning("hook %s held the event loop for %.0f ms", name, elapsed * 1000)
         return result
 
-    def call_plain(self, name: str, hook: Callable[[Any], T], arg: Any) -> T:
-        """Call a hook that must be plain (``decide``); :class:`HookFailed` if it fails."""
+    def call_plain(self, name: str, hook: Callable[..., T], *args: Any) -> T:
+        """Call a plain hook (``decide``, a plain ``on_push``) on the spot;
+        :class:`HookFailed` if it fails."""
         started = time.perf_counter()
         try:
-            result = hook(arg)
+            result = hook(*args)
         except Exception as exc:
             log.warning("hook %s raised %s: %s", name, type(exc).__name__, exc)
             raise HookFailed from None
-        if inspect.isawaitable(result):
+        if not isinstance(result, _ANSWERS) and inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()
-            log.warning("hook %s must be a plain method, not async", name)
+            log.warning("hook %s returned an awaitable from a plain method", name)
             raise HookFailed
         elapsed = time.perf_counter() - started
         if elapsed > self.hooks.slow_seconds:
@@ -159,9 +163,19 @@ class HookRunner:
         log.warning("hook authorize answered %s, not Admit, Refuse or None", type(answer).__name__)
         return Refuse(_AUTHORIZE_FAILED, 503)
 
+    def screen_push_now(self, push: PushRequest) -> Accept | Replace | Refuse:
+        """A plain ``on_push``'s decision (see :attr:`push_is_plain`), made on the spot."""
+        try:
+            answer = self.call_plain("on_push", self.hooks.on_push, push)
+        except HookFailed:
+            return Refuse(PUSH_HOOK_FAILED, 503)
+        return self.checked("on_push", answer)
+
     async def screen_push(self, push: PushRequest) -> Accept | Replace | Refuse:
         """``on_push``'s decision, checked (a replaced value must be plain data within
         the decode limits); a failing hook refuses the push."""
+        if self.push_is_plain:
+            return self.screen_push_now(push)
         try:
             answer = await self._call("on_push", self.hooks.on_push, push, self.hooks.push_timeout)
         except HookFailed as exc:
@@ -171,7 +185,7 @@ class HookRunner:
     def decide(self, view: RoomView, push: PushRequest) -> Accept | Replace | Refuse:
         """``decide``'s decision, checked; a failing hook refuses the push."""
         try:
-            answer = self.call_plain("decide", lambda p: self.hooks.decide(view, p), push)
+            answer = self.call_plain("decide", self.hooks.decide, view, push)
         except HookFailed:
             return Refuse(PUSH_HOOK_FAILED, 503)
         return self.checked("decide", answer)
@@ -272,3 +286,5 @@ class HookRunner:
 
 
 _ACCEPT: Final = Accept()
+#: What a hook answers, and is no awaitable: checked first, it is cheaper.
+_ANSWERS: Final = (type(None), Accept, Replace, Refuse, Admit)

@@ -109,7 +109,10 @@ class Leave:
     conn: Member
 
 
-@attrs.frozen(eq=False)
+# The commands made for every client message are not frozen: a frozen attrs
+# class costs twice as much to build (one ``object.__setattr__`` per field), and
+# nothing changes a command once made (a hook's replaced value is a new one).
+@attrs.define(eq=False)
 class PushCommand:
     key: str
     value: Value
@@ -122,14 +125,14 @@ class PushCommand:
     expect_seq: int | None = None
 
 
-@attrs.frozen(eq=False)
+@attrs.define(eq=False)
 class GetCommand:
     key: str
     since: int | None
     origin: Origin
 
 
-@attrs.frozen(eq=False)
+@attrs.define(eq=False)
 class PingCommand:
     nonce: int | None
     origin: Origin

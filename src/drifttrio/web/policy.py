@@ -111,7 +111,10 @@ async def screen_push(
         source,
         action.seq if isinstance(action, Compact) else None,
     )
-    decision = await hooks.screen_push(request)
+    if hooks.push_is_plain:
+        decision = hooks.screen_push_now(request)
+    else:
+        decision = await hooks.screen_push(request)
     if isinstance(decision, Refuse):
         return decision
     if isinstance(decision, Replace):
