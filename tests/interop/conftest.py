@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,15 @@ import pytest
 import trio
 
 from drifttrio import Config, RunningServer, open_server
-from drifttrio.hooks import Admit, ConnectRequest, Event, Hooks, PushRequest, RoomView
+from drifttrio.hooks import (
+    Admit,
+    Committed,
+    ConnectRequest,
+    Event,
+    Hooks,
+    PushRequest,
+    RoomView,
+)
 
 INTEROP_DIR = Path(__file__).resolve().parent
 
@@ -60,6 +68,9 @@ class PassThrough(Hooks):
         return None
 
     async def on_event(self, event: Event) -> None:
+        return None
+
+    async def on_committed(self, pushes: Sequence[Committed]) -> None:
         return None
 
 

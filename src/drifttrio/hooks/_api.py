@@ -339,7 +339,7 @@ class Hooks:
         return None
 
     def on_committed(self, pushes: Sequence[Committed]) -> Awaitable[None] | None:
-        """Told of committed pushes, in seq order per room, at least once: the
+        """Told of committed pushes, in each room's order, at least once: the
         server keeps them in its store until this returns, retries (with backoff)
         when it raises, and resumes from the store after a restart. A slow hook
         never slows a room; its backlog waits in the store."""
