@@ -9,6 +9,8 @@ the next push goes through.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from drifttrio import CloseCode, Config, ConfigError, ProtocolError
 from drifttrio.hooks import (
     Accept,
     Admit,
+    Committed,
     ConnectRequest,
     Event,
     HookRefused,
@@ -496,3 +499,70 @@ async def test_on_push_makes_a_push_conditional(
         answer = await server.send(room, push)
         assert answer.status == 409
         assert server.hub.rooms[room].state.seq == 1
+
+
+# -- committed pushes, through a server ------------------------------------------------------
+
+
+class Audit(Hooks):
+    def __init__(self, fail_first: int = 0) -> None:
+        self.seen: list[Committed] = []
+        self.fail_first = fail_first
+        self.changed = trio.Event()
+
+    async def on_committed(self, pushes: Sequence[Committed]) -> None:
+        if self.fail_first:
+            self.fail_first -= 1
+            raise RuntimeError("the audit database is down")
+        self.seen.extend(pushes)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.seen) < count:
+            await self.changed.wait()
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_committed_pushes_reach_the_hook_in_order_despite_failures(
+    autojump_clock: trio.abc.Clock, store: str, tmp_path: Path
+) -> None:
+    audit = Audit(fail_first=2)
+    async with open_test_server(store=store, tmp_path=tmp_path, hooks=audit) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        async with await server.connect(room) as client:
+            await client.push("cursor", {"x": 1}, "relay")  # not retained: not committed
+            await client.push("chat", "a")
+            await client.push("chat", "b")
+            await client.push("title", "t", "replace")
+            await audit.wait_for(3)
+    assert [(c.room_id, c.seq, c.key, c.action, c.value) for c in audit.seen] == [
+        (room, 2, "chat", "append", "a"),
+        (room, 3, "chat", "append", "b"),
+        (room, 4, "title", "replace", "t"),
+    ]
+
+
+async def test_committed_pushes_survive_a_restart_on_sqlite(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    class Down(Hooks):
+        def __init__(self) -> None:
+            self.attempts = 0
+            self.retried = trio.Event()
+
+        async def on_committed(self, pushes: Sequence[Committed]) -> None:
+            self.attempts += 1
+            if self.attempts == 3:
+                self.retried.set()
+            raise RuntimeError("down for the whole first run")
+
+    down = Down()
+    async with open_test_server(store="sqlite", tmp_path=tmp_path, hooks=down) as server:
+        room = await server.new_room()
+        await server.hub.push(room, "chat", "kept while the consumer is down")
+        await down.retried.wait()
+    audit = Audit()
+    async with open_test_server(store="sqlite", tmp_path=tmp_path, hooks=audit) as server:  # type: ignore[arg-type]
+        await audit.wait_for(1)
+    assert [(c.room_id, c.value) for c in audit.seen] == [(room, "kept while the consumer is down")]
