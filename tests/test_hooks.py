@@ -8,7 +8,9 @@ the next push goes through.
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from trio_websocket import ConnectionRejected
+from trio_websocket import ConnectionRejected, open_websocket_url
 
-from drifttrio import CloseCode, Config, ConfigError, ProtocolError
+from _redis import RedisServer
+from drifttrio import CloseCode, Config, ConfigError, ProtocolError, open_server
 from drifttrio.hooks import (
     Accept,
     Admit,
@@ -566,3 +569,51 @@ async def test_committed_pushes_survive_a_restart_on_sqlite(
     async with open_test_server(store="sqlite", tmp_path=tmp_path, hooks=audit) as server:  # type: ignore[arg-type]
         await audit.wait_for(1)
     assert [(c.room_id, c.value) for c in audit.seen] == [(room, "kept while the consumer is down")]
+
+
+# -- on the Redis store --------------------------------------------------------------------
+
+
+class NodeHooks(Recorder):
+    """Identity from the query, chat stamped, events and committed pushes recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.committed: list[Committed] = []
+        self.got_commits = trio.Event()
+
+    def on_push(self, push: PushRequest) -> Replace:
+        return Replace({"text": push.value, "from": push.identity})
+
+    async def on_committed(self, pushes: Sequence[Committed]) -> None:
+        self.committed.extend(pushes)
+        self.got_commits.set()
+
+
+async def test_hooks_on_the_redis_store(redis_server: RedisServer) -> None:
+    hooks = NodeHooks()
+    store = f"{redis_server.url}?prefix=hooks{secrets.token_hex(6)}"
+    async with open_server(Config(store=store), hooks=hooks) as server:
+        room = await server.hub.create_room()
+        url = f"{server.ws_url}/room/{room}/connect?user=ann"
+        with trio.fail_after(20):
+            async with open_websocket_url(url) as ws:
+                await ws.send_message(
+                    json.dumps(
+                        {"type": "push", "key": "chat", "value": "hi", "action": {"type": "append"}}
+                    )
+                )
+                echo = json.loads(await ws.get_message())
+                assert echo["value"] == {"text": "hi", "from": "ann"}
+                await hooks.got_commits.wait()
+    assert [(c.room_id, c.seq, c.value) for c in hooks.committed] == [
+        (room, 1, {"text": "hi", "from": "ann"})
+    ]
+    assert MemberJoined(room, "ann", 1) in hooks.events
+
+
+async def test_decide_refuses_to_start_on_the_redis_store(redis_server: RedisServer) -> None:
+    store = f"{redis_server.url}?prefix=hooks{secrets.token_hex(6)}"
+    with pytest.raises(ConfigError, match="expect_seq"):
+        async with open_hub(Config(store=store), hooks=TicTacToe()):
+            pass

@@ -100,6 +100,8 @@ class Hub:
         #: This hub's Prometheus metrics (its own registry).
         self.metrics = metrics or Metrics()
         self.storage = storage if storage is not None else open_storage(self.config.store)
+        if self.hooks is not None:
+            self.hooks.check_store(self.storage)  # hooks this store cannot honour: now
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
@@ -131,8 +133,6 @@ class Hub:
                 # Before any room is served: two servers on one SQLite file would each
                 # number the same room from its stored seq, and both commit.
                 self.storage.take_store_lock("serve")
-            if self.hooks is not None:
-                self.hooks.check_store(self.storage)
             async with trio.open_nursery() as nursery:
                 if isinstance(self.storage, ServedStorage):
                     # A networked store (Redis) connects and carries its event feed here.
