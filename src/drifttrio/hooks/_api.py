@@ -70,7 +70,14 @@ class ConnectRequest:
 def _key_rules(keys: Iterable[str] | None) -> frozenset[str] | None:
     if isinstance(keys, str):
         raise TypeError("Admit.keys is a collection of keys, not one string")
-    return None if keys is None else frozenset(keys)
+    if keys is None:
+        return None
+    rules = frozenset(keys)
+    # Checked here, in the hook's own call: a wrong rule found later, at a push,
+    # would fail in the member's reader instead of refusing this admission.
+    if not all(isinstance(rule, str) for rule in rules):
+        raise TypeError("Admit.keys must hold strings (key names, or prefixes ending in '*')")
+    return rules
 
 
 @attrs.frozen

@@ -1,0 +1,221 @@
+"""An outside checker's attacks on server-side room logic (issue 21): what a
+malformed hook answer, a client pushing where it may not, or a crowd of
+handshakes waiting on the authorize hook does to a real server.
+
+Each failure must end as a clear refusal (HTTP status, ``error``, close code)
+with at most one log line and no traceback; the server keeps serving others.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed, ConnectionRejected
+
+from drifttrio import CloseCode, Config
+from drifttrio.hooks import Admit, ConnectRequest, Hooks, PushRequest, Refuse
+from drifttrio.server import TRANSPORTS
+from drifttrio.testing import DriftClient, open_test_server
+
+pytest_plugins = ["drifttrio.testing.pytest_plugin"]
+
+transports = pytest.mark.parametrize("transport", TRANSPORTS)
+
+
+async def _next(client: DriftClient, kind: str) -> dict[str, Any]:
+    """The next message of type ``kind`` (within a minute: a guard against hangs)."""
+    with trio.fail_after(60):
+        while True:
+            message = await client.receive()
+            if message["type"] == kind:
+                return message
+
+
+async def _close_code(client: DriftClient) -> int | None:
+    """Read until the server closes the connection; its close code (``None``: it
+    stayed open for a minute)."""
+    with trio.move_on_after(60):
+        while True:
+            try:
+                await client.receive()
+            except ConnectionClosed as closed:
+                return closed.reason.code
+    return None
+
+
+# -- a malformed admission ------------------------------------------------------------------
+
+
+class NonStringKeys(Hooks):
+    """A buggy authorize hook: its key rules hold an int (a typo'd id, JSON decoded)."""
+
+    def authorize(self, request: ConnectRequest) -> Admit:
+        return Admit(identity="ann", keys=[7, "chat"])  # type: ignore[list-item]
+
+
+def test_admit_refuses_key_rules_that_are_not_strings() -> None:
+    with pytest.raises(TypeError, match="strings"):
+        Admit(keys=[7])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="strings"):
+        Admit(keys={"chat", b"cursor/*"})  # type: ignore[arg-type]
+    assert Admit(keys=["chat"]).may_write("chat")
+
+
+@transports
+async def test_an_admission_with_non_string_keys_is_a_failed_hook_not_a_crash(
+    autojump_clock: trio.abc.Clock, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On 4d54db6 the Admit was taken as it was, and the first push's key check
+    # raised AttributeError in the member's reader: a traceback, and (under the
+    # test server) the whole server down.
+    async with open_test_server(transport=transport, hooks=NonStringKeys()) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        caplog.clear()
+        with (
+            caplog.at_level(logging.WARNING),
+            pytest.raises(ConnectionRejected) as refused,
+        ):
+            async with await server.connect(room) as client:
+                await client.push("other", 1, "replace")
+                await _next(client, "error")
+        assert refused.value.status_code == 503
+        answer = await server.send(room, {"type": "push", "key": "k", "value": 1})
+        assert answer.status == 503
+        records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert [r.name for r in records] == ["drifttrio.hooks", "drifttrio.hooks"]
+        assert all(r.exc_info is None for r in records)
+        # The server lives on: a request the hook is not asked about still works.
+        assert await server.new_room()
+
+
+# -- pushes to keys a connection may not write ---------------------------------------------
+
+
+class ReadOnlyUsers(Hooks):
+    """Admits everyone; ``?user=viewer`` may not write, the others only ``chat``."""
+
+    def authorize(self, request: ConnectRequest) -> Admit:
+        if request.query.get("user") == "viewer":
+            return Admit(identity="viewer", write=False)
+        return Admit(identity=request.query.get("user"), keys={"chat"})
+
+    def on_push(self, push: PushRequest) -> Refuse | None:
+        return Refuse("push refused: no shouting") if push.value == "SHOUT" else None
+
+
+@transports
+@pytest.mark.parametrize("query", ["user=viewer", "user=ann"])
+async def test_pushes_its_admission_forbids_count_as_consecutive_errors(
+    autojump_clock: trio.abc.Clock, transport: str, query: str
+) -> None:
+    # A read-only room token's refused pushes count towards max_consecutive_errors
+    # (closed with 4000); an admission that forbids the key is the same refusal, but
+    # on 4d54db6 it was never counted: a client could push to a forbidden key as
+    # fast as its rate limit allows, forever, each answered with an ``error``.
+    config = Config(max_consecutive_errors=3)
+    async with open_test_server(config, transport=transport, hooks=ReadOnlyUsers()) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        async with await server.connect(room, query=query) as client:
+            for i in range(2):
+                await client.push("board", i, "replace")
+                assert "not allowed" in (await _next(client, "error"))["message"]
+            await client.ping(1)  # a valid message in between resets the count
+            assert (await _next(client, "pong"))["nonce"] == 1
+            for i in range(3):
+                await client.push("board", i, "replace")
+            assert await _close_code(client) == CloseCode.TOO_MANY_ERRORS
+
+
+@transports
+async def test_the_room_logic_refusing_pushes_never_closes_the_connection(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    # The other side of the rule above: a push the hook refuses (an illegal move,
+    # a moderated word) is the application's answer, not a misbehaving client.
+    config = Config(max_consecutive_errors=3)
+    async with open_test_server(config, transport=transport, hooks=ReadOnlyUsers()) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        async with await server.connect(room, query="user=ann") as client:
+            for _ in range(6):
+                await client.push("chat", "SHOUT")
+                assert (await _next(client, "error"))["message"] == "push refused: no shouting"
+            await client.push("chat", "hi")
+            assert (await _next(client, "push"))["value"] == "hi"
+
+
+# -- handshakes waiting on the authorize hook -----------------------------------------------
+
+
+class SlowGate(Hooks):
+    """An authorize hook with a backend behind it: each call waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.waiting = 0
+        self.release = trio.Event()
+
+    async def authorize(self, request: ConnectRequest) -> None:
+        self.asked += 1
+        self.waiting += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.waiting -= 1
+
+
+@transports
+async def test_the_connection_limits_are_checked_before_the_authorize_hook(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    # On 4d54db6 the per-address connection limit was checked only after the
+    # hook answered, so one address could hold any number of handshakes inside the
+    # hook (with webhooks: every slot of webhook_max_in_flight, starving everyone
+    # else's authorize and push calls). Handshakes in progress count as connections.
+    gate = SlowGate()
+    config = Config(max_connections_per_ip=2)
+    async with open_test_server(config, transport=transport, hooks=gate) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        admitted: list[DriftClient] = []
+        refused: list[int] = []
+
+        async def connect() -> None:
+            try:
+                client = await server.connect(room)
+            except ConnectionRejected as exc:
+                refused.append(exc.status_code or 0)
+            else:
+                admitted.append(client)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(connect)
+            await trio.testing.wait_all_tasks_blocked()
+            assert refused == [503, 503, 503]
+            assert gate.asked == gate.waiting == 2  # only what the limit lets in was asked
+            gate.release.set()
+        assert len(admitted) == 2
+        for client in admitted:
+            await client.aclose()
+
+
+@transports
+async def test_a_refused_or_failed_handshake_gives_its_slot_back(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    config = Config(max_connections_per_ip=1)
+    async with open_test_server(config, transport=transport, hooks=ReadOnlyUsers()) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        for _ in range(3):
+            with pytest.raises(ConnectionRejected) as refused:
+                await server.connect("nosuchroom")
+            assert refused.value.status_code == 404
+        async with await server.connect(room, query="user=ann") as client:
+            await client.push("chat", "hi")
+            assert (await _next(client, "push"))["value"] == "hi"
+        async with await server.connect(room, query="user=ann") as client:
+            await client.ping(1)
+            assert (await _next(client, "pong"))["nonce"] == 1
