@@ -590,9 +590,9 @@ class DriftApp:
 
     async def _admit(self, peer: Peer) -> tuple[Hub, str, str, Admit] | None:
         """Check an upgrade (room, origin, token, connection limits, the authorize
-        hook, the room's existence); refuse it, or count the connection in and return the hub, the room
-        id, the client address and the admission to join with (the caller counts it
-        out)."""
+        hook, the room's existence); refuse it, or count the connection in and
+        return the hub, the room id, the client address and the admission to join
+        with (the caller counts it out)."""
         scope = peer.scope
         hub = self.hub
         if hub is None or not self._ready:
