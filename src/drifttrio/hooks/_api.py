@@ -120,6 +120,10 @@ class Refuse:
     status: int = 403
 
     def __attrs_post_init__(self) -> None:
+        # Checked in the hook's own call (which then fails, with one log line): a
+        # reason that is no text would reach the client as its error message.
+        if not isinstance(self.reason, str):
+            raise TypeError(f"Refuse.reason must be text, got {type(self.reason).__name__}")
         if not 400 <= self.status <= 599:
             raise ValueError(f"Refuse.status must be an HTTP error status, got {self.status}")
 
