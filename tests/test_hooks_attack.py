@@ -25,8 +25,10 @@ import drifttrio
 from _procs import TIMEOUT, drifttrio_command, start_child
 from drifttrio import CloseCode, Config
 from drifttrio.hooks import Admit, ConnectRequest, Hooks, PushRequest, Refuse, RoomView
+from drifttrio.hooks.webhooks import WebhookHooks
 from drifttrio.server import TRANSPORTS
 from drifttrio.testing import DriftClient, open_test_server
+from test_webhooks import SECRET, Call, backend
 
 pytest_plugins = ["drifttrio.testing.pytest_plugin"]
 
@@ -395,3 +397,38 @@ async def test_a_hook_calling_sys_exit_refuses_the_push_and_the_server_lives_on(
             assert "failed" in (await _next(client, "error"))["message"]
             await client.push("k", "fine")
             assert (await _next(client, "push"))["value"] == "fine"
+
+
+# -- one address against the webhook's slots -------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed on h4-r (a design choice for the lead): webhook_max_in_flight is "
+    "one pool for every client, so one address holding max_in_flight handshakes (or "
+    "pushes, over as many connections) in a slow authorize starves every other "
+    "address; max_connections_per_ip (1024) is far above the slots (64)",
+)
+async def test_one_address_cannot_take_every_webhook_slot(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def slow_for_one_address(call: Call) -> tuple[int, bytes]:
+        if call.json["client"] == "10.0.0.1":
+            await trio.sleep_forever()  # a backend slowed down by this address's requests
+        return 200, b'{"allow": true}'
+
+    async with backend(slow_for_one_address) as api:
+        hooks = WebhookHooks(api.url, SECRET, hooks=["authorize"], max_in_flight=2, timeout=2.0)
+        async with open_test_server(hooks=hooks) as server, trio.open_nursery() as nursery:
+            room = await server.new_room()
+
+            async def attacker(port: int) -> None:
+                with pytest.raises(ConnectionRejected):
+                    await server.connect(room, client_address=("10.0.0.1", port))
+
+            for port in (1001, 1002):
+                nursery.start_soon(attacker, port)
+            await api.wait_calls(2)
+            async with await server.connect(room, client_address=("10.0.0.2", 2001)) as victim:
+                await victim.ping(1)
+                assert (await _next(victim, "pong"))["nonce"] == 1
