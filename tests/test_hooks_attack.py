@@ -24,7 +24,18 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 import drifttrio
 from _procs import TIMEOUT, drifttrio_command, start_child
 from drifttrio import CloseCode, Config
-from drifttrio.hooks import Admit, ConnectRequest, Hooks, PushRequest, Refuse, RoomView
+from drifttrio.hooks import (
+    Admit,
+    ConnectRequest,
+    Event,
+    Hooks,
+    MemberJoined,
+    MemberLeft,
+    PushRequest,
+    Refuse,
+    RoomDeleted,
+    RoomView,
+)
 from drifttrio.hooks.webhooks import WebhookHooks
 from drifttrio.server import TRANSPORTS
 from drifttrio.testing import DriftClient, open_test_server
@@ -432,3 +443,49 @@ async def test_one_address_cannot_take_every_webhook_slot(
             async with await server.connect(room, client_address=("10.0.0.2", 2001)) as victim:
                 await victim.ping(1)
                 assert (await _next(victim, "pong"))["nonce"] == 1
+
+
+# -- members of a deleted room ----------------------------------------------------------------
+
+
+class Presence(Hooks):
+    """Records membership and room events (a presence or billing consumer)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.changed = trio.Event()
+
+    def authorize(self, request: ConnectRequest) -> Admit:
+        return Admit(identity=request.query.get("user"))
+
+    def on_event(self, event: Event) -> None:
+        self.events.append(event)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, kind: type[Event], count: int) -> None:
+        with trio.fail_after(60):
+            while sum(isinstance(e, kind) for e in self.events) < count:
+                await self.changed.wait()
+
+
+async def test_members_of_a_deleted_room_are_told_to_have_left(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # On 4d54db6 delete_room closed the inbox before the members' Leave reached it:
+    # MemberJoined without a MemberLeft, so a presence count never went down.
+    presence = Presence()
+    async with open_test_server(hooks=presence) as server:
+        room = await server.new_room()
+        ann = await server.connect(room, query="user=ann")
+        bob = await server.connect(room, query="user=bob")
+        await presence.wait_for(MemberJoined, 2)
+        await server.hub.delete_room(room)
+        for client in (ann, bob):
+            assert await _close_code(client) == CloseCode.ROOM_DELETED
+        await presence.wait_for(RoomDeleted, 1)
+        await presence.wait_for(MemberLeft, 2)
+    left = [e for e in presence.events if isinstance(e, MemberLeft)]
+    assert sorted(e.identity for e in left) == ["ann", "bob"]
+    assert sorted(e.members for e in left) == [0, 1]
+    assert all(e.room_id == room for e in left)
