@@ -70,7 +70,14 @@ class ConnectRequest:
 def _key_rules(keys: Iterable[str] | None) -> frozenset[str] | None:
     if isinstance(keys, str):
         raise TypeError("Admit.keys is a collection of keys, not one string")
-    return None if keys is None else frozenset(keys)
+    if keys is None:
+        return None
+    rules = frozenset(keys)
+    # Checked here, in the hook's own call: a wrong rule found later, at a push,
+    # would fail in the member's reader instead of refusing this admission.
+    if not all(isinstance(rule, str) for rule in rules):
+        raise TypeError("Admit.keys must hold strings (key names, or prefixes ending in '*')")
+    return rules
 
 
 @attrs.frozen
@@ -113,6 +120,10 @@ class Refuse:
     status: int = 403
 
     def __attrs_post_init__(self) -> None:
+        # Checked in the hook's own call (which then fails, with one log line): a
+        # reason that is no text would reach the client as its error message.
+        if not isinstance(self.reason, str):
+            raise TypeError(f"Refuse.reason must be text, got {type(self.reason).__name__}")
         if not 400 <= self.status <= 599:
             raise ValueError(f"Refuse.status must be an HTTP error status, got {self.status}")
 

@@ -185,6 +185,7 @@ class Room:
             self._on_exit(self)
             for conn in self.members:
                 conn.kick(close_code, "room closed")
+            self._members_left()
             with trio.move_on_after(1.0) as scope:
                 scope.shield = True
                 await self.orderer.aclose(self)
@@ -568,6 +569,18 @@ class Room:
             metrics.messages_out[kind].inc(n)
         self._in.clear()
         self._out.clear()
+
+    def _members_left(self) -> None:
+        """Tell the hooks the members still here when the room ends have left: their
+        ``Leave`` finds the inbox closed (a deleted room, a shutdown, a crash)."""
+        hooks = self._hooks
+        if hooks is None:
+            return
+        members = len(self.members)
+        for conn in self.members:
+            members -= 1
+            if conn.encoder is not None:
+                hooks.emit(MemberLeft(self.room_id, conn.identity, members))
 
     def close_members(self, code: int, reason: str) -> None:
         """Ask every member to close (server shutdown)."""

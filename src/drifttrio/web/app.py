@@ -589,10 +589,10 @@ class DriftApp:
         await peer.reject(status, body, [(b"content-type", b"application/json"), *self._cors()])
 
     async def _admit(self, peer: Peer) -> tuple[Hub, str, str, Admit] | None:
-        """Check an upgrade (room, origin, token, the authorize hook, connection
-        limits); refuse it, or count the connection in and return the hub, the room
-        id, the client address and the admission to join with (the caller counts it
-        out)."""
+        """Check an upgrade (room, origin, token, connection limits, the authorize
+        hook, the room's existence); refuse it, or count the connection in and
+        return the hub, the room id, the client address and the admission to join
+        with (the caller counts it out)."""
         scope = peer.scope
         hub = self.hub
         if hub is None or not self._ready:
@@ -613,26 +613,34 @@ class DriftApp:
             await self._reject(peer, exc.status, exc.message)
             return None
         ip = _client_ip(scope)
-        admit = ADMIT_ALL
-        if hub.hooks is not None and hub.hooks.authorizes:
-            request = connect_request(scope, room_id, "websocket", ip, token)
-            decision = await hub.hooks.authorize(request)
-            if isinstance(decision, Refuse):
-                hub.metrics.rejected["hook"].inc()
-                await self._reject(peer, decision.status, decision.reason)
-                return None
-            admit = decision
-        if not await hub.room_exists(room_id):
-            await self._reject(peer, 404, "room not found")
-            return None
         exceeded = self._connections.exceeded(ip, room_id)
         if exceeded is not None:
             limit, cap = exceeded
             hub.metrics.rejected[limit.value].inc()
             await self._reject(peer, 503, limit.refusal(cap))
             return None
+        # Counted in before the first await: a handshake waiting on the authorize
+        # hook (a webhook's slot) or the store is a connection of its address.
         self._connections.add(ip, room_id)
-        return hub, room_id, ip, admit
+        admitted = False
+        try:
+            admit = ADMIT_ALL
+            if hub.hooks is not None and hub.hooks.authorizes:
+                request = connect_request(scope, room_id, "websocket", ip, token)
+                decision = await hub.hooks.authorize(request)
+                if isinstance(decision, Refuse):
+                    hub.metrics.rejected["hook"].inc()
+                    await self._reject(peer, decision.status, decision.reason)
+                    return None
+                admit = decision
+            if not await hub.room_exists(room_id):
+                await self._reject(peer, 404, "room not found")
+                return None
+            admitted = True
+            return hub, room_id, ip, admit
+        finally:
+            if not admitted:
+                self._connections.remove(ip, room_id)
 
     def _origin_allowed(self, scope: Scope) -> bool:
         """Whether the ``Origin`` header, if any, is allowed (``allowed_origins``)."""

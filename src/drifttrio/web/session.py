@@ -32,7 +32,7 @@ from ..runtime.member import Member
 from ..runtime.room import Command, GetCommand, Leave, PingCommand, PushCommand, Room
 from .limits import ClientBudgets, TokenBucket
 from .peer import Peer
-from .policy import READ_ONLY_REFUSAL, count_invalid, screen_push
+from .policy import READ_ONLY_REFUSAL, count_invalid, key_refusal, screen_push
 
 __all__ = ["Session", "command_for"]
 
@@ -197,9 +197,17 @@ class Session:
                 if max_errors and errors >= max_errors:
                     return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
                 continue
-            if isinstance(client_message, Push) and self.read_only:
+            # A push its token or its admission forbids is the client's error, counted
+            # like an invalid message; a push the room logic refuses (below) is not.
+            if isinstance(client_message, Push) and (
+                self.read_only or (screened and not admit.may_write(client_message.key))
+            ):
                 errors += 1
-                conn.tell(Error(READ_ONLY_REFUSAL))
+                if self.read_only:
+                    conn.tell(Error(READ_ONLY_REFUSAL))
+                else:
+                    metrics.errors["hook"].inc()
+                    conn.tell(Error(key_refusal(client_message.key)))
                 if max_errors and errors >= max_errors:
                     return CloseCode.TOO_MANY_ERRORS, "too many invalid messages"
                 continue
