@@ -159,6 +159,9 @@ class PushRequest:
     source: Source
     #: For ``compact``: the seq the sender compacts up to.
     compact_seq: int | None = None
+    #: The sender's address (as for :attr:`ConnectRequest.client`); empty for the
+    #: in-process API and in :meth:`Hooks.decide`, where the room decides.
+    client: str = ""
 
 
 @attrs.frozen

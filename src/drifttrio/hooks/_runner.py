@@ -116,7 +116,9 @@ class HookRunner:
                     raise HookFailed(timed_out=True)
         except HookFailed:
             raise
-        except Exception as exc:  # the application's code: anything may come out
+        # The application's code: anything may come out. SystemExit too (a hook
+        # cannot stop the server); KeyboardInterrupt and trio's Cancelled pass.
+        except (Exception, SystemExit) as exc:
             log.warning("hook %s raised %s: %s", name, type(exc).__name__, exc)
             raise HookFailed from None
         elapsed = time.perf_counter() - started
@@ -130,7 +132,7 @@ class HookRunner:
         started = time.perf_counter()
         try:
             result = hook(*args)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # as in _call
             log.warning("hook %s raised %s: %s", name, type(exc).__name__, exc)
             raise HookFailed from None
         if not isinstance(result, _ANSWERS) and inspect.isawaitable(result):

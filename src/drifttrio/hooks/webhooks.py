@@ -94,6 +94,8 @@ _WEBHOOKS: Final = {
 }
 #: A secret shorter than this is a placeholder, not a key (32 random bytes, as
 #: ``secrets.token_urlsafe(32)`` makes, is what the docs suggest).
+#: One client address may hold at most 1/ADDRESS_SHARE of ``max_in_flight``.
+ADDRESS_SHARE: Final = 4
 MIN_SECRET_CHARS: Final = 16
 #: Calls made for one event (the first and its retries), and the wait before the
 #: first retry (doubling after it): an event survives a backend restart of a
@@ -180,6 +182,7 @@ def _push_body(push: PushRequest) -> dict[str, Any]:
         "identity": push.identity,
         "source": push.source,
         "compact_seq": push.compact_seq,
+        "client": push.client,
     }
 
 
@@ -328,6 +331,11 @@ class WebhookHooks(Hooks):
         backoff = EVENT_FIRST_BACKOFF * (2 ** (EVENT_ATTEMPTS - 1) - 1)
         self.event_timeout = EVENT_ATTEMPTS * timeout + backoff + _GRACE
         self._limiter = trio.CapacityLimiter(max_in_flight)
+        #: Calls one client address may have in flight: a share of the slots, so one
+        #: address (a slow backend for its requests, many connections) cannot take
+        #: them all. Events and committed pushes are the server's, not counted.
+        self.per_address = max(1, max_in_flight // ADDRESS_SHARE)
+        self._addresses: dict[str, trio.CapacityLimiter] = {}
         self._client: httpx.AsyncClient | None = None
 
     def overrides(self, name: str) -> bool:
@@ -363,7 +371,25 @@ class WebhookHooks(Hooks):
             finally:
                 self._client = None
 
-    async def _post(self, hook: str, payload: dict[str, Any]) -> bytes:
+    @asynccontextmanager
+    async def _address_slot(self, address: str) -> AsyncIterator[None]:
+        """One of ``address``'s :attr:`per_address` slots, for the block (no limit
+        for the server's own calls, ``address`` empty)."""
+        if not address:
+            yield
+            return
+        limiter = self._addresses.get(address)
+        if limiter is None:
+            limiter = self._addresses[address] = trio.CapacityLimiter(self.per_address)
+        try:
+            async with limiter:
+                yield
+        finally:
+            stats = limiter.statistics()
+            if not stats.borrowed_tokens and not stats.tasks_waiting:
+                self._addresses.pop(address, None)  # forget idle addresses
+
+    async def _post(self, hook: str, payload: dict[str, Any], address: str = "") -> bytes:
         """POST ``payload`` to the hook's URL, signed; the 2xx answer's body, or
         :class:`WebhookError`. At most ``timeout`` seconds, from the wait for a slot
         to the answer's last byte."""
@@ -378,7 +404,7 @@ class WebhookHooks(Hooks):
         }
         holding = False
         with trio.move_on_after(self.timeout):
-            async with self._limiter:
+            async with self._address_slot(address), self._limiter:
                 holding = True
                 try:
                     async with client.stream("POST", url, content=body, headers=headers) as answer:
@@ -390,7 +416,10 @@ class WebhookHooks(Hooks):
                         f"POST {url}: {str(exc) or type(exc).__name__}"
                     ) from None
         if not holding:
-            busy = f"all {self.max_in_flight} calls in flight stayed busy"
+            busy = (
+                f"the calls in flight (all {self.max_in_flight}, or this address's share)"
+                " stayed busy"
+            )
             raise WebhookUnavailable(f"POST {url}: {busy} for {self.timeout:g} s")
         raise WebhookUnavailable(f"POST {url}: no answer within {self.timeout:g} s")
 
@@ -420,7 +449,7 @@ class WebhookHooks(Hooks):
 
     async def authorize(self, request: ConnectRequest) -> AuthorizeDecision:
         try:
-            body = await self._post("authorize", _authorize_body(request))
+            body = await self._post("authorize", _authorize_body(request), request.client)
             return parse_authorize_answer(_decoded(body, "authorize"))
         except WebhookError as exc:
             self._failed("authorize", exc)
@@ -428,7 +457,7 @@ class WebhookHooks(Hooks):
 
     async def on_push(self, push: PushRequest) -> PushDecision:
         try:
-            body = await self._post("push", _push_body(push))
+            body = await self._post("push", _push_body(push), push.client)
             return parse_push_answer(_decoded(body, "push"))
         except WebhookError as exc:
             self._failed("push", exc)

@@ -487,7 +487,8 @@ class DriftApp:
         make: Callable[[Reply], Command]
         if isinstance(message, Push):
             admit: Admit = scope.get(_ADMIT_KEY, ADMIT_ALL)
-            screen = await screen_push(hub.hooks, admit, room_id, message, "http")
+            ip = _client_ip(scope)
+            screen = await screen_push(hub.hooks, admit, room_id, message, "http", ip)
             if isinstance(screen, Refuse):
                 hub.metrics.errors["hook"].inc()
                 await self._error(send, screen.status, screen.reason)

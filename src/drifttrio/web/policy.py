@@ -92,7 +92,12 @@ def key_refusal(key: str) -> str:
 
 
 async def screen_push(
-    hooks: HookRunner | None, admit: Admit, room_id: str, push: Push, source: Source
+    hooks: HookRunner | None,
+    admit: Admit,
+    room_id: str,
+    push: Push,
+    source: Source,
+    client: str,
 ) -> tuple[Value, int | None] | Refuse:
     """Whether a client's push may go to its room: its admission must let it write
     the key, then the ``on_push`` hook (if any) decides. The value to push (maybe
@@ -110,6 +115,7 @@ async def screen_push(
         admit.identity,
         source,
         action.seq if isinstance(action, Compact) else None,
+        client,
     )
     if hooks.push_is_plain:
         decision = hooks.screen_push_now(request)

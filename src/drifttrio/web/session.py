@@ -213,7 +213,7 @@ class Session:
                 continue
             errors = 0
             if screened and isinstance(client_message, Push):
-                screen = await screen_push(hooks, admit, room_id, client_message, "websocket")
+                screen = await screen_push(hooks, admit, room_id, client_message, "websocket", ip)
                 if isinstance(screen, Refuse):
                     metrics.errors["hook"].inc()
                     conn.tell(Error(screen.reason))
