@@ -93,6 +93,9 @@ async def test_authorize_refuses_an_upgrade_with_its_status_and_reason(
         assert asked.headers["x-app"] == "1"
         assert asked.client == "127.0.0.1"
         assert server.hub.metrics.rejected["hook"]._value.get() == 1
+        # RFC 9110 15.5.2: a 401 carries a challenge.
+        challenges = [v for k, v in refused.value.headers if k.lower() == b"www-authenticate"]
+        assert challenges == [b'Bearer realm="drifttrio"']
 
 
 @transports
@@ -127,6 +130,7 @@ async def test_authorize_covers_http_room_requests(
         assert gate.asked == []  # POST /new is not a room request
         answer = await server.send(room, {"type": "get", "key": "chat", "seq": 0})
         assert answer.status == 401
+        assert answer.header("www-authenticate") == 'Bearer realm="drifttrio"'
         push = {"type": "push", "key": "bob/x", "value": 1, "action": {"type": "append"}}
         refused = await server.request("POST", f"/room/{room}/send?user=ann", json_body=push)
         assert refused.status == 403

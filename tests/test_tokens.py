@@ -118,7 +118,9 @@ async def test_rooms_need_a_token_and_read_only_cannot_push(transport: str) -> N
 
         # Without a token (or with a bad one) nothing about the room is revealed.
         bare = f"/room/{room}"
-        assert (await client.get(bare)).status_code == 401
+        refused = await client.get(bare)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == 'Bearer realm="drifttrio"'  # RFC 9110
         unknown = (await client.get(f"/room/{'x' * 22}?token=w.1.AAAA")).json()
         assert unknown == (await client.get(f"{bare}?token=w.1.AAAA")).json()
         send = await client.post(f"{bare}/send", json={"type": "ping"})

@@ -29,8 +29,8 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
@@ -433,10 +433,15 @@ class WebhookHooks(Hooks):
             raise too_large
         body = bytearray()
         over = False
-        async for chunk in answer.aiter_bytes():
-            over = over or len(body) + len(chunk) > self.max_answer_bytes
-            if not over:
-                body += chunk
+        # Closed here even when the call is cancelled midway: left to the garbage
+        # collector, the generator would be finalised outside trio ("Exception
+        # ignored in ... ByteStream.__aiter__" at shutdown).
+        chunks = cast("AsyncGenerator[bytes, None]", answer.aiter_bytes())  # a generator
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                over = over or len(body) + len(chunk) > self.max_answer_bytes
+                if not over:
+                    body += chunk
         if over:
             raise too_large
         return bytes(body)

@@ -68,6 +68,8 @@ Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
+#: The challenge of a 401 (RFC 9110 15.5.2).
+_CHALLENGE: Final = (b"www-authenticate", b'Bearer realm="drifttrio"')
 #: Scope key: what the authorize hook admitted an HTTP request with.
 _ADMIT_KEY: Final = "drifttrio.admit"
 _ROOM_PATH = re.compile(r"/room/([^/]+)(/connect|/send|/token)?/?")
@@ -249,8 +251,16 @@ class DriftApp:
         )
         await send({"type": "http.response.body", "body": payload})
 
-    async def _error(self, send: Send, status: int, message: str, **kw: Any) -> None:
-        await self._respond(send, status, {"type": "error", "message": message}, **kw)
+    async def _error(
+        self,
+        send: Send,
+        status: int,
+        message: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        await self._respond(
+            send, status, {"type": "error", "message": message}, _challenged(status, headers)
+        )
 
     def _room_info(self, scope: Scope, room_id: str, token: str | None = None) -> dict[str, str]:
         headers = dict(scope.get("headers") or ())
@@ -339,7 +349,7 @@ class DriftApp:
                 send,
                 401,
                 "POST /new needs the API key",
-                headers=[(b"www-authenticate", b'Bearer realm="drifttrio"')],
+                headers=[_CHALLENGE],
             )
             return
         if not self._new_room_limiter.take(_client_ip(scope)):
@@ -399,7 +409,7 @@ class DriftApp:
                 send,
                 401,
                 "issuing room tokens needs the API key",
-                headers=[(b"www-authenticate", b'Bearer realm="drifttrio"')],
+                headers=[_CHALLENGE],
             )
             return
         body = await self._read_body(scope, receive)
@@ -587,7 +597,8 @@ class DriftApp:
 
     async def _reject(self, peer: Peer, status: int, message: str) -> None:
         body = orjson.dumps({"type": "error", "message": message})
-        await peer.reject(status, body, [(b"content-type", b"application/json"), *self._cors()])
+        headers = [(b"content-type", b"application/json"), *self._cors()]
+        await peer.reject(status, body, _challenged(status, headers))
 
     async def _admit(self, peer: Peer) -> tuple[Hub, str, str, Admit] | None:
         """Check an upgrade (room, origin, token, connection limits, the authorize
@@ -811,6 +822,15 @@ def _connection_fields(
         "reason": by,
         "detail": reason,
     }
+
+
+def _challenged(status: int, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers``, with the challenge RFC 9110 (15.5.2) requires of every 401 if
+    none is there (a room token, or the application's authorize hook, refused)."""
+    listed = list(headers)
+    if status == 401 and not any(name.lower() == b"www-authenticate" for name, _ in listed):
+        listed.append(_CHALLENGE)
+    return listed
 
 
 def _client_ip(scope: Scope) -> str:
