@@ -621,3 +621,38 @@ async def test_decide_refuses_to_start_on_the_redis_store(redis_server: RedisSer
     with pytest.raises(ConfigError, match="expect_seq"):
         async with open_hub(Config(store=store), hooks=TicTacToe()):
             pass
+
+
+class Careless(Hooks):
+    """Admits with an identity no webhook or event could carry; replaces values with
+    ones larger than a client may send."""
+
+    def authorize(self, request: ConnectRequest) -> Admit:
+        if request.query.get("who") == "set":
+            return Admit(identity={"tags": {"a", "b"}})
+        return Admit(identity="ok")
+
+    def on_push(self, push: PushRequest) -> Replace | None:
+        return Replace("x" * 2048) if push.value == "inflate" else None
+
+
+@transports
+async def test_what_a_hook_hands_over_is_held_to_the_clients_rules(
+    autojump_clock: trio.abc.Clock, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = Config(max_message_bytes=1024)
+    async with open_test_server(config, transport=transport, hooks=Careless()) as server:  # type: ignore[arg-type]
+        room = await server.new_room()
+        with caplog.at_level(logging.WARNING, logger="drifttrio.hooks"):
+            with pytest.raises(ConnectionRejected) as refused:
+                await server.connect(room, query="who=set")
+            assert refused.value.status_code == 503
+            async with await server.connect(room) as client:
+                await client.push("k", "inflate")
+                assert "failed" in (await _next(client, "error"))["message"]
+                await client.push("k", "small")
+                assert (await _next(client, "push"))["value"] == "small"
+        messages = [r.getMessage() for r in caplog.records if r.name == "drifttrio.hooks"]
+        assert len(messages) == 2
+        assert "identity that is not plain data" in messages[0]
+        assert "over 1024" in messages[1]

@@ -113,8 +113,8 @@ ADMIT_ALL: Admit = Admit()
 @attrs.frozen
 class Refuse:
     """Refuse: a connection or request with ``status`` (an HTTP 4xx/5xx) and
-    ``reason``; a push with an ``error`` message carrying ``reason`` (over HTTP,
-    status 400 or ``status`` when it is a 4xx/5xx other than 403's default)."""
+    ``reason``; a push with an ``error`` message carrying ``reason`` (over
+    ``/send``, answered with ``status``: 403 unless the hook says otherwise)."""
 
     reason: str = "refused by the server's room logic"
     status: int = 403

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Any, Final, TypeVar
 
+import orjson
 import trio
 
 from .._errors import ConfigError, ProtocolError
@@ -66,9 +67,14 @@ class HookFailed(Exception):
 class HookRunner:
     """The server's side of one :class:`Hooks` object."""
 
-    def __init__(self, hooks: Hooks, limits: DecodeLimits | None = None) -> None:
+    def __init__(
+        self, hooks: Hooks, limits: DecodeLimits | None = None, max_value_bytes: int = 0
+    ) -> None:
         self.hooks = hooks
         self._limits = limits or DecodeLimits()
+        #: The largest value a hook may put in a push (its JSON; 0: unlimited): what
+        #: a client's message may hold (``max_message_bytes``).
+        self._max_value_bytes = max_value_bytes
         #: Which hooks are set: the server only calls (and only pays for) these.
         self.authorizes = hooks.overrides("authorize")
         self.screens_pushes = hooks.overrides("on_push")
@@ -160,7 +166,14 @@ class HookRunner:
             return Refuse(_AUTHORIZE_FAILED, 503)
         if answer is None:
             return ADMIT_ALL
-        if isinstance(answer, (Admit, Refuse)):
+        if isinstance(answer, Refuse):
+            return answer
+        if isinstance(answer, Admit):
+            try:  # it travels with every push, to webhooks and events: plain data
+                check_value(answer.identity, self._limits)
+            except ProtocolError as exc:
+                log.warning("hook authorize admitted an identity that is not plain data: %s", exc)
+                return Refuse(_AUTHORIZE_FAILED, 503)
             return answer
         log.warning("hook authorize answered %s, not Admit, Refuse or None", type(answer).__name__)
         return Refuse(_AUTHORIZE_FAILED, 503)
@@ -198,6 +211,10 @@ class HookRunner:
         if isinstance(answer, Replace):
             try:
                 check_value(answer.value, self._limits)
+                if self._max_value_bytes:
+                    size = len(orjson.dumps(answer.value, default=_bytes_as_ints))
+                    if size > self._max_value_bytes:
+                        raise ProtocolError(f"{size} bytes, over {self._max_value_bytes}")
             except ProtocolError as exc:
                 log.warning("hook %s replaced a value with one that cannot be sent: %s", name, exc)
                 return Refuse(PUSH_HOOK_FAILED, 503)
@@ -288,5 +305,14 @@ class HookRunner:
 
 
 _ACCEPT: Final = Accept()
+
+
+def _bytes_as_ints(value: object) -> list[int]:
+    """Bytes (from CBOR clients) as JSON writes them: an array of integers."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return list(bytes(value))
+    raise TypeError(f"{type(value).__name__} is not plain data")
+
+
 #: What a hook answers, and is no awaitable: checked first, it is cheaper.
 _ANSWERS: Final = (type(None), Accept, Replace, Refuse, Admit)

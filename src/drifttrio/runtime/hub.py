@@ -96,7 +96,11 @@ class Hub:
         if hooks is None:
             hooks = configured_hooks(self.config)
         #: The application's room logic (``None``: none, and nothing is paid for it).
-        self.hooks = None if hooks is None else HookRunner(hooks, self.config.decode_limits)
+        self.hooks = (
+            None
+            if hooks is None
+            else HookRunner(hooks, self.config.decode_limits, self.config.max_message_bytes)
+        )
         #: This hub's Prometheus metrics (its own registry).
         self.metrics = metrics or Metrics()
         self.storage = storage if storage is not None else open_storage(self.config.store)
