@@ -656,3 +656,29 @@ async def test_what_a_hook_hands_over_is_held_to_the_clients_rules(
         assert len(messages) == 2
         assert "identity that is not plain data" in messages[0]
         assert "over 1024" in messages[1]
+
+
+class CheckAndSet(Hooks):
+    """A counter only ever raised by one: the hook reads the room through its hub and
+    makes the push conditional on what it read (the pattern that works on Redis)."""
+
+    async def on_push(self, push: PushRequest) -> Accept | Refuse:
+        assert self.hub is not None
+        values = await self.hub.get(push.room_id, push.key)
+        last = values[-1] if values else None
+        current = last.value if last is not None else 0
+        if push.value != current + 1:
+            return Refuse(f"counter is {current}")
+        return Accept(expect_seq=last.seq if last is not None else 0)
+
+
+async def test_a_hook_reads_the_room_through_its_hub(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(hooks=CheckAndSet()) as server:
+        room = await server.new_room()
+        async with await server.connect(room) as client:
+            await client.push("n", 1, "replace")
+            assert (await _next(client, "push"))["value"] == 1
+            await client.push("n", 3, "replace")
+            assert (await _next(client, "error"))["message"] == "counter is 1"
+            await client.push("n", 2, "replace")
+            assert (await _next(client, "push"))["value"] == 2

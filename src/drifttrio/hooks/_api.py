@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
 from .._errors import ProtocolError
+
+if TYPE_CHECKING:
+    from ..runtime.hub import Hub
 
 __all__ = [
     "Accept",
@@ -312,6 +315,10 @@ class Hooks:
     event_timeout: float = 30.0
     #: A plain hook slower than this is logged (it held the event loop).
     slow_seconds: float = 0.05
+    #: The hub running these hooks, set before :meth:`lifespan` is entered: what a
+    #: hook uses to read a room (``await self.hub.get(room_id, key)``, then
+    #: ``Accept(expect_seq=...)``) or to push itself (trusted, see the docs).
+    hub: Hub | None = None
 
     def overrides(self, name: str) -> bool:
         """Whether the server should call the hook ``name``: by default, whether

@@ -157,6 +157,7 @@ class Hub:
         self, hooks: HookRunner, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """The hooks' lifespan and event tasks, for as long as the hub runs."""
+        hooks.hooks.hub = self
         async with hooks.running(self.storage):
             task_status.started()
             await trio.sleep_forever()
