@@ -682,3 +682,50 @@ async def test_a_hook_reads_the_room_through_its_hub(autojump_clock: trio.abc.Cl
             assert (await _next(client, "error"))["message"] == "counter is 1"
             await client.push("n", 2, "replace")
             assert (await _next(client, "push"))["value"] == 2
+
+
+# -- deleting a room over HTTP (the API key) -------------------------------------------------
+
+
+@transports
+async def test_delete_room_over_http_needs_the_api_key(
+    autojump_clock: trio.abc.Clock, transport: str
+) -> None:
+    recorder = Recorder()
+    config = Config(api_key="the-api-key")
+    auth = [("authorization", "Bearer the-api-key")]
+    async with open_test_server(config, transport=transport, hooks=recorder) as server:  # type: ignore[arg-type]
+        created = await server.request("POST", "/new", headers=auth)
+        room = created.json()["room"]
+        async with await server.connect(room, query="user=ann") as client:
+            refused = await server.request("DELETE", f"/room/{room}")
+            assert refused.status == 401
+            assert refused.header("www-authenticate") == 'Bearer realm="drifttrio"'
+            wrong = await server.request(
+                "DELETE", f"/room/{room}", headers=[("authorization", "Bearer nope")]
+            )
+            assert wrong.status == 401
+            deleted = await server.request("DELETE", f"/room/{room}", headers=auth)
+            assert deleted.status == 200
+            assert deleted.json() == {"room": room, "deleted": True}
+            assert (await client.wait_closed()).code == CloseCode.ROOM_DELETED
+        again = await server.request("DELETE", f"/room/{room}", headers=auth)
+        assert again.status == 404
+        assert (await server.request("GET", f"/room/{room}")).status == 404
+        await settle()
+        assert recorder.events[-2:] == [MemberLeft(room, "ann", 0), RoomDeleted(room)]
+        other = (await server.request("POST", "/new", headers=auth)).json()["room"]
+        put = await server.request("PUT", f"/room/{other}")
+        assert put.status == 405
+        assert put.header("allow") == "GET, HEAD, DELETE"
+
+
+async def test_delete_room_over_http_without_an_api_key_is_forbidden(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_test_server() as server:
+        room = await server.new_room()
+        answer = await server.request("DELETE", f"/room/{room}")
+        assert answer.status == 403
+        assert "API key" in answer.json()["message"]
+        assert await server.hub.room_exists(room)

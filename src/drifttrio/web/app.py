@@ -12,7 +12,7 @@ import hmac
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from functools import partial
 from typing import Any, Final, TypeAlias
 
@@ -289,7 +289,7 @@ class DriftApp:
                     "status": 204,
                     "headers": [
                         *self._cors(),
-                        (b"access-control-allow-methods", b"GET, POST"),
+                        (b"access-control-allow-methods", b"GET, POST, DELETE"),
                         (b"access-control-allow-headers", b"authorization, accept, content-type"),
                         (b"access-control-max-age", b"86400"),
                     ],
@@ -308,6 +308,10 @@ class DriftApp:
             await self._error(send, 404, "not found")
             return
         route, room_id = found
+        admin = route.admin.get(method)
+        if admin is not None:
+            await admin(self, scope, receive, send, hub, room_id, None)
+            return
         token = None
         if route.in_room:
             try:
@@ -328,7 +332,7 @@ class DriftApp:
                 await self._error(send, 404, "room not found")
                 return
         if route.methods and method not in route.methods:
-            allow = [(b"allow", route.methods[0].encode())]
+            allow = [(b"allow", route.allowed)]
             await self._error(send, 405, route.wrong_method, headers=allow)
             return
         await route.handle(self, scope, receive, send, hub, room_id, token)
@@ -384,6 +388,28 @@ class DriftApp:
     ) -> None:
         """``GET /room/ID``: the room's URLs (with the token it was asked with)."""
         await self._respond(send, 200, self._room_info(scope, room_id, token))
+
+    async def _delete_room(
+        self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
+    ) -> None:
+        """``DELETE /room/ID`` with the API key: the room and its data go, its members
+        are closed with 4004 (``RoomDeleted`` is told to the hooks)."""
+        api_key = self.config.api_key
+        if not api_key:
+            await self._error(send, 403, "deleting rooms needs an API key (api_key)")
+            return
+        if not _bearer_matches(scope, api_key):
+            await self._error(send, 401, "deleting rooms needs the API key")
+            return
+        try:
+            await hub.delete_room(room_id)
+        except RoomNotFound:
+            await self._error(send, 404, "room not found")
+            return
+        except StorageError as exc:
+            await self._error(send, 503, f"storage unavailable: {exc}")
+            return
+        await self._respond(send, 200, {"room": room_id, "deleted": True})
 
     async def _upgrade_required(
         self, scope: Scope, receive: Receive, send: Send, hub: Hub, room_id: str, token: str | None
@@ -744,6 +770,13 @@ class _Route:
     #: ``/room/ID/...``: the room token is checked, then that the room exists,
     #: before the method (without a token, nothing is revealed).
     in_room: bool = False
+    #: Methods answered with the API key instead (no room token, no authorize hook).
+    admin: Mapping[str, _Handler] = attrs.field(factory=dict)
+
+    @property
+    def allowed(self) -> bytes:
+        """The ``Allow`` header of a 405 (RFC 9110 15.5.6): every method it answers."""
+        return ", ".join([*self.methods, *self.admin]).encode()
 
 
 #: The HTTP routes (``/healthz`` and the other ops paths are answered before these);
@@ -751,7 +784,13 @@ class _Route:
 _ROUTES = {
     "/": _Route(DriftApp._server_info),
     "/new": _Route(DriftApp._new_room, ("POST",), "use POST /new"),
-    "/room/ID": _Route(DriftApp._room, ("GET", "HEAD"), "use GET", in_room=True),
+    "/room/ID": _Route(
+        DriftApp._room,
+        ("GET", "HEAD"),
+        "use GET (or DELETE with the API key)",
+        in_room=True,
+        admin={"DELETE": DriftApp._delete_room},
+    ),
     "/room/ID/connect": _Route(DriftApp._upgrade_required, in_room=True),
     "/room/ID/send": _Route(DriftApp._http_send, ("POST",), "use POST", in_room=True),
     "/room/ID/token": _Route(DriftApp._issue_token, ("POST",), "use POST"),
