@@ -399,9 +399,24 @@ async def test_redis_the_holder_keeps_its_lease_while_its_hook_is_slow(
         await a.create_room("r")
         await a.commit("r", 1, [change("append", "k", 1, 1)])
         assert len(await a.read_journal(10)) == 1  # a holds the lease ...
-        # ... and, busy in its hook, touches no journal for twice the lease's life:
-        # Redis's own clock expires a lease, so this waits in real time.
-        await trio.sleep(1.2)
+        # ... and, busy in its hook, touches no journal while its lease task renews
+        # it: wait for four renewals (each a third of the lease's life after the last,
+        # so the first lease would have run out on Redis's clock by then).
+        renewals = 0
+        renewed_enough = trio.Event()
+        holds = a._holds_journal_lease
+
+        async def counting() -> bool:
+            nonlocal renewals
+            held = await holds()
+            renewals += 1
+            if renewals == 4:
+                renewed_enough.set()
+            return held
+
+        monkeypatch.setattr(a, "_holds_journal_lease", counting)
+        with trio.fail_after(10):
+            await renewed_enough.wait()
         assert await b.read_journal(10) == []  # a renewed it meanwhile
         assert len(await a.read_journal(10)) == 1
 
