@@ -21,7 +21,7 @@ import orjson
 import trio
 
 from .._errors import ConfigError, ProtocolError
-from ..protocol.codec import DecodeLimits, check_value
+from ..protocol.codec import DecodeLimits, bytes_as_ints, check_value
 from ..storage.base import JournaledStorage, SharedStorage, Storage
 from ._api import (
     ADMIT_ALL,
@@ -212,7 +212,7 @@ class HookRunner:
             try:
                 check_value(answer.value, self._limits)
                 if self._max_value_bytes:
-                    size = len(orjson.dumps(answer.value, default=_bytes_as_ints))
+                    size = len(orjson.dumps(answer.value, default=bytes_as_ints))
                     if size > self._max_value_bytes:
                         raise ProtocolError(f"{size} bytes, over {self._max_value_bytes}")
             except ProtocolError as exc:
@@ -305,13 +305,6 @@ class HookRunner:
 
 
 _ACCEPT: Final = Accept()
-
-
-def _bytes_as_ints(value: object) -> list[int]:
-    """Bytes (from CBOR clients) as JSON writes them: an array of integers."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return list(bytes(value))
-    raise TypeError(f"{type(value).__name__} is not plain data")
 
 
 #: What a hook answers, and is no awaitable: checked first, it is cheaper.

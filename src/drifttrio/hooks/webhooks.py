@@ -39,7 +39,7 @@ import orjson
 import trio
 
 from .._errors import ConfigError, DriftError
-from ..protocol.codec import _bytes_as_ints
+from ..protocol.codec import bytes_as_ints
 from ._api import (
     Accept,
     Admit,
@@ -397,7 +397,7 @@ class WebhookHooks(Hooks):
         url = f"{self.url}/{hook}"
         if client is None:
             raise WebhookUnavailable(f"POST {url}: the webhooks are not running (no lifespan)")
-        body = orjson.dumps(payload, default=_bytes_as_ints)
+        body = orjson.dumps(payload, default=bytes_as_ints)
         headers = {
             "content-type": "application/json",
             SIGNATURE_HEADER: sign(self._key, int(time.time()), body),

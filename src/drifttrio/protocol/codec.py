@@ -54,6 +54,7 @@ __all__ = [
     "JSON",
     "Codec",
     "DecodeLimits",
+    "bytes_as_ints",
     "cbor_nodes",
     "check_value",
     "decode_cbor_client_message",
@@ -131,7 +132,9 @@ def make_converter() -> cattrs.Converter:
     return conv
 
 
-def _bytes_as_ints(value: object) -> object:
+def bytes_as_ints(value: object) -> object:
+    """orjson's ``default`` for values headed to JSON: a byte string (from a CBOR
+    client) is written as an array of integers 0-255; anything else is refused."""
     if isinstance(value, bytes | bytearray | memoryview):
         return list(bytes(value))
     raise TypeError(f"cannot encode {type(value).__name__}")
@@ -157,7 +160,7 @@ class Codec:
         data = self.unstructure(message)
         if self.binary:
             return cbor2.dumps(data)
-        return orjson.dumps(data, default=_bytes_as_ints)
+        return orjson.dumps(data, default=bytes_as_ints)
 
     def unstructure(self, message: ServerMessage) -> dict[str, Any]:
         # The frequent messages by hand (same dict, same key order as the
@@ -173,7 +176,7 @@ class Codec:
 
 
 def _dump_json(data: object) -> str:
-    return orjson.dumps(data, default=_bytes_as_ints).decode()
+    return orjson.dumps(data, default=bytes_as_ints).decode()
 
 
 def _dump_cbor(data: object) -> bytes:

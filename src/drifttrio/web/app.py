@@ -34,7 +34,7 @@ from .._errors import (
 )
 from ..hooks import Admit, Hooks, Refuse
 from ..hooks._api import ADMIT_ALL
-from ..protocol.codec import CBOR, JSON, decode_json_client_message, json_nodes
+from ..protocol.codec import CBOR, JSON, bytes_as_ints, decode_json_client_message, json_nodes
 from ..protocol.messages import Error, Init, Push
 from ..runtime.commands import Command, Outcome, PushCommand, Reply
 from ..runtime.config import Config
@@ -236,7 +236,7 @@ class DriftApp:
         body: object,
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
-        payload = orjson.dumps(body, default=lambda b: list(bytes(b)))
+        payload = orjson.dumps(body, default=bytes_as_ints)
         await send(
             {
                 "type": "http.response.start",
@@ -571,7 +571,7 @@ class DriftApp:
         size = len(parts[0])
         started = False
         for index, entry in enumerate(init.data):
-            item = orjson.dumps({"value": entry.value, "seq": entry.seq}, default=_bytes_as_ints)
+            item = orjson.dumps({"value": entry.value, "seq": entry.seq}, default=bytes_as_ints)
             parts += (b",", item) if index else (item,)
             size += len(item) + 1
             if size >= limit:
@@ -805,10 +805,6 @@ def _route(path: str) -> tuple[_Route, str] | None:
     if match is None:
         return None
     return _ROUTES["/room/ID" + (match.group(2) or "")], match.group(1)
-
-
-def _bytes_as_ints(value: object) -> list[int]:
-    return list(bytes(value))  # type: ignore[call-overload]
 
 
 def _pieces(parts: list[bytes], limit: int) -> Iterator[bytes]:
