@@ -61,9 +61,6 @@ class Reply:
         self.message: ServerMessage | None = None
         #: How it ended (any ``Error`` reply is not :attr:`Outcome.DONE`).
         self.outcome = Outcome.DONE
-        #: The HTTP status of a :attr:`Outcome.REFUSED` answer (a room rule: 400;
-        #: the application's room logic says its own).
-        self.refused_status = 400
         #: Why a room rule or the room logic refused it (raised by the in-process API).
         self.refusal: ProtocolError | None = None
         #: Who asked: an HTTP request or the in-process API (hooks are told).
@@ -79,8 +76,13 @@ class Reply:
         """The room refused the command with ``exc`` (answered next, as an ``error``)."""
         reason = exc.reason if isinstance(exc, PushRefused) else None
         self.outcome = _REFUSAL_OUTCOMES.get(reason, Outcome.REFUSED)
-        self.refused_status = exc.status
         self.refusal = exc
+
+    @property
+    def refused_status(self) -> int:
+        """The HTTP status of a :attr:`Outcome.REFUSED` answer: the refusal's own (a
+        room rule's 400, the application's room logic's choice), else 400."""
+        return 400 if self.refusal is None else self.refusal.status
 
     def fail(self, message: str, outcome: Outcome = Outcome.TRY_LATER) -> None:
         """Answer with an error (if not answered yet) and wake the waiter."""
