@@ -22,6 +22,7 @@ import trio
 
 from .._errors import ConfigError, ProtocolError
 from ..protocol.codec import DecodeLimits, bytes_as_ints, check_value
+from ..protocol.messages import Action, Compact
 from ..storage.base import JournaledStorage, SharedStorage, Storage
 from ._api import (
     ADMIT_ALL,
@@ -35,9 +36,10 @@ from ._api import (
     Refuse,
     Replace,
     RoomView,
+    Source,
 )
 
-__all__ = ["PUSH_HOOK_FAILED", "PUSH_HOOK_TIMED_OUT", "HookFailed", "HookRunner"]
+__all__ = ["PUSH_HOOK_FAILED", "PUSH_HOOK_TIMED_OUT", "HookFailed", "HookRunner", "push_request"]
 
 log = logging.getLogger("drifttrio.hooks")
 
@@ -54,6 +56,20 @@ EVENT_QUEUE_SIZE: Final = 4096
 COMMITTED_BATCH: Final = 256
 #: Backoff between retries of a failing ``on_committed`` (seconds, doubling).
 RETRY_FIRST, RETRY_MAX = 0.1, 30.0
+
+
+def push_request(
+    room_id: str,
+    key: str,
+    action: Action,
+    value: object,
+    identity: object,
+    source: Source,
+    client: str = "",
+) -> PushRequest:
+    """A push as the hooks see it (the action's tag, a compact's seq)."""
+    compact_seq = action.seq if isinstance(action, Compact) else None
+    return PushRequest(room_id, key, action.TAG, value, identity, source, compact_seq, client)
 
 
 class HookFailed(Exception):

@@ -29,13 +29,12 @@ from ..hooks._api import (
     HookRefused,
     MemberJoined,
     MemberLeft,
-    PushRequest,
     Refuse,
     Replace,
     RoomView,
 )
-from ..hooks._runner import HookRunner
-from ..protocol.messages import Compact, Error, Init, Pong, PushEvent, SeqValue, StreamSize
+from ..hooks._runner import HookRunner, push_request
+from ..protocol.messages import Error, Init, Pong, PushEvent, SeqValue, StreamSize
 from ..storage.base import Storage
 from .commands import (
     Command,
@@ -353,15 +352,13 @@ class Room:
         replaced); :class:`HookRefused` if the hook refuses it."""
         assert self._hooks is not None
         origin = command.origin
-        action = command.action
-        request = PushRequest(
+        request = push_request(
             self.room_id,
             command.key,
-            action.TAG,
+            command.action,
             command.value,
             command.identity,
             origin.source if isinstance(origin, Reply) else "websocket",
-            action.seq if isinstance(action, Compact) else None,
         )
         decision = self._hooks.decide(RoomView(self.room_id, self.state), request)
         if isinstance(decision, Refuse):

@@ -47,8 +47,8 @@ from .ops import handle_ops, is_ops_path
 from .peer import AsgiPeer, Peer
 from .policy import (
     READ_ONLY_REFUSAL,
+    admission,
     authorize,
-    connect_request,
     count_invalid,
     parse_query,
     read_only,
@@ -320,14 +320,13 @@ class DriftApp:
             except ProtocolError as exc:
                 await self._error(send, exc.status, exc.message)
                 return
-            if hub.hooks is not None and hub.hooks.authorizes:
-                request = connect_request(scope, room_id, "http", _client_ip(scope), token)
-                decision = await hub.hooks.authorize(request)
-                if isinstance(decision, Refuse):
-                    hub.metrics.rejected["hook"].inc()
-                    await self._error(send, decision.status, decision.reason)
-                    return
-                scope[_ADMIT_KEY] = decision
+            decision = await admission(
+                hub.hooks, hub.metrics, scope, room_id, "http", _client_ip(scope), token
+            )
+            if isinstance(decision, Refuse):
+                await self._error(send, decision.status, decision.reason)
+                return
+            scope[_ADMIT_KEY] = decision
             if not await hub.room_exists(room_id):
                 await self._error(send, 404, "room not found")
                 return
@@ -662,15 +661,10 @@ class DriftApp:
         self._connections.add(ip, room_id)
         admitted = False
         try:
-            admit = ADMIT_ALL
-            if hub.hooks is not None and hub.hooks.authorizes:
-                request = connect_request(scope, room_id, "websocket", ip, token)
-                decision = await hub.hooks.authorize(request)
-                if isinstance(decision, Refuse):
-                    hub.metrics.rejected["hook"].inc()
-                    await self._reject(peer, decision.status, decision.reason)
-                    return None
-                admit = decision
+            admit = await admission(hub.hooks, hub.metrics, scope, room_id, "websocket", ip, token)
+            if isinstance(admit, Refuse):
+                await self._reject(peer, admit.status, admit.reason)
+                return None
             if not await hub.room_exists(room_id):
                 await self._reject(peer, 404, "room not found")
                 return None

@@ -10,16 +10,18 @@ from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
-from ..hooks import Admit, ConnectRequest, PushRequest, Refuse, Replace, Source
-from ..hooks._runner import HookRunner
+from ..hooks import Admit, ConnectRequest, Refuse, Replace, Source
+from ..hooks._api import ADMIT_ALL
+from ..hooks._runner import HookRunner, push_request
 from ..protocol.codec import DecodeLimits
-from ..protocol.messages import Compact, Push, Value
+from ..protocol.messages import Push, Value
 from ..runtime.config import Config
 from ..runtime.metrics import Metrics
 from .tokens import READ, token_expiry, verify_room_token
 
 __all__ = [
     "READ_ONLY_REFUSAL",
+    "admission",
     "authorize",
     "connect_request",
     "count_invalid",
@@ -106,16 +108,8 @@ async def screen_push(
         return Refuse(key_refusal(push.key), 403)
     if hooks is None or not hooks.screens_pushes:
         return push.value, None
-    action = push.action
-    request = PushRequest(
-        room_id,
-        push.key,
-        action.TAG,
-        push.value,
-        admit.identity,
-        source,
-        action.seq if isinstance(action, Compact) else None,
-        client,
+    request = push_request(
+        room_id, push.key, push.action, push.value, admit.identity, source, client
     )
     if hooks.push_is_plain:
         decision = hooks.screen_push_now(request)
@@ -126,6 +120,25 @@ async def screen_push(
     if isinstance(decision, Replace):
         return Value(decision.value), decision.expect_seq
     return push.value, decision.expect_seq
+
+
+async def admission(
+    hooks: HookRunner | None,
+    metrics: Metrics,
+    scope: MutableMapping[str, Any],
+    room_id: str,
+    source: Source,
+    client: str,
+    token: str | None,
+) -> Admit | Refuse:
+    """What the ``authorize`` hook says of a request to ``room_id`` (after its room
+    token was checked): :data:`ADMIT_ALL` without one; a refusal is counted."""
+    if hooks is None or not hooks.authorizes:
+        return ADMIT_ALL
+    decision = await hooks.authorize(connect_request(scope, room_id, source, client, token))
+    if isinstance(decision, Refuse):
+        metrics.rejected["hook"].inc()
+    return decision
 
 
 def read_only(scope: MutableMapping[str, Any]) -> bool:
