@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from _redis import RedisServer
+from _redis import RedisCluster, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +19,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A real three-shard Redis Cluster of its own (started for the test)."""
+    cluster = RedisCluster(tmp_path / "cluster")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()

@@ -20,6 +20,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionRejected, open_websocket_url
 
+from _messages import next_of
 from _redis import RedisServer
 from drifttrio import CloseCode, Config, ConfigError, ProtocolError, open_server
 from drifttrio.hooks import (
@@ -42,19 +43,11 @@ from drifttrio.hooks import (
 )
 from drifttrio.runtime.hub import open_hub
 from drifttrio.server import TRANSPORTS
-from drifttrio.testing import DriftClient, open_test_server, settle
+from drifttrio.testing import open_test_server, settle
 
 pytest_plugins = ["drifttrio.testing.pytest_plugin"]
 
 transports = pytest.mark.parametrize("transport", TRANSPORTS)
-
-
-async def _next(client: DriftClient, kind: str) -> dict[str, Any]:
-    """The next message of type ``kind`` (pushes echo, errors, ...)."""
-    while True:
-        message = await client.receive()
-        if message["type"] == kind:
-            return message
 
 
 # -- authorize ---------------------------------------------------------------------------
@@ -106,17 +99,17 @@ async def test_admitted_identity_and_key_permissions_apply_to_pushes(
         room = await server.new_room()
         async with await server.connect(room, query="user=ann") as ann:
             await ann.push("ann/cursor", 1, "replace")
-            assert (await _next(ann, "push"))["value"] == 1
+            assert (await next_of(ann, "push"))["value"] == 1
             await ann.push("bob/cursor", 2, "replace")
-            error = await _next(ann, "error")
+            error = await next_of(ann, "error")
             assert error["message"] == "push refused: not allowed to write key 'bob/cursor'"
             await ann.push("chat", "hi")
-            assert (await _next(ann, "push"))["value"] == "hi"  # still connected, in order
+            assert (await next_of(ann, "push"))["value"] == "hi"  # still connected, in order
         async with await server.connect(room, query="user=reader") as reader:
             await reader.push("chat", "x")
-            assert "not allowed" in (await _next(reader, "error"))["message"]
+            assert "not allowed" in (await next_of(reader, "error"))["message"]
             await reader.get("chat")
-            init = await _next(reader, "init")
+            init = await next_of(reader, "init")
             assert [e["value"] for e in init["data"]] == ["hi"]  # reads stay room-wide
 
 
@@ -207,10 +200,10 @@ async def test_a_failing_push_hook_refuses_that_push_only(
                     ("unsendable", "failed"),
                 ]:
                     await client.push("k", bad)
-                    error = await _next(client, "error")
+                    error = await next_of(client, "error")
                     assert text in error["message"], bad
                 await client.push("k", "fine")
-                assert (await _next(client, "push"))["value"] == "fine"
+                assert (await next_of(client, "push"))["value"] == "fine"
             records = [r for r in caplog.records if r.name == "drifttrio.hooks"]
             assert len(records) == 4
             assert all(r.exc_info is None for r in records)
@@ -246,11 +239,11 @@ async def test_on_push_refuses_and_replaces_in_each_connections_order(
             await server.connect(room, query="user=bob") as bob,
         ):
             await bob.get("chat")
-            await _next(bob, "init")
+            await next_of(bob, "init")
             for text in ["one", "darn", "two", "three"]:
                 await ann.push("chat", text)
-            assert (await _next(ann, "error"))["message"] == "push refused: mind your language"
-            seen = [(await _next(bob, "push"))["value"] for _ in range(3)]
+            assert (await next_of(ann, "error"))["message"] == "push refused: mind your language"
+            seen = [(await next_of(bob, "push"))["value"] for _ in range(3)]
             assert seen == [{"text": t, "from": "ann"} for t in ["one", "two", "three"]]
             # over HTTP too, with the status the hook chose
             push = {"type": "push", "key": "chat", "value": "darn", "action": {"type": "append"}}
@@ -336,9 +329,9 @@ async def test_a_raising_decide_refuses_the_push_and_the_room_lives_on(
         async with await server.connect(room) as client:
             with caplog.at_level(logging.WARNING, logger="drifttrio.hooks"):
                 await client.push("k", "boom")
-                assert "failed" in (await _next(client, "error"))["message"]
+                assert "failed" in (await next_of(client, "error"))["message"]
             await client.push("k", "fine")
-            assert (await _next(client, "push"))["seq"] == 1
+            assert (await next_of(client, "push"))["seq"] == 1
         assert [r.name for r in caplog.records].count("drifttrio.hooks") == 1
 
 
@@ -407,7 +400,7 @@ async def test_a_stuck_event_consumer_never_slows_the_room(autojump_clock: trio.
             server.hub.hooks.emit(RoomCreated(room))  # type: ignore[union-attr]
         async with await server.connect(room) as client:
             await client.push("k", 1)
-            assert (await _next(client, "push"))["seq"] == 1
+            assert (await next_of(client, "push"))["seq"] == 1
         assert server.hub.hooks.dropped_events > 0  # type: ignore[union-attr]
 
 
@@ -416,7 +409,7 @@ async def test_delete_room_closes_its_members_with_4004(autojump_clock: trio.abc
         room = await server.new_room()
         async with await server.connect(room) as client:
             await client.push("k", 1)
-            await _next(client, "push")
+            await next_of(client, "push")
             await server.hub.delete_room(room)
             reason = await client.wait_closed()
             assert reason.code == CloseCode.ROOM_DELETED
@@ -498,9 +491,9 @@ async def test_on_push_makes_a_push_conditional(
         room = await server.new_room()
         async with await server.connect(room) as client:
             await client.push("once", "first", "replace")
-            assert (await _next(client, "push"))["seq"] == 1
+            assert (await next_of(client, "push"))["seq"] == 1
             await client.push("once", "second", "replace")
-            error = await _next(client, "error")
+            error = await next_of(client, "error")
             assert error["message"].startswith("conflict: key 'once' changed")
         push = {"type": "push", "key": "once", "value": "x", "action": {"type": "replace"}}
         answer = await server.send(room, push)
@@ -649,9 +642,9 @@ async def test_what_a_hook_hands_over_is_held_to_the_clients_rules(
             assert refused.value.status_code == 503
             async with await server.connect(room) as client:
                 await client.push("k", "inflate")
-                assert "failed" in (await _next(client, "error"))["message"]
+                assert "failed" in (await next_of(client, "error"))["message"]
                 await client.push("k", "small")
-                assert (await _next(client, "push"))["value"] == "small"
+                assert (await next_of(client, "push"))["value"] == "small"
         messages = [r.getMessage() for r in caplog.records if r.name == "drifttrio.hooks"]
         assert len(messages) == 2
         assert "identity that is not plain data" in messages[0]
@@ -677,11 +670,11 @@ async def test_a_hook_reads_the_room_through_its_hub(autojump_clock: trio.abc.Cl
         room = await server.new_room()
         async with await server.connect(room) as client:
             await client.push("n", 1, "replace")
-            assert (await _next(client, "push"))["value"] == 1
+            assert (await next_of(client, "push"))["value"] == 1
             await client.push("n", 3, "replace")
-            assert (await _next(client, "error"))["message"] == "counter is 1"
+            assert (await next_of(client, "error"))["message"] == "counter is 1"
             await client.push("n", 2, "replace")
-            assert (await _next(client, "push"))["value"] == 2
+            assert (await next_of(client, "push"))["value"] == 2
 
 
 # -- deleting a room over HTTP (the API key) -------------------------------------------------

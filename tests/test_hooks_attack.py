@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +21,7 @@ import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 import drifttrio
+from _messages import next_of
 from _procs import TIMEOUT, drifttrio_command, start_child
 from drifttrio import CloseCode, Config
 from drifttrio.hooks import (
@@ -44,15 +44,6 @@ from test_webhooks import SECRET, Call, backend
 pytest_plugins = ["drifttrio.testing.pytest_plugin"]
 
 transports = pytest.mark.parametrize("transport", TRANSPORTS)
-
-
-async def _next(client: DriftClient, kind: str) -> dict[str, Any]:
-    """The next message of type ``kind`` (within a minute: a guard against hangs)."""
-    with trio.fail_after(60):
-        while True:
-            message = await client.receive()
-            if message["type"] == kind:
-                return message
 
 
 async def _close_code(client: DriftClient) -> int | None:
@@ -140,9 +131,9 @@ async def test_pushes_its_admission_forbids_count_as_consecutive_errors(
         async with await server.connect(room, query=query) as client:
             for i in range(2):
                 await client.push("board", i, "replace")
-                assert "not allowed" in (await _next(client, "error"))["message"]
+                assert "not allowed" in (await next_of(client, "error"))["message"]
             await client.ping(1)  # a valid message in between resets the count
-            assert (await _next(client, "pong"))["nonce"] == 1
+            assert (await next_of(client, "pong"))["nonce"] == 1
             for i in range(3):
                 await client.push("board", i, "replace")
             assert await _close_code(client) == CloseCode.TOO_MANY_ERRORS
@@ -160,9 +151,9 @@ async def test_the_room_logic_refusing_pushes_never_closes_the_connection(
         async with await server.connect(room, query="user=ann") as client:
             for _ in range(6):
                 await client.push("chat", "SHOUT")
-                assert (await _next(client, "error"))["message"] == "push refused: no shouting"
+                assert (await next_of(client, "error"))["message"] == "push refused: no shouting"
             await client.push("chat", "hi")
-            assert (await _next(client, "push"))["value"] == "hi"
+            assert (await next_of(client, "push"))["value"] == "hi"
 
 
 # -- handshakes waiting on the authorize hook -----------------------------------------------
@@ -233,10 +224,10 @@ async def test_a_refused_or_failed_handshake_gives_its_slot_back(
             assert refused.value.status_code == 404
         async with await server.connect(room, query="user=ann") as client:
             await client.push("chat", "hi")
-            assert (await _next(client, "push"))["value"] == "hi"
+            assert (await next_of(client, "push"))["value"] == "hi"
         async with await server.connect(room, query="user=ann") as client:
             await client.ping(1)
-            assert (await _next(client, "pong"))["nonce"] == 1
+            assert (await next_of(client, "pong"))["nonce"] == 1
 
 
 # -- kill -9 with a committed-push consumer behind ------------------------------------------
@@ -370,7 +361,7 @@ async def test_a_refusal_without_a_text_reason_is_a_failed_hook(
         with caplog.at_level(logging.WARNING, logger="drifttrio.hooks"):
             async with await server.connect(room) as client:
                 await client.push("k", "bad")
-                error = await _next(client, "error")
+                error = await next_of(client, "error")
                 assert error["message"] == "push refused: the server's room logic failed"
             push = {"type": "push", "key": "k", "value": "bad", "action": {"type": "replace"}}
             answer = await server.send(room, push)
@@ -399,9 +390,9 @@ async def test_a_hook_calling_sys_exit_refuses_the_push_and_the_server_lives_on(
         room = await server.new_room()
         async with await server.connect(room) as client:
             await client.push("k", "exit")
-            assert "failed" in (await _next(client, "error"))["message"]
+            assert "failed" in (await next_of(client, "error"))["message"]
             await client.push("k", "fine")
-            assert (await _next(client, "push"))["value"] == "fine"
+            assert (await next_of(client, "push"))["value"] == "fine"
 
 
 # -- one address against the webhook's slots -------------------------------------------------
@@ -432,7 +423,7 @@ async def test_one_address_cannot_take_every_webhook_slot(
             await trio.testing.wait_all_tasks_blocked()
             async with await server.connect(room, client_address=("10.0.0.2", 2001)) as victim:
                 await victim.ping(1)
-                assert (await _next(victim, "pong"))["nonce"] == 1
+                assert (await next_of(victim, "pong"))["nonce"] == 1
 
 
 # -- members of a deleted room ----------------------------------------------------------------

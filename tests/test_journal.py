@@ -637,18 +637,6 @@ async def test_on_committed_over_redis_hears_every_nodes_pushes(redis_server: Re
     }
 
 
-@pytest.fixture
-def redis_cluster(tmp_path: Path) -> Any:
-    from _redis import RedisCluster
-
-    cluster = RedisCluster(tmp_path / "cluster")
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.kill()
-
-
 # coredis 6.9's cluster client leaves anyio memory streams unclosed when it is shut
 # down in-process (the other cluster tests run nodes as subprocesses).
 @pytest.mark.filterwarnings("ignore::ResourceWarning")

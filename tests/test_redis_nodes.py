@@ -325,16 +325,6 @@ async def test_redis_killed_and_restarted_mid_load(tmp_path: Path) -> None:
 # -- Redis Cluster -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_cluster(tmp_path: Path) -> Any:
-    cluster = RedisCluster(tmp_path / "cluster")
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.kill()
-
-
 async def test_redis_cluster_spreads_rooms_over_shards(
     redis_cluster: RedisCluster, tmp_path: Path
 ) -> None:

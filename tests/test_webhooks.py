@@ -28,6 +28,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionRejected
 
+from _messages import next_of
 from drifttrio import Config, ConfigError
 from drifttrio.hooks import (
     Accept,
@@ -697,13 +698,6 @@ def _sig(call: Call) -> str:
     return call.headers.get(SIGNATURE_HEADER.lower(), "")
 
 
-async def _next_of(client: Any, kind: str) -> dict[str, Any]:
-    while True:
-        message: dict[str, Any] = await client.receive()
-        if message["type"] == kind:
-            return message
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_webhooks_decide_for_a_real_server(transport: str) -> None:
     async with backend(_moderating()) as server_side:
@@ -716,10 +710,10 @@ async def test_webhooks_decide_for_a_real_server(transport: str) -> None:
             async with await server.connect(room, query="name=ann") as ann:
                 for value in ["hi", "spam", "nonsense", "bye"]:
                     await ann.push("chat", value)
-                assert (await _next_of(ann, "push"))["value"] == {"text": "hi", "from": "ann"}
-                assert (await _next_of(ann, "error"))["message"] == "no spam"
-                assert (await _next_of(ann, "error"))["message"] == PUSH_HOOK_FAILED
-                assert (await _next_of(ann, "push"))["value"] == {"text": "bye", "from": "ann"}
+                assert (await next_of(ann, "push"))["value"] == {"text": "hi", "from": "ann"}
+                assert (await next_of(ann, "error"))["message"] == "no spam"
+                assert (await next_of(ann, "error"))["message"] == PUSH_HOOK_FAILED
+                assert (await next_of(ann, "push"))["value"] == {"text": "bye", "from": "ann"}
             answer = await server.request(
                 "POST",
                 f"/room/{room}/send?name=bob",
@@ -761,4 +755,4 @@ async def test_backend_down_on_a_real_server(transport: str, fail_open: str) -> 
                 return
             async with await server.connect(room) as client:
                 await client.push("chat", "hi")
-                assert (await _next_of(client, "push"))["value"] == "hi"
+                assert (await next_of(client, "push"))["value"] == "hi"
