@@ -161,12 +161,7 @@ def running(argv: list[str], env: dict[str, str]) -> Iterator[tuple[subprocess.P
         try:
             yield proc, url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            tp.stop(proc)
 
 
 def driver(url: str, mode: str, *options: object) -> list[str]:

@@ -198,6 +198,16 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server (or sidecar): SIGTERM, then SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def start_sidecar(
     name: str, env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes] | None, dict[str, str]]:
@@ -435,15 +445,9 @@ def main() -> None:
                                 file=sys.stderr,
                             )
             finally:
-                for child in (proc, sidecar):
-                    if child is None:
-                        continue
-                    child.terminate()
-                    try:
-                        child.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        child.kill()
-                        child.wait()
+                stop(proc)
+                if sidecar is not None:
+                    stop(sidecar)
     load_end = os.getloadavg()
     state_end = git_state()
 
