@@ -50,6 +50,7 @@ from .policy import (
     admission,
     authorize,
     count_invalid,
+    key_refusal,
     parse_query,
     read_only,
     screen_push,
@@ -522,6 +523,10 @@ class DriftApp:
         make: Callable[[Reply], Command]
         if isinstance(message, Push):
             admit: Admit = scope.get(_ADMIT_KEY, ADMIT_ALL)
+            if not admit.may_write(message.key):
+                hub.metrics.errors["hook"].inc()
+                await self._error(send, 403, key_refusal(message.key))
+                return
             ip = _client_ip(scope)
             screen = await screen_push(hub.hooks, admit, room_id, message, "http", ip)
             if isinstance(screen, Refuse):

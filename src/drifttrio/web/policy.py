@@ -101,11 +101,9 @@ async def screen_push(
     source: Source,
     client: str,
 ) -> tuple[Value, int | None] | Refuse:
-    """Whether a client's push may go to its room: its admission must let it write
-    the key, then the ``on_push`` hook (if any) decides. The value to push (maybe
+    """What the ``on_push`` hook (if any) says of a client's push its admission lets
+    it write (the caller checked :meth:`Admit.may_write`): the value to push (maybe
     replaced) and the ``expect_seq`` to push it with, or the :class:`Refuse`."""
-    if not admit.may_write(push.key):
-        return Refuse(key_refusal(push.key), 403)
     if hooks is None or not hooks.screens_pushes:
         return push.value, None
     request = push_request(
