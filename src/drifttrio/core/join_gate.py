@@ -111,6 +111,11 @@ class JoinGate(Generic[T]):
     def held_bytes(self) -> int:
         return self._held_bytes
 
+    def lets_through(self, key: str) -> bool:
+        """Whether a broadcast of ``key`` goes straight to the connection now (what
+        :meth:`offer` answers with ``DELIVER``, without offering it)."""
+        return self.mode is GateMode.OPEN or key in self.asked_keys
+
     def offer(
         self,
         key: str,

@@ -41,7 +41,9 @@ class StreamChange:
     entry: SeqValue
 
 
-@attrs.frozen
+# Made for every push, read once and dropped: not frozen (a frozen attrs class costs
+# one ``object.__setattr__`` per field to build).
+@attrs.define
 class PushOutcome:
     """What a push did.
 

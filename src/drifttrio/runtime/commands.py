@@ -22,9 +22,11 @@ if TYPE_CHECKING:
     from ..storage.redis import Event
 
 __all__ = [
+    "GATES_DUE",
     "Command",
     "FeedEvents",
     "FeedLost",
+    "GatesDue",
     "GetCommand",
     "Join",
     "Leave",
@@ -150,6 +152,16 @@ class FeedEvents:
 @attrs.frozen(eq=False)
 class FeedLost:
     """The shared store's event feed broke: the room cannot stay in order."""
+
+
+@attrs.frozen(eq=False)
+class GatesDue:
+    """A nudge from the room's own timer: the first held join gate's time is up.
+    Never ordered: the room opens the expired gates and goes on waiting."""
+
+
+#: The one instance a room's timer sends.
+GATES_DUE: Final = GatesDue()
 
 
 #: A command a room answers from its state (membership and feed notices aside).

@@ -17,7 +17,8 @@ __all__ = ["Broadcast", "Direct", "Done", "Effect", "InitReply", "Release"]
 Direct: TypeAlias = tuple[Origin, ServerMessage]
 
 
-@attrs.frozen
+# One per push, delivered once and dropped: not frozen (see ``PushOutcome``).
+@attrs.define
 class Broadcast:
     """A push for the room's members."""
 

@@ -283,7 +283,8 @@ class Outbox:
             return 0, 0
         self._frames = []
         self._taken(self.queued_bytes)
-        self._wake_taken()
+        if self._taken_waiter is not None:
+            self._wake_taken()
         if not written:
             # In part: the rest is owed, and goes out first with the receiver's next
             # write (with its deadline): an empty frame asks for one.

@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, TypeGuard
+from typing import Any, Final, TypeGuard
 
 import attrs
 import trio
@@ -37,9 +37,11 @@ from ..hooks._runner import HookRunner, push_request
 from ..protocol.messages import Error, Init, Pong, PushEvent, SeqValue, StreamSize
 from ..storage.base import Storage
 from .commands import (
+    GATES_DUE,
     Command,
     FeedEvents,
     FeedLost,
+    GatesDue,
     GetCommand,
     Join,
     Leave,
@@ -71,6 +73,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("drifttrio.room")
+
+OPEN: Final = GateMode.OPEN
 
 
 class RoomEnded(Exception):
@@ -119,7 +123,9 @@ class Room:
         self.config = config
         self.orderer: Orderer = orderer or LocalOrderer(storage, state.seq)
         self._on_exit = on_exit
-        self.inbox, self._commands = trio.open_memory_channel[Command](config.room_inbox_size)
+        self.inbox, self._commands = trio.open_memory_channel[Command | GatesDue](
+            config.room_inbox_size
+        )
         self.members: set[Member] = set()
         self._debug_members = 0
         #: Keys relayed lately: not retained, so listed to debug members on join.
@@ -127,6 +133,9 @@ class Room:
         #: Members whose join gate holds broadcasts, in join order (the first one's
         #: gate opens first: every gate gets the same hold time).
         self._holding: dict[Member, JoinGate[Frame]] = {}
+        #: When the gates' timer wakes the room (``None``: no timer is running).
+        self._gates_due_at: float | None = None
+        self._timers: trio.Nursery | None = None
         #: When the room was last used from this node (a command, or members present):
         #: a shared store's events alone do not keep a room with no members alive.
         self._used_at = -math.inf
@@ -142,7 +151,14 @@ class Room:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._used_at = trio.current_time()
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            #: Where the join gates' timer runs (see :meth:`_watch_gates`).
+            self._timers = nursery
+            task_status.started()
+            await self._serve()
+            nursery.cancel_scope.cancel()
+
+    async def _serve(self) -> None:
         close_code = CloseCode.GOING_AWAY
         try:
             while True:
@@ -157,6 +173,9 @@ class Room:
                 try:
                     await self._handle_batch(batch)
                 finally:
+                    if self._holding:
+                        self._open_expired_gates()
+                        self._watch_gates()
                     self._flush_members()
                     self._flush_counts()
         except RoomEnded as exc:
@@ -194,6 +213,12 @@ class Room:
         """The next command; ``None`` once the room should end: its inbox is closed, or
         it has had no members and no use from this node for ``room_idle_seconds``."""
         command = await self._receive()
+        while isinstance(command, GatesDue):
+            self._open_expired_gates()
+            self._watch_gates()
+            self._flush_members()
+            self._flush_counts()
+            command = await self._receive()
         if command is None:
             return None
         if isinstance(command, (FeedEvents, FeedLost)):
@@ -208,19 +233,9 @@ class Room:
             self._used_at = trio.current_time()
         return command
 
-    async def _receive(self) -> Command | None:
+    async def _receive(self) -> Command | GatesDue | None:
         idle = self.config.room_idle_seconds
         while True:
-            if self._holding:
-                with trio.move_on_at(next(iter(self._holding.values())).opens_at):
-                    try:
-                        return await self._commands.receive()
-                    except trio.EndOfChannel:
-                        return None
-                self._open_expired_gates()
-                self._flush_members()
-                self._flush_counts()
-                continue
             if self.members:
                 # No deadline while there are members, and no cancel scope to pay for:
                 # it was a fair share of the cost of a one-command batch.
@@ -249,9 +264,11 @@ class Room:
         batch = [first]
         while len(batch) < self.config.room_batch_size:
             try:
-                batch.append(self._commands.receive_nowait())
+                command = self._commands.receive_nowait()
             except trio.WouldBlock:
                 break
+            if not isinstance(command, GatesDue):  # (the batch's end looks at the gates)
+                batch.append(command)
         return batch
 
     async def _handle_batch(self, commands: list[Command]) -> None:
@@ -455,7 +472,9 @@ class Room:
             frame = frames.get(conn.encoder)
             if frame is None:
                 frame = frames[conn.encoder] = conn.encode(message)
-            if conn.gate is not None:
+            gate = conn.gate
+            if gate is not None and gate.mode is not OPEN and key not in gate.asked_keys:
+                # (what JoinGate.lets_through answers, inline: once per member)
                 offer = self._pass_gate(conn, key, frame, effect)
                 if offer is not Offer.DELIVER:
                     # Held (or sent with what the gate held): it is for this member.
@@ -502,6 +521,7 @@ class Room:
                 max_bytes=self.config.outbox_bytes,
             )
             self._holding[conn] = conn.gate
+            self._watch_gates()
 
     @staticmethod
     def holds(origin: Origin) -> TypeGuard[Member]:
@@ -542,12 +562,31 @@ class Room:
             held = gate.asked(effect.key, init_sent=effect.init_sent)
         self._let_flow(conn, held)
 
+    def _watch_gates(self) -> None:
+        """Make sure the room hears when its first held gate's time is up, even with
+        nothing else arriving: one timer task at a time, sleeping until then (a
+        deadline per batch, while gates hold, cost a cancel scope per message)."""
+        if self._gates_due_at is None and self._holding:
+            due = next(iter(self._holding.values())).opens_at
+            self._gates_due_at = due
+            assert self._timers is not None  # (gates are attached by the running room)
+            self._timers.start_soon(self._gates_timer, due)
+
+    async def _gates_timer(self, due: float) -> None:
+        await trio.sleep_until(due)
+        self._gates_due_at = None  # a full or closed inbox: the room re-arms after its batch
+        with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.inbox.send_nowait(GATES_DUE)
+
     def _open_expired_gates(self) -> None:
+        holding = self._holding
         now = trio.current_time()
-        for conn, gate in list(self._holding.items()):
+        while holding:
+            conn, gate = next(iter(holding.items()))  # the first to open (join order)
             if not gate.expired(now):
                 break
-            self._let_flow(conn, gate.open())
+            self._let_flow(conn, gate.open())  # (which forgets it)
+            holding.pop(conn, None)  # (whatever happens, never looked at twice)
 
     def _let_flow(self, conn: Member, held: list[Held[Frame]]) -> None:
         """Deliver what a gate gave back; drop the gate once it is open."""

@@ -55,7 +55,16 @@ def write_now(sock: trio.socket.SocketType, data: bytes | memoryview) -> memoryv
 class Wire:
     """One stream with a send lock and a write deadline."""
 
-    __slots__ = ("_socket", "closed", "cut_short", "lock", "owed", "stream", "write_timeout")
+    __slots__ = (
+        "_socket",
+        "_sparse",
+        "closed",
+        "cut_short",
+        "lock",
+        "owed",
+        "stream",
+        "write_timeout",
+    )
 
     def __init__(self, stream: trio.abc.Stream, write_timeout: float) -> None:
         self.stream = stream
@@ -67,6 +76,9 @@ class Wire:
         #: What :meth:`write_now` could not write: the next :meth:`send` writes it first.
         self.owed = b""
         #: A plain TCP socket on POSIX: read and written directly (see :meth:`receive`).
+        #: The last :meth:`receive` found nothing to read and had to wait: the next
+        #: one waits first, sparing a read that fails (and its exception).
+        self._sparse = False
         self._socket = (
             stream.socket if isinstance(stream, trio.SocketStream) and os.name == "posix" else None
         )
@@ -79,14 +91,18 @@ class Wire:
         if sock is None or self.closed or self.owed or self.lock.locked():
             return None
         try:
-            rest = write_now(sock, data)
-        except trio.BrokenResourceError:
+            # The usual case in one call: the socket takes all of it.
+            sent = os.write(sock.fileno(), data)
+            if sent == len(data):
+                return True
+            rest = write_now(sock, memoryview(data)[sent:])
+        except BlockingIOError:
+            return None
+        except (OSError, trio.BrokenResourceError):
             self.closed = True  # the next send says WireClosed
             return None
         if not rest:
             return True
-        if len(rest) == len(data):
-            return None
         self.owed = bytes(rest)
         return False
 
@@ -154,8 +170,17 @@ class Wire:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
                 return b""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
+        if self._sparse:
+            # (the wait is this call's schedule point)
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                self.closed = True
+                return b""
+            waited = True
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
         while True:
             try:
                 # fileno() is -1 once another task closed the stream: EBADF below.
@@ -166,6 +191,7 @@ class Wire:
                 self.closed = True
                 return b""
             if data is not None:
+                self._sparse = waited
                 if not waited:  # (wait_readable was this call's schedule point)
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return data  # b"": the peer finished sending
