@@ -139,7 +139,8 @@ class Room:
         #: When the room was last used from this node (a command, or members present):
         #: a shared store's events alone do not keep a room with no members alive.
         self._used_at = -math.inf
-        self._open_replies: list[Reply] = []
+        #: The batch in hand (or the last one): its callers are failed if the room dies.
+        self._batch: list[Command] = []
         #: Members delivered to during this batch, whose frames the room writes (or
         #: hands to their writers) once the batch is delivered: see ``Member.flush``.
         self._flushes: list[Member] = []
@@ -165,10 +166,7 @@ class Room:
                 command = await self._next_command()
                 if command is None:
                     return  # idle: evicted
-                batch = self._drain(command)
-                self._open_replies = [
-                    origin for c in batch if isinstance(origin := getattr(c, "origin", None), Reply)
-                ]
+                self._batch = batch = self._drain(command)
                 self.metrics.batch_commands.observe(len(batch))
                 try:
                     await self._handle_batch(batch)
@@ -191,8 +189,9 @@ class Room:
             self.closed = True
             # Wake whoever still waits on this room: the batch in hand, then what is
             # queued (no checkpoint until the inbox is closed, so nothing slips in).
-            for reply in self._open_replies:
-                reply.fail("room unavailable, try again")
+            for c in self._batch:
+                if isinstance(origin := getattr(c, "origin", None), Reply):
+                    origin.fail("room unavailable, try again")
             with suppress(trio.WouldBlock, trio.EndOfChannel):
                 while True:
                     left = self._commands.receive_nowait()
