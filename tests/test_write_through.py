@@ -118,3 +118,64 @@ async def _owed_bytes_go_first(wire: Wire, peer: trio.SocketStream) -> None:
     assert wire.write_now(b"now") is True
     with trio.fail_after(TIMEOUT):
         assert await peer.receive_some() == b"now"
+
+
+async def test_a_one_push_batch_goes_out_at_once_after_what_the_join_gate_held() -> None:
+    """A batch of one push writes each idle member's frame during delivery, never
+    past frames delivered before it in the batch: here what the pusher's own join
+    gate held, let flow by its push."""
+    written: list[bytes] = []
+
+    def write_now(data: bytes) -> bool:
+        written.append(data)
+        return True
+
+    encode = FRAME_ENCODERS[JSON].encode
+    async with open_hub(Config(join_hold_seconds=60)) as hub:
+        room_id = await hub.create_room()
+        member = hub.new_member(
+            encoder=FRAME_ENCODERS[JSON], write_now=write_now, asks_after_join=True
+        )
+        room = await hub.submit(room_id, Join(member))
+        async with trio.open_nursery() as nursery:
+            woken: list[object] = []
+
+            async def writer() -> None:
+                woken.append(await member.outbox.receive_batch())
+
+            nursery.start_soon(writer)
+            await trio.testing.wait_all_tasks_blocked()
+            other = hub.new_member()
+            room.inbox.send_nowait(PushCommand("a", Value(1), Relay(), other))
+            await trio.testing.wait_all_tasks_blocked()
+            assert written == []  # held: the member has not asked for "a"
+            room.inbox.send_nowait(PushCommand("b", Value(2), Relay(), member))
+            await trio.testing.wait_all_tasks_blocked()
+            assert b"".join(written) == encode(PushEvent("a", 1, 1)) + encode(PushEvent("b", 2, 2))
+            room.inbox.send_nowait(PushCommand("c", Value(3), Relay(), other))
+            await trio.testing.wait_all_tasks_blocked()
+            assert written[-1] == encode(PushEvent("c", 3, 3))  # alone, at once
+            assert woken == []
+            assert len(member.outbox) == 0
+            assert member.outbox.queued_bytes == 0
+            assert member.messages_out == 3
+            assert member.bytes_out == len(b"".join(written))
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_one_push_batch_a_socket_takes_in_part_wakes_the_writer_for_the_rest() -> None:
+    async with open_hub(Config()) as hub:
+        room_id = await hub.create_room()
+        member = hub.new_member(encoder=FRAME_ENCODERS[JSON], write_now=lambda data: False)
+        room = await hub.submit(room_id, Join(member))
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                taken: list[object] = []
+
+                async def writer() -> None:
+                    taken.extend(await member.outbox.receive_batch())
+
+                nursery.start_soon(writer)
+                await trio.testing.wait_all_tasks_blocked()
+                await room.inbox.send(PushCommand("k", Value(1), Relay(), hub.new_member()))
+        assert taken == [b""]  # the wire owes the rest: the writer's next write sends it

@@ -292,6 +292,21 @@ class Outbox:
             self._wake()
         return len(frames), len(data)
 
+    def write_direct(self, write: Callable[[bytes], bool | None], frame: bytes) -> bool:
+        """Hand ``frame`` straight to ``write`` (as :meth:`write_through` would once
+        it were queued) if nothing is queued and the receiver is parked: whether
+        it went out (or in part, the rest owed to the receiver's next write).
+        ``False``: nothing happened, queue it as usual."""
+        if self._frames or self._waiter is None or self._closed:
+            return False
+        written = write(frame)
+        if written is None:
+            return False
+        if not written:
+            self._frames.append(b"")  # the rest is owed: an empty frame asks for a write
+            self._wake()
+        return True
+
     async def receive_batch(self, max_frames: int = 1024) -> list[Frame]:
         """Wait for at least one frame, then take whatever else is queued (up to
         ``max_frames``). A checkpoint only when it has to wait.
@@ -553,6 +568,32 @@ class Member:
                 counter = self._bytes_out = self.metrics.bytes_out[self.labels[1]]
             if counter is not None:
                 counter.inc(size)
+
+    def send_now(self, frame: Frame, seq: int) -> None:
+        """Deliver a frame that is this member's only one in its room's batch (a
+        one-command batch's broadcast): written to the socket at once when its
+        writer is idle with nothing queued and the socket takes it, so nothing is
+        queued, counted against the outbox budget and flushed for it; queued with
+        :meth:`deliver` otherwise."""
+        write = self._write_now
+        if (
+            write is None
+            or self._dirty
+            or self._missed_count
+            or self.closed
+            or type(frame) is not bytes
+            or not self.outbox.write_direct(write, frame)
+        ):
+            self.deliver(frame, seq)
+            return
+        size = len(frame)
+        self.messages_out += 1
+        self.bytes_out += size
+        counter = self._bytes_out
+        if counter is None and self.metrics is not None:
+            counter = self._bytes_out = self.metrics.bytes_out[self.labels[1]]
+        if counter is not None:
+            counter.inc(size)
 
     def deliver(self, frame: Queued, seq: int | None = None) -> None:
         """Queue a frame without blocking; apply the slow-client policy if full."""

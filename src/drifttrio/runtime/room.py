@@ -141,6 +141,8 @@ class Room:
         self._used_at = -math.inf
         #: The batch in hand (or the last one): its callers are failed if the room dies.
         self._batch: list[Command] = []
+        #: The batch in hand is one push (see :meth:`_broadcast`).
+        self._one_push = False
         #: Members delivered to during this batch, whose frames the room writes (or
         #: hands to their writers) once the batch is delivered: see ``Member.flush``.
         self._flushes: list[Member] = []
@@ -167,6 +169,7 @@ class Room:
                 if command is None:
                     return  # idle: evicted
                 self._batch = batch = self._drain(command)
+                self._one_push = len(batch) == 1 and type(command) is PushCommand
                 self.metrics.batch_commands.observe(len(batch))
                 try:
                     await self._handle_batch(batch)
@@ -461,6 +464,9 @@ class Room:
         frames: dict[Any, Frame] = {}
         delivered = held = 0
         public = effect.public
+        # A batch of one push: its broadcast is all the members get from it (an error
+        # for its sender comes after it), so each one's frame can go out now.
+        alone = self._one_push
         for conn in self.members:
             if conn.debug:
                 if effect.debug_size is not None:
@@ -479,7 +485,10 @@ class Room:
                     # Held (or sent with what the gate held): it is for this member.
                     held += offer is not Offer.SKIP
                     continue
-            conn.deliver(frame, entry.seq)
+            if alone:
+                conn.send_now(frame, entry.seq)
+            else:
+                conn.deliver(frame, entry.seq)
             delivered += 1
         self.metrics.fanout.observe(delivered + held)
         self._out["push"] = self._out.get("push", 0) + delivered
