@@ -154,98 +154,106 @@ class Room:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._used_at = trio.current_time()
+        close_code = CloseCode.GOING_AWAY
+        commands = self._commands
         async with trio.open_nursery() as nursery:
             #: Where the join gates' timer runs (see :meth:`_watch_gates`).
             self._timers = nursery
             task_status.started()
-            await self._serve()
-            nursery.cancel_scope.cancel()
-
-    async def _serve(self) -> None:
-        close_code = CloseCode.GOING_AWAY
-        try:
-            while True:
-                command = await self._next_command()
-                if command is None:
-                    return  # idle: evicted
-                self._batch = batch = self._drain(command)
-                self._one_push = len(batch) == 1 and type(command) is PushCommand
-                self.metrics.batch_commands.observe(len(batch))
-                try:
-                    await self._handle_batch(batch)
-                finally:
-                    if self._holding:
-                        self._open_expired_gates()
-                        self._watch_gates()
-                    self._flush_members()
-                    self._flush_counts()
-        except RoomEnded as exc:
-            log.warning("room %s ended: %s", room_tag(self.room_id), exc.reason)
-            close_code = exc.code
-        except Exception:
-            # Storage failing even to reload, or a bug: end this room alone. Members
-            # reconnect and the hub loads the room again from what was committed.
-            log.exception("room %s stopped", room_tag(self.room_id))
-            self.metrics.rooms_crashed.inc()
-            close_code = CloseCode.INTERNAL_ERROR
-        finally:
-            self.closed = True
-            # Wake whoever still waits on this room: the batch in hand, then what is
-            # queued (no checkpoint until the inbox is closed, so nothing slips in).
-            for c in self._batch:
-                if isinstance(origin := getattr(c, "origin", None), Reply):
-                    origin.fail("room unavailable, try again")
-            with suppress(trio.WouldBlock, trio.EndOfChannel):
+            try:
                 while True:
-                    left = self._commands.receive_nowait()
-                    origin = getattr(left, "origin", None)
-                    if isinstance(origin, Reply):
-                        origin.fail("room unavailable, try again")
-            self._commands.close()
-            self._on_exit(self)
-            for conn in self.members:
-                conn.kick(close_code, "room closed")
-            self._members_left()
-            with trio.move_on_after(1.0) as scope:
-                scope.shield = True
-                await self.orderer.aclose(self)
-            self.ended.set()
+                    if self.members:
+                        # Awaited right here, with no deadline (no cancel scope to pay
+                        # for) and no coroutine frames to wake through on the way.
+                        try:
+                            command = await commands.receive()
+                        except trio.EndOfChannel:
+                            return  # the inbox was closed (server drain), and is empty
+                    else:
+                        idle = await self._receive_idle()
+                        if idle is None:
+                            return  # idle: evicted, or drained
+                        command = idle
+                    if isinstance(command, GatesDue):
+                        self._gates_due()
+                        continue
+                    if not self._still_used(command):
+                        return  # idle: evicted
+                    self._batch = batch = self._drain(command)
+                    self._one_push = len(batch) == 1 and type(command) is PushCommand
+                    self.metrics.batch_commands.observe(len(batch))
+                    try:
+                        await self._handle_batch(batch)
+                    finally:
+                        if self._holding:
+                            self._open_expired_gates()
+                            self._watch_gates()
+                        self._flush_members()
+                        self._flush_counts()
+            except RoomEnded as exc:
+                log.warning("room %s ended: %s", room_tag(self.room_id), exc.reason)
+                close_code = exc.code
+            except Exception:
+                # Storage failing even to reload, or a bug: end this room alone. Members
+                # reconnect and the hub loads the room again from what was committed.
+                log.exception("room %s stopped", room_tag(self.room_id))
+                self.metrics.rooms_crashed.inc()
+                close_code = CloseCode.INTERNAL_ERROR
+            finally:
+                nursery.cancel_scope.cancel()  # (the gates' timer)
+                await self._end(close_code)
 
-    async def _next_command(self) -> Command | None:
-        """The next command; ``None`` once the room should end: its inbox is closed, or
-        it has had no members and no use from this node for ``room_idle_seconds``."""
-        command = await self._receive()
-        while isinstance(command, GatesDue):
-            self._open_expired_gates()
-            self._watch_gates()
-            self._flush_members()
-            self._flush_counts()
-            command = await self._receive()
-        if command is None:
-            return None
+    async def _end(self, close_code: int) -> None:
+        self.closed = True
+        # Wake whoever still waits on this room: the batch in hand, then what is
+        # queued (no checkpoint until the inbox is closed, so nothing slips in).
+        for c in self._batch:
+            if isinstance(origin := getattr(c, "origin", None), Reply):
+                origin.fail("room unavailable, try again")
+        with suppress(trio.WouldBlock, trio.EndOfChannel):
+            while True:
+                left = self._commands.receive_nowait()
+                origin = getattr(left, "origin", None)
+                if isinstance(origin, Reply):
+                    origin.fail("room unavailable, try again")
+        self._commands.close()
+        self._on_exit(self)
+        for conn in self.members:
+            conn.kick(close_code, "room closed")
+        self._members_left()
+        with trio.move_on_after(1.0) as scope:
+            scope.shield = True
+            await self.orderer.aclose(self)
+        self.ended.set()
+
+    def _still_used(self, command: Command) -> bool:
+        """Whether the room lives on to handle ``command``: not when it is a shared
+        store's notice and the room has had no members and no use from this node
+        for ``room_idle_seconds``."""
         if isinstance(command, (FeedEvents, FeedLost)):
             if (
                 not self.members
                 and trio.current_time() - self._used_at > self.config.room_idle_seconds
                 and self._commands.statistics().current_buffer_used == 0
             ):
-                return None
+                return False
         elif not self.members or isinstance(command, Leave):
             # Members count as use until the last one leaves: no clock read per batch.
             self._used_at = trio.current_time()
-        return command
+        return True
 
-    async def _receive(self) -> Command | GatesDue | None:
-        idle = self.config.room_idle_seconds
+    def _gates_due(self) -> None:
+        """The gates' timer rang: open the expired gates, and deliver what they held."""
+        self._open_expired_gates()
+        self._watch_gates()
+        self._flush_members()
+        self._flush_counts()
+
+    async def _receive_idle(self) -> Command | GatesDue | None:
+        """The next command for a room without members; ``None`` once its inbox is
+        closed, or after ``room_idle_seconds`` without one."""
         while True:
-            if self.members:
-                # No deadline while there are members, and no cancel scope to pay for:
-                # it was a fair share of the cost of a one-command batch.
-                try:
-                    return await self._commands.receive()
-                except trio.EndOfChannel:
-                    return None
-            with trio.move_on_after(idle):
+            with trio.move_on_after(self.config.room_idle_seconds):
                 try:
                     return await self._commands.receive()
                 except trio.EndOfChannel:
