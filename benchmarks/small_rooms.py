@@ -64,11 +64,12 @@ SQLITE = "drifttrio serve (own transport, SQLite)"
 HYPERCORN = "drifttrio serve --transport hypercorn"
 WEBSOCKETS = tp.WEBSOCKETS
 TRIO_WEBSOCKET = "minimal relay on trio-websocket"
+TRIO_ROOM = tp.TRIO_ROOM
 NODE = tp.NODE
 #: The rows run without --only: drifttrio on memory and SQLite, under hypercorn,
 #: and the websockets, trio-websocket and Node ws relays. --only picks from every
 #: row of throughput.py (so ``asgi`` adds the two ``hypercorn -k trio`` rows).
-DEFAULT_ROWS = (DRIFTTRIO, SQLITE, HYPERCORN, WEBSOCKETS, TRIO_WEBSOCKET, NODE)
+DEFAULT_ROWS = (DRIFTTRIO, SQLITE, HYPERCORN, WEBSOCKETS, TRIO_WEBSOCKET, TRIO_ROOM, NODE)
 
 MEASURES = ("storm", "rooms", "lifecycle")
 

@@ -54,6 +54,8 @@ DRIFTTRIO_ASGI = "hypercorn -k trio drifttrio.asgi:app"
 ASGI_RELAY = "hypercorn -k trio asgi_relay:app (minimal ASGI relay)"
 WEBSOCKETS = "minimal relay on websockets (asyncio)"
 NODE = "minimal relay on Node ws (yardstick)"
+#: drifttrio's shape (a reader task, a room task, a memory channel) with nothing else.
+TRIO_ROOM = "minimal relay on trio, reader + room task"
 WEBHOOK_ROW = "drifttrio serve (own transport, push webhook)"
 
 DRIFTTRIO_SERVE = [sys.executable, "-m", "drifttrio.cli", "serve", "--port", "0"]
@@ -127,6 +129,7 @@ SERVERS: dict[str, list[str]] = {
     WEBHOOK_ROW: [*DRIFTTRIO_SERVE, "--store", "memory"],
     WEBSOCKETS: [sys.executable, str(HERE / "websockets_relay.py")],
     "minimal relay on trio-websocket": [sys.executable, str(HERE / "trio_websocket_relay.py")],
+    TRIO_ROOM: [sys.executable, str(HERE / "trio_room_relay.py")],
     NODE: ["node", str(HERE / "minimal_relay.js")],
 }
 
