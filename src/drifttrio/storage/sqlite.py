@@ -559,24 +559,21 @@ class _PendingCommit:
 
 
 def _commit_group(group: list[_PendingCommit], db: sqlite3.Connection) -> None:
-    """Commit the batches of ``group`` in one transaction, each in a savepoint: a room
-    that no longer exists is rolled back alone (its batch gets :class:`RoomNotFound`)."""
+    """Commit the batches of ``group`` in one transaction: a room that no longer
+    exists writes nothing and fails alone (its batch gets :class:`RoomNotFound`).
+    (No savepoint per room: the room's row is written first, and nothing else is
+    written when it is missing. Any other error fails the whole transaction.)"""
     db.execute("BEGIN IMMEDIATE")
     for entry in group:
-        db.execute("SAVEPOINT room_batch")
-        if _commit_room(db, entry):
-            db.execute("RELEASE room_batch")
-        else:
-            db.execute("ROLLBACK TO room_batch")
-            db.execute("RELEASE room_batch")
+        if not _commit_room(db, entry):
             entry.finish(RoomNotFound(entry.room_id))
     db.execute("COMMIT")
 
 
 def _commit_room(db: sqlite3.Connection, entry: _PendingCommit) -> bool:
     """Write one room batch: its new seq, its stream changes and (when journaling)
-    their journal entries. ``False`` if the room does not exist (nothing to keep of
-    it)."""
+    their journal entries. ``False`` if the room does not exist: then nothing was
+    written (the room's row comes first)."""
     room_id = entry.room_id
     updated = db.execute(
         "UPDATE rooms SET seq = max(seq, ?), last_active = ? WHERE id = ?",
