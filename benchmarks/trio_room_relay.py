@@ -21,6 +21,7 @@ checked, and a slow member silently loses frames.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
@@ -61,10 +62,8 @@ def unmask(mask: bytes, data: bytes) -> bytes:
 
 
 def write(fd: int, data: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):  # full or gone: missed
         os.write(fd, data)
-    except OSError:
-        pass  # full or gone: missed
 
 
 async def read(sock: trio.socket.SocketType) -> bytes:
@@ -77,7 +76,10 @@ async def read(sock: trio.socket.SocketType) -> bytes:
             return b""
 
 
-async def room_task(room: Room, inbox: trio.MemoryReceiveChannel[tuple[int, dict[str, object]]]) -> None:
+Pushes = trio.MemoryReceiveChannel[tuple[int, dict[str, object]]]
+
+
+async def room_task(room: Room, inbox: Pushes) -> None:
     async for _fd, msg in inbox:
         room.seq += 1
         out = frame(
@@ -166,7 +168,8 @@ async def handle(sock: trio.socket.SocketType, nursery: trio.Nursery) -> None:
                 if kind == "push":
                     room.inbox.send_nowait((fd, msg))
                 elif kind == "get":
-                    write(fd, frame(orjson.dumps({"type": "init", "key": msg.get("key"), "data": []})))
+                    init = {"type": "init", "key": msg.get("key"), "data": []}
+                    write(fd, frame(orjson.dumps(init)))
                 elif kind == "ping":
                     write(fd, frame(orjson.dumps({"type": "pong", "nonce": msg.get("nonce")})))
             data = await read(sock)
@@ -190,17 +193,14 @@ async def main() -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             async def serve(sock: trio.socket.SocketType = sock) -> None:
-                with sock:
-                    try:
-                        await handle(sock, nursery)
-                    except (ValueError, KeyError, IndexError, orjson.JSONDecodeError):
-                        pass  # no validation: a malformed request just ends
+                # No validation: a malformed request just ends.
+                malformed = (ValueError, KeyError, IndexError, orjson.JSONDecodeError)
+                with sock, contextlib.suppress(*malformed):
+                    await handle(sock, nursery)
 
             nursery.start_soon(serve)
 
 
 if __name__ == "__main__":
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(main)
-    except KeyboardInterrupt:
-        pass

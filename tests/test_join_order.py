@@ -425,3 +425,20 @@ async def test_no_hold_when_disabled_and_for_debug_members() -> None:
         await room.inbox.send(Join(debug))
         await push(room, "k", 1, relay=True)
         assert [m["type"] for m in await received(debug)] == ["push"]
+
+
+async def test_a_gates_nudge_does_not_keep_an_empty_room_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The gates' timer rings after the last member left: the room still ends
+    ``room_idle_seconds`` after that member left, not after the ring."""
+    async with room_of(join_hold_seconds=5.0, room_idle_seconds=1.0) as (hub, room):
+        conn = websocket_member(hub)
+        await room.inbox.send(Join(conn))
+        await trio.sleep(4.5)
+        await room.inbox.send(Leave(conn))
+        left_at = trio.current_time()
+        with trio.fail_after(60):
+            await room.ended.wait()
+        # 1 s after the leave; not 1 s after the ring (at 5 s), 0.5 s later
+        assert trio.current_time() - left_at < 1.25

@@ -296,8 +296,9 @@ class Outbox:
         """Hand ``frame`` straight to ``write`` (as :meth:`write_through` would once
         it were queued) if nothing is queued and the receiver is parked: whether
         it went out (or in part, the rest owed to the receiver's next write).
-        ``False``: nothing happened, queue it as usual."""
-        if self._frames or self._waiter is None or self._closed:
+        ``False``: nothing happened, queue it as usual (a frame over the byte bound
+        too: it would not fit even into the empty outbox, see :meth:`send_nowait`)."""
+        if self._frames or self._waiter is None or self._closed or len(frame) > self._max_bytes:
             return False
         written = write(frame)
         if written is None:

@@ -251,9 +251,10 @@ class Room:
 
     async def _receive_idle(self) -> Command | GatesDue | None:
         """The next command for a room without members; ``None`` once its inbox is
-        closed, or after ``room_idle_seconds`` without one."""
+        closed, or ``room_idle_seconds`` after its last use (a join gates' nudge is
+        no use: it leaves the deadline where it was)."""
         while True:
-            with trio.move_on_after(self.config.room_idle_seconds):
+            with trio.move_on_at(self._used_at + self.config.room_idle_seconds):
                 try:
                     return await self._commands.receive()
                 except trio.EndOfChannel:
