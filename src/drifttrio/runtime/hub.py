@@ -300,6 +300,7 @@ class Hub:
                 self.metrics,
                 orderer,
                 self.hooks,
+                self._nursery,
             )
             await orderer.open(shared)
             return shared
@@ -313,7 +314,14 @@ class Hub:
             limits=self._room_limits(),
         )
         return Room(
-            room_id, state, self.storage, self.config, self._forget, self.metrics, hooks=self.hooks
+            room_id,
+            state,
+            self.storage,
+            self.config,
+            self._forget,
+            self.metrics,
+            hooks=self.hooks,
+            timers=self._nursery,
         )
 
     def _forget(self, room: Room) -> None:

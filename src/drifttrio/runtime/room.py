@@ -108,6 +108,7 @@ class Room:
         metrics: Metrics | None = None,
         orderer: Orderer | None = None,
         hooks: HookRunner | None = None,
+        timers: trio.Nursery | None = None,
     ) -> None:
         self.room_id = room_id
         #: The application's room logic: ``decide`` runs here, in the room's order,
@@ -135,7 +136,9 @@ class Room:
         self._holding: dict[Member, JoinGate[Frame]] = {}
         #: When the gates' timer wakes the room (``None``: no timer is running).
         self._gates_due_at: float | None = None
-        self._timers: trio.Nursery | None = None
+        #: Where the join gates' timer runs (the hub's nursery: a nursery of the room's
+        #: own would cost each room about 1.3 KiB). See :meth:`_watch_gates`.
+        self._timers = timers
         #: When the room was last used from this node (a command, or members present):
         #: a shared store's events alone do not keep a room with no members alive.
         self._used_at = -math.inf
@@ -156,52 +159,48 @@ class Room:
         self._used_at = trio.current_time()
         close_code = CloseCode.GOING_AWAY
         commands = self._commands
-        async with trio.open_nursery() as nursery:
-            #: Where the join gates' timer runs (see :meth:`_watch_gates`).
-            self._timers = nursery
-            task_status.started()
-            try:
-                while True:
-                    if self.members:
-                        # Awaited right here, with no deadline (no cancel scope to pay
-                        # for) and no coroutine frames to wake through on the way.
-                        try:
-                            command = await commands.receive()
-                        except trio.EndOfChannel:
-                            return  # the inbox was closed (server drain), and is empty
-                    else:
-                        idle = await self._receive_idle()
-                        if idle is None:
-                            return  # idle: evicted, or drained
-                        command = idle
-                    if isinstance(command, GatesDue):
-                        self._gates_due()
-                        continue
-                    if not self._still_used(command):
-                        return  # idle: evicted
-                    self._batch = batch = self._drain(command)
-                    self._one_push = len(batch) == 1 and type(command) is PushCommand
-                    self.metrics.batch_commands.observe(len(batch))
+        task_status.started()
+        try:
+            while True:
+                if self.members:
+                    # Awaited right here, with no deadline (no cancel scope to pay
+                    # for) and no coroutine frames to wake through on the way.
                     try:
-                        await self._handle_batch(batch)
-                    finally:
-                        if self._holding:
-                            self._open_expired_gates()
-                            self._watch_gates()
-                        self._flush_members()
-                        self._flush_counts()
-            except RoomEnded as exc:
-                log.warning("room %s ended: %s", room_tag(self.room_id), exc.reason)
-                close_code = exc.code
-            except Exception:
-                # Storage failing even to reload, or a bug: end this room alone. Members
-                # reconnect and the hub loads the room again from what was committed.
-                log.exception("room %s stopped", room_tag(self.room_id))
-                self.metrics.rooms_crashed.inc()
-                close_code = CloseCode.INTERNAL_ERROR
-            finally:
-                nursery.cancel_scope.cancel()  # (the gates' timer)
-                await self._end(close_code)
+                        command = await commands.receive()
+                    except trio.EndOfChannel:
+                        return  # the inbox was closed (server drain), and is empty
+                else:
+                    idle = await self._receive_idle()
+                    if idle is None:
+                        return  # idle: evicted, or drained
+                    command = idle
+                if isinstance(command, GatesDue):
+                    self._gates_due()
+                    continue
+                if not self._still_used(command):
+                    return  # idle: evicted
+                self._batch = batch = self._drain(command)
+                self._one_push = len(batch) == 1 and type(command) is PushCommand
+                self.metrics.batch_commands.observe(len(batch))
+                try:
+                    await self._handle_batch(batch)
+                finally:
+                    if self._holding:
+                        self._open_expired_gates()
+                        self._watch_gates()
+                    self._flush_members()
+                    self._flush_counts()
+        except RoomEnded as exc:
+            log.warning("room %s ended: %s", room_tag(self.room_id), exc.reason)
+            close_code = exc.code
+        except Exception:
+            # Storage failing even to reload, or a bug: end this room alone. Members
+            # reconnect and the hub loads the room again from what was committed.
+            log.exception("room %s stopped", room_tag(self.room_id))
+            self.metrics.rooms_crashed.inc()
+            close_code = CloseCode.INTERNAL_ERROR
+        finally:
+            await self._end(close_code)
 
     async def _end(self, close_code: int) -> None:
         self.closed = True
@@ -582,11 +581,14 @@ class Room:
     def _watch_gates(self) -> None:
         """Make sure the room hears when its first held gate's time is up, even with
         nothing else arriving: one timer task at a time, sleeping until then (a
-        deadline per batch, while gates hold, cost a cancel scope per message)."""
+        deadline per batch, while gates hold, cost a cancel scope per message). It
+        may outlive the room by up to ``join_hold_seconds``: its nudge then finds
+        the inbox closed, and does nothing."""
         if self._gates_due_at is None and self._holding:
             due = next(iter(self._holding.values())).opens_at
             self._gates_due_at = due
-            assert self._timers is not None  # (gates are attached by the running room)
+            if self._timers is None:
+                raise RuntimeError("a room holding join gates needs timers (Room(timers=))")
             self._timers.start_soon(self._gates_timer, due)
 
     async def _gates_timer(self, due: float) -> None:
