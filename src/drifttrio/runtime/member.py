@@ -562,13 +562,7 @@ class Member:
             return
         frames, size = self.outbox.write_through(write)
         if frames:
-            self.messages_out += frames
-            self.bytes_out += size
-            counter = self._bytes_out
-            if counter is None and self.metrics is not None:
-                counter = self._bytes_out = self.metrics.bytes_out[self.labels[1]]
-            if counter is not None:
-                counter.inc(size)
+            self._written(frames, size)
 
     def send_now(self, frame: Frame, seq: int) -> None:
         """Deliver a frame that is this member's only one in its room's batch (a
@@ -587,8 +581,11 @@ class Member:
         ):
             self.deliver(frame, seq)
             return
-        size = len(frame)
-        self.messages_out += 1
+        self._written(1, len(frame))
+
+    def _written(self, frames: int, size: int) -> None:
+        """Count what the room wrote to the socket itself (the writer counts its own)."""
+        self.messages_out += frames
         self.bytes_out += size
         counter = self._bytes_out
         if counter is None and self.metrics is not None:

@@ -170,37 +170,32 @@ class Wire:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
                 return b""
-        if self._sparse:
-            # (the wait is this call's schedule point)
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except trio.ClosedResourceError:
-                self.closed = True
-                return b""
-            waited = True
-        else:
+        # The last call had to wait: this one likely will too, so it waits first.
+        must_wait = self._sparse
+        if not must_wait:
             await trio.lowlevel.checkpoint_if_cancelled()
-            waited = False
+        waited = False
         while True:
+            if must_wait:
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    self.closed = True
+                    return b""
+                waited = True
             try:
                 # fileno() is -1 once another task closed the stream: EBADF below.
                 data = os.read(sock.fileno(), RECEIVE_SIZE)
             except BlockingIOError:
-                data = None  # wait outside the except block: no exception kept alive
+                must_wait = True  # (waits outside the except block: no exception kept alive)
+                continue
             except OSError:
                 self.closed = True
                 return b""
-            if data is not None:
-                self._sparse = waited
-                if not waited:  # (wait_readable was this call's schedule point)
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return data  # b"": the peer finished sending
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except trio.ClosedResourceError:
-                self.closed = True
-                return b""
-            waited = True
+            self._sparse = waited
+            if not waited:  # (wait_readable was this call's schedule point)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data  # b"": the peer finished sending
 
     async def abort(self) -> None:
         self.closed = True
