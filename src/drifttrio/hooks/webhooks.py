@@ -29,9 +29,9 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import attrs
 import httpx
@@ -74,6 +74,10 @@ __all__ = [
     "sign",
     "verify_signature",
 ]
+
+
+#: What a deciding hook's answer is read as (authorize, push).
+_Decision = TypeVar("_Decision")
 
 log = logging.getLogger("drifttrio.hooks.webhooks")
 
@@ -453,19 +457,27 @@ class WebhookHooks(Hooks):
         log.warning("webhook %s failed, allowed (fail_open): %s", hook, exc)
 
     async def authorize(self, request: ConnectRequest) -> AuthorizeDecision:
-        try:
-            body = await self._post("authorize", _authorize_body(request), request.client)
-            return parse_authorize_answer(_decoded(body, "authorize"))
-        except WebhookError as exc:
-            self._failed("authorize", exc)
-            return None
+        return await self._decide(
+            "authorize", _authorize_body(request), request.client, parse_authorize_answer
+        )
 
     async def on_push(self, push: PushRequest) -> PushDecision:
+        return await self._decide("push", _push_body(push), push.client, parse_push_answer)
+
+    async def _decide(
+        self,
+        hook: str,
+        payload: dict[str, Any],
+        client: str,
+        parse: Callable[[Any], _Decision],
+    ) -> _Decision | None:
+        """Ask the backend's ``hook`` and read its answer with ``parse``; a failure is
+        refused, or allowed (``None``) when ``hook`` fails open."""
         try:
-            body = await self._post("push", _push_body(push), push.client)
-            return parse_push_answer(_decoded(body, "push"))
+            body = await self._post(hook, payload, client)
+            return parse(_decoded(body, hook))
         except WebhookError as exc:
-            self._failed("push", exc)
+            self._failed(hook, exc)
             return None
 
     async def on_event(self, event: Event) -> None:

@@ -286,6 +286,8 @@ class Hub:
                 loading.set()
 
     async def _load(self, room_id: str) -> Room:
+        timers = self._nursery  # (where the rooms' join-gate timers run)
+        assert timers is not None  # (room() checked that the hub runs)
         if isinstance(self.storage, SharedStorage):
             # Redis orders the room: follow its events, then load it (shared_room.py).
             from .shared_room import SharedOrderer
@@ -300,7 +302,7 @@ class Hub:
                 self.metrics,
                 orderer,
                 self.hooks,
-                self._nursery,
+                timers=timers,
             )
             await orderer.open(shared)
             return shared
@@ -321,7 +323,7 @@ class Hub:
             self._forget,
             self.metrics,
             hooks=self.hooks,
-            timers=self._nursery,
+            timers=timers,
         )
 
     def _forget(self, room: Room) -> None:

@@ -286,10 +286,7 @@ class Outbox:
         if self._taken_waiter is not None:
             self._wake_taken()
         if not written:
-            # In part: the rest is owed, and goes out first with the receiver's next
-            # write (with its deadline): an empty frame asks for one.
-            self._frames.append(b"")
-            self._wake()
+            self._owe()
         return len(frames), len(data)
 
     def write_direct(self, write: Callable[[bytes], bool | None], frame: bytes) -> bool:
@@ -304,9 +301,14 @@ class Outbox:
         if written is None:
             return False
         if not written:
-            self._frames.append(b"")  # the rest is owed: an empty frame asks for a write
-            self._wake()
+            self._owe()
         return True
+
+    def _owe(self) -> None:
+        """A write went out in part: the rest is owed, and goes out first with the
+        receiver's next write (under its deadline). An empty frame asks for one."""
+        self._frames.append(b"")
+        self._wake()
 
     async def receive_batch(self, max_frames: int = 1024) -> list[Frame]:
         """Wait for at least one frame, then take whatever else is queued (up to

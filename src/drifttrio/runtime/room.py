@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, Final, TypeGuard
+from typing import Any, TypeGuard
 
 import attrs
 import trio
@@ -74,8 +74,6 @@ __all__ = [
 
 log = logging.getLogger("drifttrio.room")
 
-OPEN: Final = GateMode.OPEN
-
 
 class RoomEnded(Exception):
     """Raised inside a room task to end the room and close its members with ``code``."""
@@ -108,7 +106,8 @@ class Room:
         metrics: Metrics | None = None,
         orderer: Orderer | None = None,
         hooks: HookRunner | None = None,
-        timers: trio.Nursery | None = None,
+        *,
+        timers: trio.Nursery,
     ) -> None:
         self.room_id = room_id
         #: The application's room logic: ``decide`` runs here, in the room's order,
@@ -144,8 +143,6 @@ class Room:
         self._used_at = -math.inf
         #: The batch in hand (or the last one): its callers are failed if the room dies.
         self._batch: list[Command] = []
-        #: The batch in hand is one push (see :meth:`_broadcast`).
-        self._one_push = False
         #: Members delivered to during this batch, whose frames the room writes (or
         #: hands to their writers) once the batch is delivered: see ``Member.flush``.
         self._flushes: list[Member] = []
@@ -175,21 +172,16 @@ class Room:
                         return  # idle: evicted, or drained
                     command = idle
                 if isinstance(command, GatesDue):
-                    self._gates_due()
+                    self._end_batch()  # (what the gates let flow goes out)
                     continue
                 if not self._still_used(command):
                     return  # idle: evicted
                 self._batch = batch = self._drain(command)
-                self._one_push = len(batch) == 1 and type(command) is PushCommand
                 self.metrics.batch_commands.observe(len(batch))
                 try:
                     await self._handle_batch(batch)
                 finally:
-                    if self._holding:
-                        self._open_expired_gates()
-                        self._watch_gates()
-                    self._flush_members()
-                    self._flush_counts()
+                    self._end_batch()
         except RoomEnded as exc:
             log.warning("room %s ended: %s", room_tag(self.room_id), exc.reason)
             close_code = exc.code
@@ -241,10 +233,12 @@ class Room:
             self._used_at = trio.current_time()
         return True
 
-    def _gates_due(self) -> None:
-        """The gates' timer rang: open the expired gates, and deliver what they held."""
-        self._open_expired_gates()
-        self._watch_gates()
+    def _end_batch(self) -> None:
+        """After a batch (or the gates' timer's nudge): open the join gates whose time
+        is up, write what the members got, count it."""
+        if self._holding:
+            self._open_expired_gates()
+            self._watch_gates()
         self._flush_members()
         self._flush_counts()
 
@@ -474,7 +468,8 @@ class Room:
         public = effect.public
         # A batch of one push: its broadcast is all the members get from it (an error
         # for its sender comes after it), so each one's frame can go out now.
-        alone = self._one_push
+        batch = self._batch
+        alone = len(batch) == 1 and type(batch[0]) is PushCommand
         for conn in self.members:
             if conn.debug:
                 if effect.debug_size is not None:
@@ -486,8 +481,7 @@ class Room:
             if frame is None:
                 frame = frames[conn.encoder] = conn.encode(message)
             gate = conn.gate
-            if gate is not None and gate.mode is not OPEN and key not in gate.asked_keys:
-                # (what JoinGate.lets_through answers, inline: once per member)
+            if gate is not None and not gate.lets_through(key):
                 offer = self._pass_gate(conn, key, frame, effect)
                 if offer is not Offer.DELIVER:
                     # Held (or sent with what the gate held): it is for this member.
@@ -587,8 +581,6 @@ class Room:
         if self._gates_due_at is None and self._holding:
             due = next(iter(self._holding.values())).opens_at
             self._gates_due_at = due
-            if self._timers is None:
-                raise RuntimeError("a room holding join gates needs timers (Room(timers=))")
             self._timers.start_soon(self._gates_timer, due)
 
     async def _gates_timer(self, due: float) -> None:
