@@ -30,6 +30,7 @@ from drifttrio.core.join_gate import GateMode, JoinGate, Offer
 from drifttrio.protocol import JSON
 from drifttrio.protocol.messages import Append, Init, Relay
 from drifttrio.runtime import Hub, Member, Outbox
+from drifttrio.runtime.commands import GatesDue
 from drifttrio.runtime.hub import open_hub
 from drifttrio.runtime.room import GetCommand, Join, Leave, PingCommand, PushCommand, Room
 
@@ -442,3 +443,35 @@ async def test_a_gates_nudge_does_not_keep_an_empty_room_alive(
             await room.ended.wait()
         # 1 s after the leave; not 1 s after the ring (at 5 s), 0.5 s later
         assert trio.current_time() - left_at < 1.25
+
+
+class _LosesNudges:
+    """A room's inbox that is full whenever the gates' timer nudges (nothing else)."""
+
+    def __init__(self, inbox: trio.MemorySendChannel[Any]) -> None:
+        self._inbox = inbox
+
+    def send_nowait(self, command: Any) -> None:
+        if isinstance(command, GatesDue):
+            raise trio.WouldBlock
+        self._inbox.send_nowait(command)
+
+    async def send(self, command: Any) -> None:
+        await self._inbox.send(command)
+
+
+async def test_a_gate_whose_nudge_was_lost_opens_after_the_next_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The timer's nudge found the inbox full: the room's next batch opens the gate
+    that is due (and the order holds), with no timer left running."""
+    async with room_of(join_hold_seconds=2.0) as (hub, room):
+        room.inbox = _LosesNudges(room.inbox)  # type: ignore[assignment]
+        conn = websocket_member(hub)
+        await room.inbox.send(Join(conn))
+        await push(room, "a", 1)
+        await trio.sleep(2.5)  # virtual time: the timer rang, its nudge was lost
+        assert await received(conn) == []
+        await push(room, "b", 2)
+        assert [(m["key"], m["seq"]) for m in await received(conn)] == [("a", 1), ("b", 2)]
+        assert not room._holding

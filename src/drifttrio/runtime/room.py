@@ -235,8 +235,9 @@ class Room:
 
     def _end_batch(self) -> None:
         """After a batch (or the gates' timer's nudge): open the join gates whose time
-        is up, write what the members got, count it."""
-        if self._holding:
+        is up, write what the members got, count it. While the timer is set, no gate
+        is due yet: the gates are looked at once it has fired (or lost its nudge)."""
+        if self._holding and self._gates_due_at is None:
             self._open_expired_gates()
             self._watch_gates()
         self._flush_members()
