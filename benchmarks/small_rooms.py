@@ -449,7 +449,8 @@ def main() -> None:
     if not (HERE / "node_modules" / "ws").exists():
         sys.exit("run `npm install --prefix benchmarks` first")
     if args.only:
-        servers = {k: v for k, v in tp.SERVERS.items() if any(o in k for o in args.only)}
+        rows = {**tp.SERVERS, **tp.ABLATION_ROWS}
+        servers = {k: v for k, v in rows.items() if any(o in k for o in args.only)}
     else:
         servers = {k: tp.SERVERS[k] for k in DEFAULT_ROWS}
     if not servers or not measures:

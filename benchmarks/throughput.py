@@ -133,6 +133,28 @@ SERVERS: dict[str, list[str]] = {
     NODE: ["node", str(HERE / "minimal_relay.js")],
 }
 
+
+def _ablation(stubs: str) -> list[str]:
+    return [sys.executable, str(HERE / "ablation.py"), "--stub", stubs, *DRIFTTRIO_SERVE[3:]]
+
+
+#: drifttrio serve with parts of its per-message work stubbed out (ablation.py):
+#: where a push's time goes. Only run when picked with --only (say ``stubbed``),
+#: beside DRIFTTRIO and TRIO_ROOM.
+ABLATION_ROWS: dict[str, list[str]] = {
+    "drifttrio serve, stubbed: metrics, decode, limits": [
+        *_ablation("metrics,decode,limits"),
+        "--store",
+        "memory",
+    ],
+    "drifttrio serve, stubbed: room step": [*_ablation("room"), "--store", "memory"],
+    "drifttrio serve, stubbed: all four": [
+        *_ablation("metrics,decode,limits,room"),
+        "--store",
+        "memory",
+    ],
+}
+
 #: Rows that need a process of their own beside the server: its command line (it
 #: prints its URL) and the variable that gives the server that URL.
 WEBHOOK_SECRET = "benchmark-webhook-secret-0123456789"
@@ -391,7 +413,11 @@ def main() -> None:
     ]
     if not (HERE / "node_modules" / "ws").exists():
         sys.exit("run `npm install --prefix benchmarks` first")
-    servers = {k: v for k, v in SERVERS.items() if not args.only or any(o in k for o in args.only)}
+    servers = (
+        {k: v for k, v in {**SERVERS, **ABLATION_ROWS}.items() if any(o in k for o in args.only)}
+        if args.only
+        else dict(SERVERS)
+    )
     if not servers or not measures:
         sys.exit("nothing to run")
     if DRIFTTRIO_TLS in servers:
