@@ -135,24 +135,18 @@ SERVERS: dict[str, list[str]] = {
 
 
 def _ablation(stubs: str) -> list[str]:
-    return [sys.executable, str(HERE / "ablation.py"), "--stub", stubs, *DRIFTTRIO_SERVE[3:]]
+    """``drifttrio serve`` on the memory store with ``stubs`` stubbed (ablation.py)."""
+    serve = [*DRIFTTRIO_SERVE[3:], "--store", "memory"]
+    return [sys.executable, str(HERE / "ablation.py"), "--stub", stubs, *serve]
 
 
 #: drifttrio serve with parts of its per-message work stubbed out (ablation.py):
 #: where a push's time goes. Only run when picked with --only (say ``stubbed``),
 #: beside DRIFTTRIO and TRIO_ROOM.
 ABLATION_ROWS: dict[str, list[str]] = {
-    "drifttrio serve, stubbed: metrics, decode, limits": [
-        *_ablation("metrics,decode,limits"),
-        "--store",
-        "memory",
-    ],
-    "drifttrio serve, stubbed: room step": [*_ablation("room"), "--store", "memory"],
-    "drifttrio serve, stubbed: all four": [
-        *_ablation("metrics,decode,limits,room"),
-        "--store",
-        "memory",
-    ],
+    "drifttrio serve, stubbed: metrics, decode, limits": _ablation("metrics,decode,limits"),
+    "drifttrio serve, stubbed: room step": _ablation("room"),
+    "drifttrio serve, stubbed: all four": _ablation("metrics,decode,limits,room"),
 }
 
 #: Rows that need a process of their own beside the server: its command line (it

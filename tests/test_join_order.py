@@ -464,7 +464,7 @@ async def test_a_gate_whose_nudge_was_lost_opens_after_the_next_batch(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The timer's nudge found the inbox full: the room's next batch opens the gate
-    that is due (and the order holds), with no timer left running."""
+    that is due, in order, and no gate is held after it."""
     async with room_of(join_hold_seconds=2.0) as (hub, room):
         room.inbox = _LosesNudges(room.inbox)  # type: ignore[assignment]
         conn = websocket_member(hub)
