@@ -147,6 +147,7 @@ ABLATION_ROWS: dict[str, list[str]] = {
     "drifttrio serve, stubbed: metrics, decode, limits": _ablation("metrics,decode,limits"),
     "drifttrio serve, stubbed: room step": _ablation("room"),
     "drifttrio serve, stubbed: all four": _ablation("metrics,decode,limits,room"),
+    "drifttrio serve, sketch: the room's step in the reader": _ablation("inline"),
 }
 
 #: Rows that need a process of their own beside the server: its command line (it
