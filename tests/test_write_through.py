@@ -4,6 +4,9 @@ the bytes in order when a socket takes only part of them (web/wire.py)."""
 
 from __future__ import annotations
 
+import os
+from contextlib import suppress
+
 import pytest
 import trio
 import trio.testing
@@ -14,9 +17,22 @@ from drifttrio.protocol.messages import Value
 from drifttrio.runtime import Member
 from drifttrio.runtime.room import Join, PushCommand
 from drifttrio.web.frames import FRAME_ENCODERS
-from drifttrio.web.wire import Wire
+from drifttrio.web.wire import Wire, WireClosed
 
 TIMEOUT = 10  # a guard against hangs, never a way to wait for something
+
+
+async def park_writer(nursery: trio.Nursery, member: Member) -> list[object]:
+    """Start ``member``'s writer and return once it is parked on the outbox: the
+    list it fills with the frames it takes (if it is ever woken)."""
+    taken: list[object] = []
+
+    async def writer() -> None:
+        taken.extend(await member.outbox.receive_batch())
+
+    nursery.start_soon(writer)
+    await trio.testing.wait_all_tasks_blocked()
+    return taken
 
 
 async def test_a_batch_reaches_an_idle_member_in_one_write_and_its_writer_sleeps_on() -> None:
@@ -30,14 +46,8 @@ async def test_a_batch_reaches_an_idle_member_in_one_write_and_its_writer_sleeps
         room_id = await hub.create_room()
         member = hub.new_member(encoder=FRAME_ENCODERS[JSON], write_now=write_now)
         room = await hub.submit(room_id, Join(member))
-        woken: list[object] = []
-
-        async def writer() -> None:
-            woken.append(await member.outbox.receive_batch())
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
-            await trio.testing.wait_all_tasks_blocked()  # the writer is parked
+            woken = await park_writer(nursery, member)
             origin = hub.new_member()
             for n in range(3):  # one batch: nothing yields between them
                 room.inbox.send_nowait(PushCommand("k", Value(n), Relay(), origin))
@@ -91,13 +101,7 @@ async def test_a_member_that_cannot_write_now_gets_its_writer_woken(
         room = await hub.submit(room_id, Join(member))
         with trio.fail_after(TIMEOUT):
             async with trio.open_nursery() as nursery:
-                taken: list[object] = []
-
-                async def writer() -> None:
-                    taken.extend(await member.outbox.receive_batch())
-
-                nursery.start_soon(writer)
-                await trio.testing.wait_all_tasks_blocked()
+                taken = await park_writer(nursery, member)
                 origin: Member = hub.new_member()
                 await room.inbox.send(PushCommand("k", Value(1), Relay(), origin))
         assert taken == taken_by_the_writer
@@ -149,13 +153,7 @@ async def test_a_one_push_batch_goes_out_at_once_after_what_the_join_gate_held()
         )
         room = await hub.submit(room_id, Join(member))
         async with trio.open_nursery() as nursery:
-            woken: list[object] = []
-
-            async def writer() -> None:
-                woken.append(await member.outbox.receive_batch())
-
-            nursery.start_soon(writer)
-            await trio.testing.wait_all_tasks_blocked()
+            woken = await park_writer(nursery, member)
             other = hub.new_member()
             room.inbox.send_nowait(PushCommand("a", Value(1), Relay(), other))
             await trio.testing.wait_all_tasks_blocked()
@@ -172,3 +170,21 @@ async def test_a_one_push_batch_goes_out_at_once_after_what_the_join_gate_held()
             assert member.messages_out == 3
             assert member.bytes_out == len(b"".join(written))
             nursery.cancel_scope.cancel()
+
+
+async def test_a_write_the_socket_refuses_is_declined_and_a_gone_peer_closes_the_wire() -> None:
+    """``write_now`` writes nothing into a full socket (the frame is queued instead),
+    and a peer that is gone closes the wire: the next ``send`` says so."""
+    left, right = trio.socket.socketpair()
+    async with trio.SocketStream(left) as ours, trio.SocketStream(right) as peer:
+        wire = Wire(ours, write_timeout=TIMEOUT)
+        with suppress(BlockingIOError):
+            while True:  # fill the socket's buffers
+                os.write(left.fileno(), b"x" * 65536)
+        assert wire.write_now(b"frame") is None
+        assert (wire.owed, wire.closed) == (b"", False)
+        await peer.aclose()
+        assert wire.write_now(b"frame") is None
+        assert wire.closed
+        with pytest.raises(WireClosed):
+            await wire.send(b"frame")
