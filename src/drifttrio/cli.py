@@ -29,6 +29,7 @@ from .runtime.config import LOG_LEVELS, Config, parse_setting, warn_unknown_vari
 from .server import ListenError, serve
 from .storage import Storage, StoreAccess
 from .storage.base import ExclusiveStorage, shown_url
+from .supervisor import WorkerFailed, check_workers, parse_workers, serve_workers
 from .wiring import TRANSPORTS
 
 __all__ = ["main"]
@@ -70,6 +71,17 @@ async def _serve_until_signal(config: Config, transport: str) -> None:
             await nursery.start(paced_full_collections)
             await serve(config, transport=transport, shutdown_trigger=wait_for_signal)
             nursery.cancel_scope.cancel()
+
+
+async def _supervise_until_signal(config: Config, workers: int, serve_args: list[str]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def wait_for_signal() -> None:
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                return
+
+        await serve_workers(config, workers, serve_args, shutdown_trigger=wait_for_signal)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=TRANSPORTS,
         default="drifttrio",
         help="drifttrio's own h11/wsproto transport (default, fastest) or hypercorn's trio worker",
+    )
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        default=None,
+        help="worker processes, each owning a share of the rooms: a number, or auto (one per"
+        " core); default: $DRIFTTRIO_WORKERS or 1 (docs/deployment.md)",
     )
     run.add_argument(
         "--slow-client-policy",
@@ -339,30 +358,49 @@ def _main(argv: Sequence[str] | None) -> int:
         except BaseException as exc:
             return _startup_failure(exc)
     try:
-        config = Config.from_env(
-            store=store,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            slow_client_policy=args.slow_client_policy,
-            broadcast_compact=False if args.no_broadcast_compact else None,
-            log_format=args.log_format,
-            metrics_port=args.metrics_port,
-            metrics_host=args.metrics_host,
-            public_metrics=args.public_metrics,
-            inspector=False if args.no_inspector else None,
-            shutdown_timeout=args.shutdown_timeout,
-            trusted_proxies=args.trusted_proxies,
-            certfile=args.certfile,
-            keyfile=args.keyfile,
-            hooks=args.hooks,
-        )
+        config, transport = _serve_config(args, store)
+        workers = parse_workers(args.workers or os.environ.get("DRIFTTRIO_WORKERS") or "1")
+        check_workers(config, transport, workers)
         configure_logging(config.log_format, config.log_level)
         warn_unknown_variables()
-        trio.run(_serve_until_signal, config, args.transport)
+        if workers > 1:
+            serve_args = list(argv if argv is not None else sys.argv[1:])
+            serve_args = serve_args[serve_args.index("serve") + 1 :]
+            trio.run(_supervise_until_signal, config, workers, serve_args)
+        else:
+            trio.run(_serve_until_signal, config, transport)
     except BaseException as exc:
         return _startup_failure(exc)
     return 0
+
+
+def serve_config(serve_args: Sequence[str]) -> tuple[Config, str]:
+    """The settings and transport ``drifttrio serve SERVE_ARGS`` runs with (a worker
+    of ``--workers`` reads its supervisor's command line again)."""
+    args = _parser().parse_args(["serve", *serve_args])
+    return _serve_config(args, args.store or os.environ.get("DRIFTTRIO_STORE") or DEFAULT_STORE)
+
+
+def _serve_config(args: argparse.Namespace, store: str) -> tuple[Config, str]:
+    config = Config.from_env(
+        store=store,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        slow_client_policy=args.slow_client_policy,
+        broadcast_compact=False if args.no_broadcast_compact else None,
+        log_format=args.log_format,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        public_metrics=args.public_metrics,
+        inspector=False if args.no_inspector else None,
+        shutdown_timeout=args.shutdown_timeout,
+        trusted_proxies=args.trusted_proxies,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        hooks=args.hooks,
+    )
+    return config, args.transport
 
 
 def _startup_failure(exc: BaseException) -> int:
@@ -375,6 +413,8 @@ def _startup_failure(exc: BaseException) -> int:
         return 130
     if isinstance(leaf, BrokenPipeError):
         raise leaf  # main() handles it: the reader of our output went away
+    if isinstance(leaf, WorkerFailed):
+        return leaf.status if leaf.status > 0 else 1  # the worker said why on stderr
     if isinstance(leaf, ConfigError):
         print(f"drifttrio: {leaf}", file=sys.stderr)
         return 2

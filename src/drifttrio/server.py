@@ -32,12 +32,14 @@ from ._errors import ConfigError, DriftError
 from .hooks import Hooks, configured_hooks
 from .runtime.config import Config
 from .runtime.hub import Hub
+from .storage import Storage
 from .storage.base import shown_url
 from .web.app import DriftApp
 from .web.ops import OpsApp
 from .web.tls import server_ssl_context
 from .web.transport import serve_tcp
 from .wiring import TRANSPORTS, TransportName, checked_transport, open_app
+from .workers import Shard
 
 __all__ = [
     "RESERVED_DESCRIPTORS",
@@ -251,8 +253,12 @@ async def _serve_on(
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
     hooks: Hooks | None,
     task_status: trio.TaskStatus[RunningServer],
+    *,
+    shard: Shard | None = None,
+    storage: Storage | None = None,
 ) -> None:
-    """:func:`serve` once its listeners are bound."""
+    """:func:`serve` once its listeners are bound; ``shard``: as one worker of
+    ``drifttrio serve --workers`` (:mod:`drifttrio.workers`), on ``storage``."""
     metrics_url: str | None = None
     deadline = math.inf
 
@@ -268,6 +274,11 @@ async def _serve_on(
 
     def started(url: str, bound_host: str, bound_port: int) -> None:
         server = RunningServer(url, bound_host, bound_port, hub, metrics_url)
+        if shard is not None:
+            # The supervisor says where the server listens, once for all workers.
+            log.debug("worker %d of %d serving (pid %d)", shard.index, shard.count, os.getpid())
+            task_status.started(server)
+            return
         log.info(
             "drifttrio listening on %s (store: %s) [transport: %s]",
             url,
@@ -279,7 +290,9 @@ async def _serve_on(
         task_status.started(server)
 
     # Opens the store: a bad --store fails here, plainly.
-    async with open_app(config, hooks=hooks) as (hub, app), trio.open_nursery() as nursery:
+    async with open_app(config, storage, hooks) as (hub, app), trio.open_nursery() as nursery:
+        if shard is not None:
+            hub.owns = shard.owns
         if ops:
             ops_host, ops_port = await nursery.start(
                 partial(serve_tcp, OpsApp(hub), config, listeners=ops)
@@ -289,7 +302,7 @@ async def _serve_on(
             if transport == "hypercorn":
                 await _serve_hypercorn(app, config, public, tls, shutdown, started)
             else:
-                await _serve_own(app, config, public, tls, shutdown, started)
+                await _serve_own(app, config, public, tls, shutdown, started, shard)
             # The listener stopped and members were told: let every room commit what
             # it had queued and end, within what is left of the deadline.
             with trio.move_on_at(deadline) as waiting:
@@ -369,6 +382,7 @@ async def _serve_own(
     tls: ssl.SSLContext | None,
     shutdown: Callable[[], Awaitable[None]],
     started: Callable[[str, str, int], None],
+    shard: Shard | None,
 ) -> None:
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as listening:
@@ -381,6 +395,7 @@ async def _serve_own(
                     budgets=app.budgets,
                     listeners=listeners,
                     ssl_context=tls,
+                    shard=shard,
                 )
             )
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host

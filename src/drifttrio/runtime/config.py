@@ -41,7 +41,10 @@ SlowClientPolicy = Literal["disconnect", "drop"]
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 #: ``DRIFTTRIO_*`` variables that are not settings: the project's own tooling reads
 #: them (the test suite, ``.ci/run``), so they are known, never warned about.
-TOOLING_VARIABLES: Final = frozenset({"DRIFTTRIO_REQUIRE_REDIS", "DRIFTTRIO_REQUIRE_NGINX"})
+TOOLING_VARIABLES: Final = frozenset(
+    # (and DRIFTTRIO_WORKERS: how many processes drifttrio serve runs, not a setting of each)
+    {"DRIFTTRIO_REQUIRE_REDIS", "DRIFTTRIO_REQUIRE_NGINX", "DRIFTTRIO_WORKERS"}
+)
 
 #: Longest duration any setting takes: ten years. Longer is a typo (where 0 means
 #: "forever" or "off", say 0), and the bound keeps every deadline handed to trio, a

@@ -82,6 +82,22 @@ def valid_room_id(room_id: str) -> bool:
     return _ROOM_ID.fullmatch(room_id) is not None
 
 
+class _KeptRooms:
+    """What expiry must leave alone: rooms live here (or being touched), and, of
+    several workers on one store, the rooms of the others (live there, unseen here)."""
+
+    __slots__ = ("live", "owns")
+
+    def __init__(self, live: set[str], owns: Callable[[str], bool] | None) -> None:
+        self.live = live
+        self.owns = owns
+
+    def __contains__(self, room_id: object) -> bool:
+        if room_id in self.live:
+            return True
+        return self.owns is not None and isinstance(room_id, str) and not self.owns(room_id)
+
+
 class Hub:
     """Live rooms of one server, each a task in the hub's nursery."""
 
@@ -129,6 +145,10 @@ class Hub:
         self.closing = False
         self._rooms_closed = trio.Event()
         self._next_write_probe = float("-inf")
+        #: Which rooms are this hub's (``drifttrio serve --workers``: the rooms of its
+        #: worker, see :class:`drifttrio.workers.Shard`); ``None``: every room. It
+        #: creates only its own, and expires only its own.
+        self.owns: Callable[[str], bool] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the room tasks until cancelled."""
@@ -172,7 +192,9 @@ class Hub:
                     # Other nodes expire rooms too, and cannot see this node's members.
                     for room_id in list(self.rooms):
                         await self.storage.touch(room_id)
-                expired = await self.storage.expire(ttl, keep=[*self.rooms, *self._touching])
+                expired = await self.storage.expire(
+                    ttl, keep=_KeptRooms({*self.rooms, *self._touching}, self.owns)
+                )
             except Exception as exc:
                 log.warning("room expiry failed: %r", exc)
                 continue
@@ -230,6 +252,8 @@ class Hub:
         if limit and await self.storage.count_rooms() >= limit:
             raise CapacityError(f"the server's limit of {limit} rooms is reached")
         room_id = new_room_id()
+        while self.owns is not None and not self.owns(room_id):
+            room_id = new_room_id()  # (of N workers' ids, 1 in N is this one's)
         await self.storage.create_room(room_id)
         if self.hooks is not None:
             self.hooks.emit(RoomCreated(room_id))

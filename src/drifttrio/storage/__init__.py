@@ -24,18 +24,23 @@ __all__ = [
 ]
 
 
-def open_storage(url: str, access: StoreAccess = "create") -> Storage:
+def open_storage(
+    url: str, access: StoreAccess = "create", *, lock_held_by_parent: bool = False
+) -> Storage:
     """Build the backend named by a ``--store`` URL.
 
     ``access`` says whether a missing store may be created (see :data:`StoreAccess`).
     Every way this can fail is a :class:`~drifttrio.ConfigError` (the URL or what it
     points at is wrong) or a :class:`~drifttrio.StorageError` (the store is there but
     cannot be used now), with one sentence naming the store and what to do.
+
+    ``lock_held_by_parent``: a SQLite store's lock is held by this process's parent
+    (the supervisor of ``drifttrio serve --workers``), for all its workers.
     """
     if url == "memory" or url.startswith("memory:"):
         return MemoryStorage()
     if url.startswith("sqlite:"):
-        return _open_sqlite(url, access)
+        return _open_sqlite(url, access, lock_held_by_parent)
     if url.startswith(("redis:", "rediss:", "redis+cluster:", "rediss+cluster:")):
         from .redis import RedisStorage
 
@@ -46,7 +51,7 @@ def open_storage(url: str, access: StoreAccess = "create") -> Storage:
     )
 
 
-def _open_sqlite(url: str, access: StoreAccess) -> SqliteStorage:
+def _open_sqlite(url: str, access: StoreAccess, lock_held_by_parent: bool) -> SqliteStorage:
     """``sqlite:///relative.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``;
     ``?synchronous=full`` for power-loss durability (default ``normal``)."""
     parts = urlsplit(url)
@@ -57,4 +62,6 @@ def _open_sqlite(url: str, access: StoreAccess) -> SqliteStorage:
         raise ConfigError(f"store {url!r}: no database path (sqlite:///PATH)")
     query = parse_qs(parts.query)
     synchronous = query.get("synchronous", ["normal"])[-1]
-    return SqliteStorage(path, synchronous=synchronous, access=access)
+    return SqliteStorage(
+        path, synchronous=synchronous, access=access, lock_held_by_parent=lock_held_by_parent
+    )

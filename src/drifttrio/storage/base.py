@@ -16,7 +16,7 @@ until they are delivered: every built-in store).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -102,7 +102,7 @@ class Storage(Protocol):
     async def touch(self, room_id: str) -> None:
         """Record activity on the room without a write (joins, evictions)."""
 
-    async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
+    async def expire(self, idle_seconds: float, keep: Container[str] = ()) -> list[str]:
         """Delete rooms idle longer than ``idle_seconds``, except ``keep``; return their ids."""
 
     async def count_rooms(self) -> int:

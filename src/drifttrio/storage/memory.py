@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 import trio
 
@@ -104,13 +104,12 @@ class MemoryStorage:
         if room is not None:
             room.last_active = self._clock()
 
-    async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
+    async def expire(self, idle_seconds: float, keep: Container[str] = ()) -> list[str]:
         cutoff = self._clock() - idle_seconds
-        keep_set = set(keep)
         expired = [
             room_id
             for room_id, room in self._rooms.items()
-            if room.last_active < cutoff and room_id not in keep_set
+            if room.last_active < cutoff and room_id not in keep
         ]
         for room_id in expired:
             del self._rooms[room_id]

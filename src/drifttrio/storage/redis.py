@@ -22,7 +22,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -602,14 +602,13 @@ class RedisStorage:
             raise StorageError(f"Redis: {exc}") from exc
         return sorted(ids)
 
-    async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
+    async def expire(self, idle_seconds: float, keep: Container[str] = ()) -> list[str]:
         """Delete rooms idle longer than ``idle_seconds`` (except ``keep``). Other nodes
         do not know this node's live rooms: the hub touches them first."""
         cutoff = self._clock() - idle_seconds
-        keep_set = set(keep)
         expired = []
         for room_id in await self._room_ids():
-            if room_id in keep_set:
+            if room_id in keep:
                 continue
             last = await self._command("hget", self._meta(room_id), "last")
             if last is None or float(last) >= cutoff:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -405,10 +405,9 @@ class SqliteStorage:
             write=True,
         )
 
-    async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
+    async def expire(self, idle_seconds: float, keep: Container[str] = ()) -> list[str]:
         """Delete rooms idle for longer than ``idle_seconds`` (except ``keep``)."""
         cutoff = self._clock() - idle_seconds
-        keep_set = set(keep)
 
         def expire(db: sqlite3.Connection) -> list[str]:
             db.execute("BEGIN IMMEDIATE")
@@ -417,7 +416,7 @@ class SqliteStorage:
                 for (room_id,) in db.execute(
                     "SELECT id FROM rooms WHERE last_active < ?", (cutoff,)
                 ).fetchall()
-                if room_id not in keep_set
+                if room_id not in keep
             ]
             for room_id in ids:
                 db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))

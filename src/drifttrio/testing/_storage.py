@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 from typing import Literal, TypeAlias, get_args
 
@@ -127,7 +127,7 @@ class FaultyStorage:
         await self._enter("touch")
         await self.inner.touch(room_id)
 
-    async def expire(self, idle_seconds: float, keep: Sequence[str] = ()) -> list[str]:
+    async def expire(self, idle_seconds: float, keep: Container[str] = ()) -> list[str]:
         await self._enter("expire")
         return await self.inner.expire(idle_seconds, keep)
 

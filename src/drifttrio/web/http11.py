@@ -25,13 +25,14 @@ from urllib.parse import unquote
 import h11
 import trio
 
+from .._errors import DriftError
 from ..runtime.config import Config
 from .handshake import BadUpgrade, Upgrade, read_upgrade, upgrade_of
 from .peer import Peer
 from .websocket import WebSocket
 from .wire import Wire, WireClosed, client_errors
 
-__all__ = ["BUSY_HEAD_SECONDS", "App", "serve_http"]
+__all__ = ["BUSY_HEAD_SECONDS", "App", "Handoff", "serve_http"]
 
 
 class App(Protocol):
@@ -50,6 +51,18 @@ class App(Protocol):
         """Admit (accept or reject) a WebSocket upgrade and run it until it ends."""
 
 
+class Handoff(Protocol):
+    """Where requests for another process's rooms go (``drifttrio serve --workers``:
+    :class:`drifttrio.workers.Shard`)."""
+
+    def owner(self, target: bytes, /) -> int | None:
+        """The worker that must serve a request for ``target``, if not this one."""
+
+    async def hand_off(self, worker: int, sock: trio.socket.SocketType, data: bytes, /) -> None:
+        """Give the connection to ``worker`` with the bytes read so far (none of them
+        answered); raise :class:`~drifttrio.DriftError` if it cannot take it now."""
+
+
 #: Over an HTTP cap, a connection's request head must arrive within this long:
 #: enough to answer ``/healthz`` or say 503, no more.
 BUSY_HEAD_SECONDS: Final = 1.0
@@ -63,28 +76,68 @@ _HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz"})
 
 
 async def serve_http(
-    app: App, config: Config, wire: Wire, base: dict[str, Any], scheme: str, *, busy: bool
+    app: App,
+    config: Config,
+    wire: Wire,
+    base: dict[str, Any],
+    scheme: str,
+    *,
+    busy: bool,
+    handoff: Handoff | None = None,
+    first: bytes = b"",
 ) -> WebSocket | None:
     """Serve requests until the connection ends (``None``) or is upgraded: then
     return its WebSocket (with its scope), handshake not yet answered.
 
     The common first request, a valid upgrade whose head arrives in one read, is
     read by :func:`~drifttrio.web.handshake.read_upgrade` without h11; h11 reads
-    any other (:func:`_serve_h11`), from the same bytes."""
+    any other (:func:`_serve_h11`), from the same bytes.
+
+    ``handoff``: a request naming a room another worker owns moves the connection
+    there (``None`` is returned: it is no longer this process's); ``first``: the
+    bytes another worker read before handing the connection here."""
     start = trio.current_time()
-    data = b""
-    # (A CancelScope rather than move_on_at: no generator around it, on every connection.)
-    with trio.CancelScope(deadline=start + _head_seconds(config, busy)):
-        data = await wire.receive()
+    data = first
+    if not data:
+        # (A CancelScope rather than move_on_at: no generator around it, on every connection.)
+        with trio.CancelScope(deadline=start + _head_seconds(config, busy)):
+            data = await wire.receive()
     if not data:
         return None  # gone, or silent past the head's deadline: closed without a word
     if not busy:
         head = read_upgrade(data, config.max_header_bytes)
         if head is not None:
+            if handoff is not None:
+                owner = handoff.owner(head.target)
+                if owner is not None:
+                    await _hand_off(handoff, owner, wire, data, base["client"])
+                    return None
             return _websocket(
                 config, wire, head.target, head.headers, head.upgrade, head.rest, base, scheme
             )
-    return await _serve_h11(app, config, wire, base, scheme, data, start, busy=busy)
+    return await _serve_h11(
+        app, config, wire, base, scheme, data, start, busy=busy, handoff=handoff
+    )
+
+
+async def _hand_off(
+    handoff: Handoff, worker: int, wire: Wire, data: bytes, client: tuple[str, int] | None
+) -> None:
+    """Move the connection to ``worker`` (the caller then closes this process's
+    descriptor only); if it cannot take it now, 503 and close."""
+    sock = wire.socket
+    if sock is not None:
+        try:
+            await handoff.hand_off(worker, sock, data)
+            return
+        except DriftError as exc:
+            reason = f"this room's worker is unavailable ({exc}); try again"
+    else:
+        reason = "this room's worker cannot be reached over this connection"
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    conn.next_event()
+    await _refuse(conn, wire, client, 503, reason, [(b"retry-after", b"1")])
 
 
 async def _serve_h11(
@@ -97,6 +150,7 @@ async def _serve_h11(
     start: float,
     *,
     busy: bool,
+    handoff: Handoff | None = None,
 ) -> WebSocket | None:
     """:func:`serve_http` by h11, from the connection's first bytes (``data``, the
     first request's, whose deadlines count from ``start``)."""
@@ -128,6 +182,15 @@ async def _serve_h11(
                     [(b"retry-after", b"1")],
                 )
                 return None
+            if handoff is not None and not busy:
+                owner = handoff.owner(event.target)
+                if owner is not None:
+                    # The request again as sent (h11 keeps its parts), and whatever
+                    # came behind it: its body, the next requests.
+                    await _hand_off(
+                        handoff, owner, wire, _head_bytes(event) + conn.trailing_data[0], client
+                    )
+                    return None
             if not busy:
                 try:
                     upgrade = upgrade_of(event.method, event.headers)
@@ -200,6 +263,13 @@ async def _refuse(
         client=client[0] if client else "unknown",
     )
     await _plain_response(conn, wire, status, reason.encode(), headers or [])
+
+
+def _head_bytes(request: h11.Request) -> bytes:
+    """A request head as bytes again (names lower-cased, as h11 keeps them)."""
+    lines = [b"%s %s HTTP/%s" % (request.method, request.target, request.http_version)]
+    lines += [name + b": " + value for name, value in request.headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def _head_size(request: h11.Request) -> int:

@@ -34,12 +34,12 @@ import ssl
 from collections.abc import Callable
 from functools import partial
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from ..runtime.config import Config
-from .http11 import App, serve_http
+from .http11 import App, Handoff, serve_http
 from .limits import ClientBudgets
 from .listener import (
     BUSY_CONNECTIONS,
@@ -52,6 +52,9 @@ from .liveness import Liveness
 from .proxy import TrustedProxies
 from .websocket import FRAGMENT_COST
 from .wire import Wire, WireClosed, log
+
+if TYPE_CHECKING:
+    from ..workers import Shard
 
 #: The ``asgi`` entry of every scope this transport makes: one, read-only, rather
 #: than a dict per connection (it lives as long as the connection's scope).
@@ -80,6 +83,8 @@ async def serve_stream(
     liveness: Liveness | None = None,
     busy: bool = False,
     release_http_slot: Callable[[], None] | None = None,
+    handoff: Handoff | None = None,
+    first: bytes = b"",
 ) -> None:
     """Serve HTTP/1.1 requests and WebSocket upgrades on one connection.
 
@@ -93,7 +98,8 @@ async def serve_stream(
     connection is over an HTTP cap, so only ``/healthz`` and ``/readyz`` are
     served, anything else gets 503.
     ``release_http_slot`` is called once, when the connection leaves the HTTP
-    phase (upgraded, or ended).
+    phase (upgraded, or ended). ``handoff`` and ``first``: see
+    :func:`~drifttrio.web.http11.serve_http`.
     """
     wire = Wire(stream, config.write_timeout)
     try:
@@ -107,7 +113,9 @@ async def serve_stream(
             "root_path": root_path,
         }
         try:
-            websocket = await serve_http(app, config, wire, base, scheme, busy=busy)
+            websocket = await serve_http(
+                app, config, wire, base, scheme, busy=busy, handoff=handoff, first=first
+            )
         finally:
             if release_http_slot is not None:
                 release_http_slot()
@@ -156,6 +164,7 @@ async def serve_tcp(
     budgets: ClientBudgets | None = None,
     listeners: list[trio.SocketListener] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    shard: Shard | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (or on ``listeners``, already bound: they are then
@@ -173,6 +182,10 @@ async def serve_tcp(
     closed, without a word in the log. The peer address and TCP keepalive come
     from the socket before it is wrapped; reads and writes then go through the
     TLS stream (:class:`~drifttrio.web.wire.Wire` uses the socket directly only for a plain one).
+
+    ``shard`` (a worker of ``drifttrio serve --workers``): requests for another
+    worker's rooms hand their connection over, and connections handed here are
+    served like accepted ones, from the bytes read so far.
     """
     scheme = "http" if ssl_context is None else "https"
     if listeners is None:
@@ -191,7 +204,9 @@ async def serve_tcp(
         Liveness(config.ping_interval, config.ping_timeout) if config.ping_interval > 0 else None
     )
 
-    async def serve(stream: trio.SocketStream, peer: tuple[str, int], busy: bool) -> None:
+    async def serve(
+        stream: trio.SocketStream, peer: tuple[str, int], busy: bool, first: bytes = b""
+    ) -> None:
         try:
             await serve_stream(
                 app,
@@ -207,18 +222,21 @@ async def serve_tcp(
                 liveness=liveness,
                 busy=busy,
                 release_http_slot=slots.release_busy if busy else partial(slots.release, peer[0]),
+                handoff=shard,
+                first=first,
             )
         except Exception:  # a bug: one connection's failure never takes the listener down
             log.exception("connection handler failed")
 
-    def handle(stream: trio.SocketStream) -> None:
+    def handle(stream: trio.SocketStream, first: bytes = b"") -> None:
         sock = stream.socket
         try:
             address = sock.getpeername()
         except OSError:
             sock.close()
             return
-        peer = (str(address[0]), int(address[1]))
+        # (A Unix socket's peer has no address: the internal listeners of workers.)
+        peer = (str(address[0]), int(address[1])) if isinstance(address, tuple) else ("local", 0)
         busy = not slots.admit(peer[0])
         if busy:
             if slots.busy >= BUSY_CONNECTIONS:
@@ -227,13 +245,15 @@ async def serve_tcp(
             slots.busy += 1
         if not KEEPALIVE_INHERITED:
             keepalive(sock)
-        connections.start_soon(serve, stream, peer, busy)
+        connections.start_soon(serve, stream, peer, busy, first)
 
     try:
         async with trio.open_nursery() as nursery:
             connections = handler_nursery or nursery
             if liveness is not None:
                 await nursery.start(liveness.run)
+            if shard is not None:
+                await nursery.start(shard.take_connections, handle)
             task_status.started(server)
             async with trio.open_nursery() as accepting:
                 for listener in listeners:

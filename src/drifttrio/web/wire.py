@@ -83,6 +83,11 @@ class Wire:
             stream.socket if isinstance(stream, trio.SocketStream) and os.name == "posix" else None
         )
 
+    @property
+    def socket(self) -> trio.socket.SocketType | None:
+        """The plain TCP socket under this wire (POSIX), else ``None`` (TLS, memory)."""
+        return self._socket
+
     def write_now(self, data: bytes) -> bool | None:
         """Write without waiting, if nothing else is being written (a plain socket
         only): ``True`` all of it; ``False`` part of it, the rest is :attr:`owed`
