@@ -28,7 +28,6 @@ and the load generator trusts it through ``NODE_EXTRA_CA_CERTS``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -150,6 +149,31 @@ ABLATION_ROWS: dict[str, list[str]] = {
     "drifttrio serve, sketch: the room's step in the reader": _ablation("inline"),
 }
 
+WORKERS_1 = "drifttrio serve --workers 1 (cores 0-1)"
+WORKERS_2 = "drifttrio serve --workers 2 (cores 0-1)"
+#: ``drifttrio serve --workers N`` (a supervisor and N worker processes, each room
+#: owned by one worker, a connection handed to its room's owner once its request
+#: names the room): one process against two. Only run when picked with --only (say
+#: ``workers``). Both rows run on both cores, the load generator too (CORES): a
+#: second worker needs a second core, and shares it with the load generator. Run
+#: through workers_serve.py: ``drifttrio serve`` with a workaround that keeps the
+#: workers from being sent SIGTERM every 10 s (see there).
+WORKERS_SERVE = [sys.executable, str(HERE / "workers_serve.py"), *DRIFTTRIO_SERVE[3:]]
+WORKER_ROWS: dict[str, list[str]] = {
+    WORKERS_1: [*WORKERS_SERVE, "--store", "memory", "--workers", "1"],
+    WORKERS_2: [*WORKERS_SERVE, "--store", "memory", "--workers", "2"],
+}
+
+#: The cores (``taskset -c`` lists) of a row's server and of its load generator,
+#: for rows not on the usual 0 and 1.
+CORES: dict[str, tuple[str, str]] = {WORKERS_1: ("0,1", "0,1"), WORKERS_2: ("0,1", "0,1")}
+
+
+def cores(name: str) -> tuple[str, str]:
+    """The cores of row ``name``'s server and of its load generator."""
+    return CORES.get(name, ("0", "1"))
+
+
 #: Rows that need a process of their own beside the server: its command line (it
 #: prints its URL) and the variable that gives the server that URL.
 WEBHOOK_SECRET = "benchmark-webhook-secret-0123456789"
@@ -190,7 +214,8 @@ def make_certificate() -> None:
     os.environ["NODE_EXTRA_CA_CERTS"] = str(TLS_DIR / "ca.pem")
 
 
-def pinned(cpu: int, argv: list[str]) -> list[str]:
+def pinned(cpu: int | str, argv: list[str]) -> list[str]:
+    """argv pinned to ``cpu`` (a core, or a ``taskset -c`` list such as ``0,1``)."""
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", str(cpu), *argv]
     return argv
@@ -246,9 +271,13 @@ def start_sidecar(
     return proc, {**env, **{k: v.format(url=url) for k, v in settings.items()}}
 
 
-def start(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    argv: list[str], env: dict[str, str], cpus: int | str = 0, log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts a server pinned to ``cpus`` and returns it with its URL; its stderr is
+    drained into ``log`` (appended) or thrown away."""
     proc = subprocess.Popen(
-        pinned(0, argv), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env
+        pinned(cpus, argv), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
@@ -256,18 +285,25 @@ def start(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes]
         line = proc.stderr.readline()
         if not line:
             break
+        if log is not None:
+            with log.open("ab") as out:
+                out.write(line)
         match = URL.search(line)
         if match:
             # Keep draining stderr so the server never blocks on a full pipe.
-            subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
+            if log is None:
+                subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
+            else:
+                with log.open("ab") as out:
+                    subprocess.Popen(["cat"], stdin=proc.stderr, stdout=out)
             return proc, match.group(1).decode()
     proc.kill()
     raise RuntimeError(f"{argv[0]} did not report a listening address")
 
 
-def loadgen(url: str, mode: str, *options: object) -> list[str]:
+def loadgen(url: str, mode: str, *options: object, cpus: int | str = 1) -> list[str]:
     argv = ["node", str(HERE / "loadgen.js"), "--url", url, "--mode", mode]
-    return pinned(1, argv + [str(o) for o in options])
+    return pinned(cpus, argv + [str(o) for o in options])
 
 
 def run_node(argv: list[str], timeout: float) -> dict[str, Any] | None:
@@ -281,25 +317,48 @@ def run_node(argv: list[str], timeout: float) -> dict[str, Any] | None:
     return result
 
 
-def run_throughput(url: str, m: int, args: argparse.Namespace) -> dict[str, Any] | None:
+def run_throughput(
+    url: str, m: int, args: argparse.Namespace, cpus: int | str = 1
+) -> dict[str, Any] | None:
     argv = loadgen(
-        url, "throughput", "--subscribers", m, "--seconds", args.seconds, "--window", args.window
+        url,
+        "throughput",
+        "--subscribers",
+        m,
+        "--seconds",
+        args.seconds,
+        "--window",
+        args.window,
+        cpus=cpus,
     )
     return run_node(argv, timeout=args.seconds + 120)
 
 
-def run_latency(url: str, args: argparse.Namespace) -> dict[str, Any] | None:
-    argv = loadgen(url, "latency", "--pings", args.pings, "--warmup-pings", args.warmup_pings)
+def run_latency(url: str, args: argparse.Namespace, cpus: int | str = 1) -> dict[str, Any] | None:
+    argv = loadgen(
+        url, "latency", "--pings", args.pings, "--warmup-pings", args.warmup_pings, cpus=cpus
+    )
     return run_node(argv, timeout=180)
 
 
 def tree(pid: int) -> list[int]:
-    """pid and all its descendants (hypercorn serves from a worker child process)."""
+    """pid and all its descendants (hypercorn serves from a worker child process,
+    ``drifttrio serve --workers N`` from N), found by each process's parent in
+    ``/proc/PID/stat`` (``/proc/PID/task/TID/children`` needs CONFIG_PROC_CHILDREN,
+    which some kernels lack: without it only pid itself was found)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+        children.setdefault(ppid, []).append(int(entry.name))
     pids = [pid]
     for p in pids:
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                pids.extend(int(c) for c in (task / "children").read_text().split())
+        pids.extend(children.get(p, []))
     return pids
 
 
@@ -318,9 +377,9 @@ def rss_kib(pid: int) -> int:
 
 
 def run_memory(
-    proc: subprocess.Popen[bytes], url: str, args: argparse.Namespace
+    proc: subprocess.Popen[bytes], url: str, args: argparse.Namespace, cpus: int | str = 1
 ) -> dict[str, Any] | None:
-    argv = loadgen(url, "idle", "--connections", args.connections, "--rooms", args.rooms)
+    argv = loadgen(url, "idle", "--connections", args.connections, "--rooms", args.rooms, cpus=cpus)
     gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert gen.stdin is not None
     assert gen.stdout is not None
@@ -408,8 +467,9 @@ def main() -> None:
     ]
     if not (HERE / "node_modules" / "ws").exists():
         sys.exit("run `npm install --prefix benchmarks` first")
+    rows = {**SERVERS, **ABLATION_ROWS, **WORKER_ROWS}
     servers = (
-        {k: v for k, v in {**SERVERS, **ABLATION_ROWS}.items() if any(o in k for o in args.only)}
+        {k: v for k, v in rows.items() if any(o in k for o in args.only)}
         if args.only
         else dict(SERVERS)
     )
@@ -438,10 +498,11 @@ def main() -> None:
         print(f"round {round_ + 1}/{args.runs}", file=sys.stderr)
         for name, argv in servers.items():
             sidecar, row_env = start_sidecar(name, env)
-            proc, url = start(argv, row_env)
+            server_cpus, load_cpus = cores(name)
+            proc, url = start(argv, row_env, server_cpus)
             try:
                 if "memory" in measures:
-                    r = run_memory(proc, url, args)
+                    r = run_memory(proc, url, args, load_cpus)
                     mem[name].append(r)
                     if r:
                         print(
@@ -449,7 +510,7 @@ def main() -> None:
                             file=sys.stderr,
                         )
                 if "latency" in measures:
-                    r = run_latency(url, args)
+                    r = run_latency(url, args, load_cpus)
                     lat[name].append(r)
                     if r:
                         print(
@@ -459,7 +520,7 @@ def main() -> None:
                         )
                 if "throughput" in measures:
                     for m in args.subscribers:
-                        r = run_throughput(url, m, args)
+                        r = run_throughput(url, m, args, load_cpus)
                         tput[name].setdefault(m, []).append(r)
                         if r:
                             print(

@@ -293,6 +293,7 @@ async def _serve_on(
     async with open_app(config, storage, hooks) as (hub, app), trio.open_nursery() as nursery:
         if shard is not None:
             hub.owns = shard.owns
+            shard.metrics = hub.metrics
         if ops:
             ops_host, ops_port = await nursery.start(
                 partial(serve_tcp, OpsApp(hub), config, listeners=ops)

@@ -269,6 +269,7 @@ class _Supervisor:
             worker.restarts += 1
             try:
                 process = await self._start(worker)
+                log.info("worker %d serving again (pid %d)", worker.index, process.pid)
             except WorkerFailed as exc:
                 log.warning("%s", exc)
                 # Ended already: the loop goes round again, after the backoff.

@@ -203,6 +203,14 @@ class Metrics:
             registry=r,
         )
         self.draining = Gauge("drifttrio_draining", "1 while the server shuts down", registry=r)
+        #: ``drifttrio serve --workers``: connections handed to the worker that owns
+        #: their room (``out``), and taken from another worker (``in``).
+        self.handoffs = Counter(
+            "drifttrio_worker_handoffs",
+            "Connections handed to the worker owning their room (out) or taken from one (in)",
+            ["direction"],
+            registry=r,
+        )
         connections = Gauge(
             "drifttrio_connections",
             "Live room members",

@@ -116,6 +116,15 @@ class StoreLock:
             os.close(fd)
 
     def _refusal(self, pid: int | None, holder: str | None) -> str:
+        manager = _shared_manager(pid) if holder == "serve" else None
+        if manager is not None:
+            # Two workers of one process manager (hypercorn -w 2).
+            return (
+                f"another {manager} worker of the same parent process (pid {os.getppid()}) is"
+                f" using {self.database}: workers of one process manager ({manager} -w N) would"
+                " each number the same rooms; run one worker (-w 1), or drifttrio serve"
+                " --workers N, whose workers share one store safely"
+            )
         who = f"another {_HOLDER.get(holder or '', 'drifttrio process')}"
         by = f"pid {pid}" if pid is not None else "another process"
         # A rooms command ends by itself; a server has to be stopped.
@@ -131,3 +140,35 @@ def _read_holder(fd: int) -> tuple[int | None, str | None]:
         return None, None
     pid_text, _, holder = text.strip().partition(" ")
     return (int(pid_text) if pid_text.isascii() and pid_text.isdigit() else None), holder or None
+
+
+#: Process managers whose workers are siblings running the same app.
+_MANAGERS: Final = ("hypercorn", "gunicorn", "uvicorn")
+
+
+def _shared_manager(pid: int | None) -> str | None:
+    """The process manager (hypercorn, ...) that is the parent of both this process
+    and ``pid``, if it is one (Linux's ``/proc``; elsewhere ``None``)."""
+    parent = os.getppid()
+    if pid is None or parent <= 1 or _parent_of(pid) != parent:
+        return None
+    try:
+        with open(f"/proc/{parent}/cmdline", "rb") as cmdline:
+            words = cmdline.read().split(b"\0")[:3]
+    except OSError:
+        return None
+    for manager in _MANAGERS:
+        if any(Path(word.decode(errors="replace")).name == manager for word in words):
+            return manager
+    return None
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of process ``pid`` (Linux's ``/proc``), if it can be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+            fields = stat.read().rpartition(b")")[2].split()
+        return int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -22,12 +22,15 @@ import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
 
 import trio
 
 from .._errors import DriftError
+
+if TYPE_CHECKING:
+    from ..runtime.metrics import Metrics
 
 __all__ = ["HANDOFF_SUPPORTED", "Shard", "WorkerUnavailable", "owner_of", "room_in_path"]
 
@@ -81,9 +84,8 @@ class Shard:
         #: at a time on each (a SEQPACKET message is atomic anyway).
         self._peers: dict[int, trio.socket.SocketType] = {}
         self._locks = {i: trio.Lock() for i in range(count)}
-        #: Connections handed to another worker, and taken from one.
-        self.handed = 0
-        self.taken = 0
+        #: Where hand-offs are counted (the worker's hub's metrics, once it runs).
+        self.metrics: Metrics | None = None
 
     def owns(self, room_id: str) -> bool:
         return owner_of(room_id, self.count) == self.index
@@ -127,7 +129,8 @@ class Shard:
                     if attempt == 2 or not isinstance(exc, OSError):
                         raise WorkerUnavailable(f"worker {worker}: {exc}") from None
                     continue
-                self.handed += 1
+                if self.metrics is not None:
+                    self.metrics.handoffs.labels("out").inc()
                 return
 
     async def take_connections(
@@ -172,7 +175,8 @@ class Shard:
                     log.warning("dropped a malformed connection hand-off")
                     continue
                 sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0]))
-                self.taken += 1
+                if self.metrics is not None:
+                    self.metrics.handoffs.labels("in").inc()
                 adopt(trio.SocketStream(sock), data)
 
     def close(self) -> None:
