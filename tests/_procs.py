@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import trio
 
-__all__ = ["ChildProcess", "child_env", "drifttrio_command", "start_child"]
+__all__ = [
+    "ChildProcess",
+    "Workers",
+    "child_env",
+    "drifttrio_command",
+    "start_child",
+    "workers_process",
+]
 
 TIMEOUT = 30  # a guard against hangs, never a way to wait for something
 
@@ -84,3 +96,55 @@ async def start_child(
     child = ChildProcess(process)
     nursery.start_soon(child.pump)
     return child
+
+
+class Workers:
+    """A running ``drifttrio serve --workers N``."""
+
+    def __init__(self, child: ChildProcess, url: str, ops_url: str) -> None:
+        self.child = child
+        self.url = url
+        self.ws_url = "ws" + url.removeprefix("http")
+        self.ops_url = ops_url
+        #: (No hub in this process: the rooms live in the workers.)
+        self.hub = None
+
+    async def health(self, path: str = "/healthz") -> tuple[int, Any]:
+        async with _http(self.ops_url) as client:
+            response = await client.get(path)
+        return response.status_code, response.json()
+
+    async def pids(self) -> list[int]:
+        _, body = await self.health()
+        return [w["pid"] for w in body["workers"]]
+
+    async def metrics(self) -> str:
+        async with _http(self.ops_url) as client:
+            return (await client.get("/metrics")).text
+
+
+@asynccontextmanager
+async def workers_process(cwd: Path, workers: int, *args: str) -> AsyncIterator[Workers]:
+    """``drifttrio serve --workers N --port 0 --metrics-port 0 ARGS`` in ``cwd``; on
+    exit, SIGTERM (killed if it does not end)."""
+    argv = [*drifttrio_command(), "serve", "--port", "0", "--metrics-port", "0"]
+    async with trio.open_nursery() as nursery:
+        child = await start_child(nursery, [*argv, "--workers", str(workers), *args], cwd)
+        process = child.process
+        try:
+            url = (await child.wait_for_line(r"listening on (http://127\.0\.0\.1:\d+)")).group(1)
+            ops = (await child.wait_for_line(r"readiness on (http://127\.0\.0\.1:\d+)")).group(1)
+            yield Workers(child, url, ops)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(TIMEOUT):
+                    await process.wait()
+                if process.poll() is None:
+                    process.kill()
+            with trio.fail_after(TIMEOUT):
+                await process.wait()
+
+
+def _http(base_url: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=TIMEOUT)

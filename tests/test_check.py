@@ -15,6 +15,7 @@ import pytest
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from _procs import child_env, drifttrio_command, workers_process
 from drifttrio import Config, DriftApp, RunningServer, open_server
 from drifttrio.client._conformance import CHECKS, format_table, run_checks
 
@@ -75,6 +76,21 @@ async def test_check_passes_against_drifttrio(server: RunningServer) -> None:
     assert [r.name for r in results] == list(CHECKS)
     assert all(r.passed for r in results), format_table(results)
     assert {r.kind for r in results} == {"core", "extension"}
+
+
+async def test_check_passes_against_workers(tmp_path: Path) -> None:
+    """``drifttrio check`` (the command line) against ``drifttrio serve --workers 2``,
+    on its default store: every room it makes lives in one of two processes."""
+    async with workers_process(tmp_path, 2) as workers:
+        process = await trio.run_process(
+            [*drifttrio_command(), "check", workers.url],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=child_env(),
+        )
+    assert process.returncode == 0, process.stdout.decode() + process.stderr.decode()
+    assert "FAIL" not in process.stdout.decode()
 
 
 async def test_check_names_what_a_broken_server_breaks(broken_url: str) -> None:

@@ -13,8 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed
 
-from _procs import TIMEOUT, ChildProcess, child_env, drifttrio_command, start_child
+from _procs import TIMEOUT, ChildProcess, child_env, drifttrio_command, workers_process
 from drifttrio import Config
 from drifttrio.runtime.hub import new_room_id, open_hub
 from drifttrio.storage import MemoryStorage, SqliteStorage, Storage
@@ -159,52 +158,6 @@ async def test_a_worker_creates_only_rooms_it_owns() -> None:
 
 
 # -- the real command line ------------------------------------------------------------------
-
-
-class Workers:
-    """A running ``drifttrio serve --workers N``."""
-
-    def __init__(self, child: ChildProcess, url: str, ops_url: str) -> None:
-        self.child = child
-        self.url = url
-        self.ws_url = "ws" + url.removeprefix("http")
-        self.ops_url = ops_url
-
-    async def health(self, path: str = "/healthz") -> tuple[int, Any]:
-        async with http_client(self.ops_url) as client:
-            response = await client.get(path)
-        return response.status_code, response.json()
-
-    async def pids(self) -> list[int]:
-        _, body = await self.health()
-        return [w["pid"] for w in body["workers"]]
-
-    async def metrics(self) -> str:
-        async with http_client(self.ops_url) as client:
-            return (await client.get("/metrics")).text
-
-
-@asynccontextmanager
-async def workers_process(cwd: Path, workers: int, *args: str) -> AsyncIterator[Workers]:
-    """``drifttrio serve --workers N --port 0 --metrics-port 0 ARGS`` in ``cwd``; on
-    exit, SIGTERM (killed if it does not end)."""
-    argv = [*drifttrio_command(), "serve", "--port", "0", "--metrics-port", "0"]
-    async with trio.open_nursery() as nursery:
-        child = await start_child(nursery, [*argv, "--workers", str(workers), *args], cwd)
-        process = child.process
-        try:
-            url = (await child.wait_for_line(r"listening on (http://127\.0\.0\.1:\d+)")).group(1)
-            ops = (await child.wait_for_line(r"readiness on (http://127\.0\.0\.1:\d+)")).group(1)
-            yield Workers(child, url, ops)
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(TIMEOUT):
-                    await process.wait()
-                if process.poll() is None:
-                    process.kill()
-            with trio.fail_after(TIMEOUT):
-                await process.wait()
 
 
 async def stored_rooms(db: Path, owners: list[int], workers: int = 2) -> list[str]:
@@ -484,3 +437,26 @@ async def test_hypercorn_workers_on_one_sqlite_store_are_refused_plainly(tmp_pat
             os.killpg(process.pid, signal.SIGKILL)
             with trio.fail_after(TIMEOUT):
                 await process.wait()
+
+
+async def test_workers_hold_the_store_lock_and_end_with_their_supervisor(tmp_path: Path) -> None:
+    """Each worker keeps the store lock held (its descriptor inherited): if the
+    supervisor is killed, no new server gets the store while a worker still drains;
+    and the workers end by themselves (SIGTERM from the kernel at their parent's death)."""
+    async with workers_process(tmp_path, 2) as server:
+        pids = await server.pids()
+        for pid in pids:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
+            assert str(tmp_path / "drifttrio.db.lock") in held
+        pidfds = [os.pidfd_open(pid) for pid in pids]
+        try:
+            server.child.process.kill()
+            with trio.fail_after(TIMEOUT):
+                for pidfd in pidfds:
+                    await trio.lowlevel.wait_readable(pidfd)  # readable: the process ended
+        finally:
+            for pidfd in pidfds:
+                os.close(pidfd)
+    async with workers_process(tmp_path, 2) as again:
+        assert (await again.health("/readyz"))[0] == 200

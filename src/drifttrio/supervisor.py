@@ -151,7 +151,7 @@ async def serve_workers(
             )
         lock = await _prepare_store(config.store)
         workers = [_Worker(i) for i in range(count)]
-        supervisor = _Supervisor(config, workers, public, directory, list(serve_args))
+        supervisor = _Supervisor(config, workers, public, directory, list(serve_args), lock)
         await supervisor.run(ops, shutdown_trigger)
     finally:
         for listener in (*public, *ops):
@@ -189,8 +189,11 @@ class _Supervisor:
         public: list[trio.SocketListener],
         directory: Path,
         serve_args: list[str],
+        lock: StoreLock | None,
     ) -> None:
         self.config = config
+        #: The store lock's descriptor, inherited by every worker (see StoreLock.fileno).
+        self.lock_fd = None if lock is None else lock.fileno()
         self.workers = workers
         self.public = public
         self.directory = directory
@@ -293,7 +296,7 @@ class _Supervisor:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "drifttrio.supervisor", json.dumps(spec)],
                 stdin=subprocess.DEVNULL,
-                pass_fds=[*fds, ready_write],
+                pass_fds=[*fds, ready_write, *([] if self.lock_fd is None else [self.lock_fd])],
             )
         finally:
             os.close(ready_write)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import trio
 
+from _procs import workers_process
 from drifttrio import Config, RunningServer, open_server
 from drifttrio.hooks import (
     Admit,
@@ -74,12 +75,19 @@ class PassThrough(Hooks):
         return None
 
 
-@pytest.fixture(params=["memory", "redis", "hooks"])
+@pytest.fixture(params=["memory", "redis", "hooks", "workers"])
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
     """A drifttrio server on 127.0.0.1 and a free port, default configuration; each
     scenario runs on the in-process store, on a shared Redis store (a real
-    ``redis-server``, the ``redis_server`` fixture of tests/conftest.py), and on
-    the in-process store with pass-through hooks (:class:`PassThrough`)."""
+    ``redis-server``, the ``redis_server`` fixture of tests/conftest.py), on
+    the in-process store with pass-through hooks (:class:`PassThrough`), and on
+    ``drifttrio serve --workers 2`` (a real command line: its rooms live in two
+    worker processes, and the server's ``hub`` is ``None``)."""
+    if request.param == "workers":
+        cwd = request.getfixturevalue("tmp_path")
+        async with workers_process(cwd, 2, "--store", "memory") as workers:
+            yield workers  # type: ignore[misc]
+        return
     store = "memory"
     if request.param == "redis":
         redis = request.getfixturevalue("redis_server")

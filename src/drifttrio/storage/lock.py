@@ -80,6 +80,12 @@ class StoreLock:
         self.purpose: LockPurpose = purpose
         self._fd: int | None = None
 
+    def fileno(self) -> int | None:
+        """The descriptor the lock is held through (``None`` if not held). Passed to a
+        child process, it keeps the lock held until that child ends too: a worker
+        still draining after its supervisor died keeps a new server out."""
+        return self._fd
+
     @property
     def held(self) -> bool:
         """Whether this object holds the lock."""
