@@ -139,6 +139,7 @@ async def serve_workers(
     """Run ``count`` workers (each: ``drifttrio serve SERVE_ARGS`` as one shard) until
     ``shutdown_trigger`` returns, then drain them. Raises :class:`WorkerFailed` if a
     worker cannot start."""
+    configured_hooks(config)  # bad hook settings fail here, once, before anything starts
     raise_descriptor_limit()  # the workers inherit the raised limit
     public = await open_listeners(config.host, config.port)
     ops: list[trio.SocketListener] = []
@@ -201,6 +202,20 @@ class _Supervisor:
         self.draining = False
 
     async def run(
+        self, ops: list[trio.SocketListener], shutdown_trigger: Callable[[], Awaitable[None]]
+    ) -> None:
+        try:
+            await self._run(ops, shutdown_trigger)
+        finally:
+            # A worker that failed to start, or a supervisor cancelled: no worker is
+            # left behind, serving the port on its own.
+            with trio.CancelScope(shield=True):
+                for worker in self.workers:
+                    if worker.process is not None and worker.process.returncode is None:
+                        worker.process.kill()
+                        await worker.process.wait()
+
+    async def _run(
         self, ops: list[trio.SocketListener], shutdown_trigger: Callable[[], Awaitable[None]]
     ) -> None:
         async with trio.open_nursery() as nursery:
