@@ -379,6 +379,8 @@ async def test_sigkill_of_one_worker_loses_nothing_and_spares_the_other(tmp_path
         ),
         (["--workers", "0"], "--workers must be 1 to 256 or auto, got '0'"),
         (["--workers", "many"], "--workers must be 1 to 256 or auto, got 'many'"),
+        # Checked once by the supervisor, before any worker starts.
+        (["--workers", "2", "--hooks", "nosuch:Hooks"], "nosuch"),
     ],
 )
 async def test_combinations_workers_cannot_serve_are_refused_in_one_line(
@@ -460,21 +462,3 @@ async def test_workers_hold_the_store_lock_and_end_with_their_supervisor(tmp_pat
                 os.close(pidfd)
     async with workers_process(tmp_path, 2) as again:
         assert (await again.health("/readyz"))[0] == 200
-
-
-async def test_settings_the_workers_cannot_start_with_fail_once_and_leave_nothing(
-    tmp_path: Path,
-) -> None:
-    process = await trio.run_process(
-        [*drifttrio_command(), "serve", "--port", "0", "--workers", "2", "--hooks", "nosuch:Hooks"],
-        capture_stderr=True,
-        check=False,
-        env=child_env(),
-        cwd=tmp_path,
-    )
-    lines = process.stderr.decode().splitlines()
-    assert process.returncode == 2, lines
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("drifttrio: ")
-    assert "nosuch" in lines[0]
-    assert not (tmp_path / "drifttrio.db").exists()

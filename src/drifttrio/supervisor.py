@@ -53,6 +53,7 @@ from .server import (
 from .storage import open_storage
 from .storage.lock import StoreLock
 from .storage.sqlite import SqliteStorage
+from .web.ops import reply, reply_json
 from .web.peer import Peer
 from .web.transport import serve_tcp
 from .workers import HANDOFF_SUPPORTED, Shard
@@ -421,7 +422,7 @@ class _SupervisorOps:
             return
         path = scope["path"]
         if path not in ("/metrics", "/healthz", "/readyz"):
-            await _respond(send, 404, b'{"type":"error","message":"not found"}')
+            await reply_json(send, 404, {"type": "error", "message": "not found"})
             return
         answers = await self.supervisor.ask_all(path)
         workers = self.supervisor.workers
@@ -436,7 +437,7 @@ class _SupervisorOps:
                 f"{restarts}\n"
             )
             body = merge_metrics([text for status, text in answers if status == 200], extra)
-            await _respond(send, 200, body, CONTENT_TYPE_LATEST)
+            await reply(send, 200, body, CONTENT_TYPE_LATEST)
             return
         states = []
         for worker, (status, text) in zip(workers, answers, strict=True):
@@ -459,29 +460,10 @@ class _SupervisorOps:
                 "workers": states,
             }
         )
-        await _respond(send, 200 if good else 503, orjson.dumps(summary))
+        await reply_json(send, 200 if good else 503, summary)
 
     async def websocket(self, peer: Peer) -> None:
         await peer.reject(403, b"", [])
-
-
-async def _respond(
-    send: Callable[[Any], Awaitable[None]],
-    status: int,
-    body: bytes,
-    content_type: str = "application/json",
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 # -- the worker's side -----------------------------------------------------------------

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..runtime.hub import Hub
 from .peer import Peer
 
-__all__ = ["OPS_PATHS", "OpsApp", "handle_ops", "is_ops_path"]
+__all__ = ["OPS_PATHS", "OpsApp", "handle_ops", "is_ops_path", "reply", "reply_json"]
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Send: TypeAlias = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -52,13 +52,14 @@ def is_ops_path(path: str) -> bool:
     return path in OPS_PATHS or path == "/ui" or path.startswith("/ui/")
 
 
-async def _reply(
+async def reply(
     send: Send,
     status: int,
     body: bytes,
     content_type: str,
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
+    """Answer an ASGI request with ``body`` (its length known)."""
     await send(
         {
             "type": "http.response.start",
@@ -73,8 +74,9 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _json(send: Send, status: int, body: object) -> None:
-    await _reply(send, status, orjson.dumps(body), "application/json")
+async def reply_json(send: Send, status: int, body: object) -> None:
+    """Answer with ``body`` as JSON."""
+    await reply(send, status, orjson.dumps(body), "application/json")
 
 
 async def _store_reachable(hub: Hub) -> int | None:
@@ -126,13 +128,13 @@ async def handle_ops(
         with trio.move_on_after(STORE_CHECK_SECONDS):
             await receive()
     if path == "/healthz":
-        await _json(send, 200, {"status": "ok"})
+        await reply_json(send, 200, {"status": "ok"})
     elif path == "/readyz":
         reason = await _not_ready(hub)
         if reason is None:
-            await _json(send, 200, {"ready": True})
+            await reply_json(send, 200, {"ready": True})
         else:
-            await _json(send, 503, {"ready": False, "reason": reason})
+            await reply_json(send, 503, {"ready": False, "reason": reason})
     elif path == "/metrics" and metrics:
         stored = await _store_reachable(hub)
         if stored is not None:
@@ -141,7 +143,7 @@ async def handle_ops(
         hub.metrics.collect_live(
             (room.inbox.statistics().current_buffer_used for room in rooms), len(rooms)
         )
-        await _reply(send, 200, hub.metrics.exposition(), CONTENT_TYPE_LATEST)
+        await reply(send, 200, hub.metrics.exposition(), CONTENT_TYPE_LATEST)
     elif (path == "/ui" or path.startswith("/ui/")) and inspector:
         await _ui(scope, send, path)
     else:
@@ -151,20 +153,20 @@ async def handle_ops(
 
 async def _ui(scope: Scope, send: Send, path: str) -> None:
     if scope.get("method") not in ("GET", "HEAD"):
-        await _json(send, 405, {"type": "error", "message": "use GET"})
+        await reply_json(send, 405, {"type": "error", "message": "use GET"})
         return
     if path == "/ui":
         # Relative URLs in the page resolve under /ui/ (and under any root_path).
         query = scope.get("query_string") or b""
         location = b"ui/" + (b"?" + query if query else b"")
-        await _reply(send, 308, b"", "text/plain", [(b"location", location)])
+        await reply(send, 308, b"", "text/plain", [(b"location", location)])
         return
     name = path[len("/ui/") :] or "index.html"
     content_type = _UI_FILES.get(name)
     if content_type is None:
-        await _json(send, 404, {"type": "error", "message": "not found"})
+        await reply_json(send, 404, {"type": "error", "message": "not found"})
         return
-    await _reply(send, 200, _ui_file(name), content_type, _UI_HEADERS)
+    await reply(send, 200, _ui_file(name), content_type, _UI_HEADERS)
 
 
 class OpsApp:
@@ -181,7 +183,7 @@ class OpsApp:
         if scope["type"] != "http":
             return
         if not await handle_ops(self.hub, scope, receive, send, scope["path"], metrics=True):
-            await _json(send, 404, {"type": "error", "message": "not found"})
+            await reply_json(send, 404, {"type": "error", "message": "not found"})
 
     async def websocket(self, peer: Peer) -> None:
         """No WebSockets here: the upgrade is refused."""
