@@ -220,8 +220,9 @@ class _Supervisor:
         self, ops: list[trio.SocketListener], shutdown_trigger: Callable[[], Awaitable[None]]
     ) -> None:
         async with trio.open_nursery() as nursery:
-            for worker in self.workers:
-                await nursery.start(self._keep_running, worker)
+            async with trio.open_nursery() as starting:  # all at once, each until it serves
+                for worker in self.workers:
+                    starting.start_soon(partial(nursery.start, self._keep_running, worker))
             host, port = self.public[0].socket.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             log.info(
@@ -308,16 +309,16 @@ class _Supervisor:
             "ready": ready_write,
             "args": self.serve_args,
         }
-        try:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "drifttrio.supervisor", json.dumps(spec)],
-                stdin=subprocess.DEVNULL,
-                pass_fds=[*fds, ready_write, *([] if self.lock_fd is None else [self.lock_fd])],
-            )
-        finally:
-            os.close(ready_write)
-        worker.process = process
         async with trio.lowlevel.FdStream(ready_read) as ready:
+            try:
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "drifttrio.supervisor", json.dumps(spec)],
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=[*fds, ready_write, *([] if self.lock_fd is None else [self.lock_fd])],
+                )
+            finally:
+                os.close(ready_write)  # the worker's copy is the only one: EOF if it dies
+            worker.process = process
             said = await ready.receive_some(1)
         if said != b"1":
             status = await process.wait()
