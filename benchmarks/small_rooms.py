@@ -631,7 +631,7 @@ def print_workers(
         print(f"\nProcesses in the server's tree at the readings: {shown}.")
     if "lifecycle" in measures:
         diffs = [
-            y - x
+            round(y - x, 6) + 0.0  # (no "-0.000")
             for x, y in zip(
                 [e.get("cpu_ms_per_connection") if e else None for e in life[one]],
                 [e.get("cpu_ms_per_connection") if e else None for e in life[two]],
