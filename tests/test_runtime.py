@@ -678,6 +678,25 @@ async def test_close_all_kicks_members_with_going_away() -> None:
         assert conn.kicked.is_set()
 
 
+async def test_a_drain_applies_what_the_inbox_holds_without_a_crash() -> None:
+    """The inbox closed (server drain) with commands still in it: the room applies
+    and commits them, then ends cleanly (it ran out of commands mid-batch and took
+    the closed channel for a crash: a traceback per busy room on every drain)."""
+    async with hub_with_room() as (hub, room_id, room):
+        conn = make_conn()
+        await join(room, conn)
+        origin = make_conn()
+        for n in range(3):
+            room.inbox.send_nowait(PushCommand("k", f"v{n}", Append(), origin))
+        hub.close_all()
+        with trio.fail_after(5):
+            await hub.wait_rooms_closed()
+        assert hub.metrics.rooms_crashed._value.get() == 0
+        snapshot = await hub.storage.load_room(room_id)
+        assert snapshot is not None
+        assert [e.value for e in snapshot.streams["k"].entries] == ["v0", "v1", "v2"]
+
+
 class BrokenStorage(MemoryStorage):
     """A store that holds its next commit until released, then fails, and cannot reload."""
 

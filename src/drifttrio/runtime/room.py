@@ -270,8 +270,8 @@ class Room:
         while len(batch) < self.config.room_batch_size:
             try:
                 command = self._commands.receive_nowait()
-            except trio.WouldBlock:
-                break
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break  # nothing more now; or the inbox was closed and this was its last
             if not isinstance(command, GatesDue):  # (the batch's end looks at the gates)
                 batch.append(command)
         return batch
