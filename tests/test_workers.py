@@ -444,7 +444,7 @@ async def test_hypercorn_workers_on_one_sqlite_store_are_refused_plainly(tmp_pat
 async def test_workers_hold_the_store_lock_and_end_with_their_supervisor(tmp_path: Path) -> None:
     """Each worker keeps the store lock held (its descriptor inherited): if the
     supervisor is killed, no new server gets the store while a worker still drains;
-    and the workers end by themselves (SIGTERM from the kernel at their parent's death)."""
+    and the workers end by themselves (they see the supervisor's end of a pipe close)."""
     async with workers_process(tmp_path, 2) as server:
         pids = await server.pids()
         for pid in pids:
@@ -462,3 +462,19 @@ async def test_workers_hold_the_store_lock_and_end_with_their_supervisor(tmp_pat
                 os.close(pidfd)
     async with workers_process(tmp_path, 2) as again:
         assert (await again.health("/readyz"))[0] == 200
+
+
+#: How long trio keeps an idle thread of its cache, the one that started a process.
+TRIO_THREAD_IDLE_SECONDS = 10.0
+
+
+async def test_workers_outlive_the_thread_that_started_them(tmp_path: Path) -> None:
+    """trio starts a process from one of its cached threads, which ends after 10 s
+    idle: a worker bound to that thread's life (PR_SET_PDEATHSIG) was terminated
+    and restarted every 10 s. The wait is for time itself to pass."""
+    async with workers_process(tmp_path, 2) as server:
+        pids = await server.pids()
+        await trio.sleep(TRIO_THREAD_IDLE_SECONDS + 2)
+        assert await server.pids() == pids
+        assert "ended with status" not in server.child.log
+        assert 'drifttrio_worker_restarts_total{worker="0"} 0' in await server.metrics()

@@ -19,7 +19,6 @@ workers are separate programs. See docs/deployment.md.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -146,6 +145,9 @@ async def serve_workers(
     ops: list[trio.SocketListener] = []
     lock: StoreLock | None = None
     directory = Path(tempfile.mkdtemp(prefix="drifttrio-workers-"))
+    # Every worker inherits the read end; the write end stays here (not inheritable):
+    # when this process ends, however it ends, the workers read EOF and drain.
+    life_read, life_write = os.pipe()
     try:
         if config.metrics_port >= 0:
             ops = await open_listeners(
@@ -153,7 +155,9 @@ async def serve_workers(
             )
         lock = await _prepare_store(config.store)
         workers = [_Worker(i) for i in range(count)]
-        supervisor = _Supervisor(config, workers, public, directory, list(serve_args), lock)
+        supervisor = _Supervisor(
+            config, workers, public, directory, list(serve_args), lock, life_read
+        )
         await supervisor.run(ops, shutdown_trigger)
     finally:
         for listener in (*public, *ops):
@@ -161,6 +165,8 @@ async def serve_workers(
         if lock is not None:
             lock.release()
         shutil.rmtree(directory, ignore_errors=True)  # the workers' sockets
+        os.close(life_read)
+        os.close(life_write)
 
 
 async def _prepare_store(url: str) -> StoreLock | None:
@@ -192,8 +198,11 @@ class _Supervisor:
         directory: Path,
         serve_args: list[str],
         lock: StoreLock | None,
+        life: int,
     ) -> None:
         self.config = config
+        #: The read end of the pipe whose end tells the workers the supervisor is gone.
+        self.life = life
         #: The store lock's descriptor, inherited by every worker (see StoreLock.fileno).
         self.lock_fd = None if lock is None else lock.fileno()
         self.workers = workers
@@ -307,6 +316,7 @@ class _Supervisor:
             "directory": str(self.directory),
             "listen": fds,
             "ready": ready_write,
+            "life": self.life,
             "args": self.serve_args,
         }
         async with trio.lowlevel.FdStream(ready_read) as ready:
@@ -314,7 +324,12 @@ class _Supervisor:
                 process = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "drifttrio.supervisor", json.dumps(spec)],
                     stdin=subprocess.DEVNULL,
-                    pass_fds=[*fds, ready_write, *([] if self.lock_fd is None else [self.lock_fd])],
+                    pass_fds=[
+                        *fds,
+                        ready_write,
+                        self.life,
+                        *([] if self.lock_fd is None else [self.lock_fd]),
+                    ],
                 )
             finally:
                 os.close(ready_write)  # the worker's copy is the only one: EOF if it dies
@@ -470,18 +485,6 @@ class _SupervisorOps:
 # -- the worker's side -----------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this worker when its supervisor dies, however it dies (a
-    SIGKILLed supervisor must not leave workers serving its port)."""
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 async def _run_worker(config: Config, spec: dict[str, Any]) -> None:
     shard = Shard(spec["index"], spec["count"], Path(spec["directory"]))
     public = [
@@ -498,15 +501,30 @@ async def _run_worker(config: Config, spec: dict[str, Any]) -> None:
     config = attrs.evolve(fit_descriptors(config, raise_descriptor_limit()), metrics_port=-1)
     hooks = configured_hooks(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        stop = trio.Event()
 
         async def until_signal() -> None:
             async for _ in signals:
-                return
+                break
+            stop.set()
+
+        async def while_supervised() -> None:
+            # The supervisor holds the pipe's only write end: it reads b"" (EOF) once
+            # the supervisor is gone, however it ended. (Not PR_SET_PDEATHSIG: that
+            # fires when the *thread* that started the worker ends, and trio starts
+            # processes from cached threads that end after 10 s idle.)
+            async with trio.lowlevel.FdStream(spec["life"]) as life:
+                while await life.receive_some(1):
+                    pass
+            log.warning("worker %d: its supervisor is gone; draining", shard.index)
+            stop.set()
 
         from ._gc import paced_full_collections
 
         async with trio.open_nursery() as nursery:
             await nursery.start(paced_full_collections)
+            nursery.start_soon(until_signal)
+            nursery.start_soon(while_supervised)
 
             async def serve(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
                 await _serve_on(
@@ -515,7 +533,7 @@ async def _run_worker(config: Config, spec: dict[str, Any]) -> None:
                     ops,
                     None,
                     "drifttrio",
-                    until_signal,
+                    stop.wait,
                     hooks,
                     task_status,
                     shard=shard,
@@ -536,7 +554,6 @@ def worker_main(argv: Sequence[str]) -> int:
     from ._logging import configure_logging
     from .cli import serve_config
 
-    _die_with_parent()
     spec = json.loads(argv[0])
     config, _ = serve_config(spec["args"])
     configure_logging(config.log_format, config.log_level)
