@@ -155,13 +155,10 @@ WORKERS_2 = "drifttrio serve --workers 2 (cores 0-1)"
 #: owned by one worker, a connection handed to its room's owner once its request
 #: names the room): one process against two. Only run when picked with --only (say
 #: ``workers``). Both rows run on both cores, the load generator too (CORES): a
-#: second worker needs a second core, and shares it with the load generator. Run
-#: through workers_serve.py: ``drifttrio serve`` with a workaround that keeps the
-#: workers from being sent SIGTERM every 10 s (see there).
-WORKERS_SERVE = [sys.executable, str(HERE / "workers_serve.py"), *DRIFTTRIO_SERVE[3:]]
+#: second worker needs a second core, and shares it with the load generator.
 WORKER_ROWS: dict[str, list[str]] = {
-    WORKERS_1: [*WORKERS_SERVE, "--store", "memory", "--workers", "1"],
-    WORKERS_2: [*WORKERS_SERVE, "--store", "memory", "--workers", "2"],
+    WORKERS_1: [*DRIFTTRIO_SERVE, "--store", "memory", "--workers", "1"],
+    WORKERS_2: [*DRIFTTRIO_SERVE, "--store", "memory", "--workers", "2"],
 }
 
 #: The cores (``taskset -c`` lists) of a row's server and of its load generator,
