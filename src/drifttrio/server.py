@@ -48,6 +48,7 @@ __all__ = [
     "RunningServer",
     "fit_descriptors",
     "hypercorn_config",
+    "open_listener_groups",
     "open_listeners",
     "open_server",
     "raise_descriptor_limit",
@@ -146,6 +147,43 @@ async def open_listeners(
         return await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         raise _listen_error(host, port, exc, flags) from None
+
+
+async def open_listener_groups(
+    host: str, port: int, count: int, *, flags: tuple[str, str] = ("--host", "--port")
+) -> list[list[trio.SocketListener]]:
+    """``count`` sets of listening sockets on the same ``host:port`` (a free one if
+    ``port`` is 0), one set per worker of ``drifttrio serve --workers``:
+    ``SO_REUSEPORT``, so the kernel spreads new connections over the sets and wakes
+    only the worker that gets one. Errors as :func:`open_listeners`."""
+    groups: list[list[trio.SocketListener]] = []
+    sockets: list[trio.socket.SocketType] = []
+    try:
+        infos = await trio.socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+        ports: list[int] = []
+        for _ in range(count):
+            group: list[trio.SocketListener] = []
+            for n, (family, address) in enumerate(addresses):
+                sock = trio.socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                # The first set picks the port (port 0: one per address), the rest follow.
+                await sock.bind((address[0], ports[n], *address[2:]) if ports else address)
+                sock.listen(socket.SOMAXCONN)
+                group.append(trio.SocketListener(sock))
+            groups.append(group)
+            ports = ports or [listener.socket.getsockname()[1] for listener in group]
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise _listen_error(host, port, exc, flags) from None
+    return groups
 
 
 def _listen_error(

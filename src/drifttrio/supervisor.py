@@ -19,6 +19,7 @@ workers are separate programs. See docs/deployment.md.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -43,8 +44,10 @@ from ._errors import ConfigError, DriftError, unwrap_group
 from .hooks import configured_hooks
 from .runtime.config import Config
 from .server import (
+    ListenError,
     _serve_on,
     fit_descriptors,
+    open_listener_groups,
     open_listeners,
     raise_descriptor_limit,
     shown_store,
@@ -141,14 +144,17 @@ async def serve_workers(
     worker cannot start."""
     configured_hooks(config)  # bad hook settings fail here, once, before anything starts
     raise_descriptor_limit()  # the workers inherit the raised limit
-    public = await open_listeners(config.host, config.port)
+    groups = await open_listener_groups(config.host, config.port, count)
+    public = [listener for group in groups for listener in group]
     ops: list[trio.SocketListener] = []
+    guard: int | None = None
     lock: StoreLock | None = None
     directory = Path(tempfile.mkdtemp(prefix="drifttrio-workers-"))
     # Every worker inherits the read end; the write end stays here (not inheritable):
     # when this process ends, however it ends, the workers read EOF and drain.
     life_read, life_write = os.pipe()
     try:
+        guard = _guard_port(config.host, groups[0][0].socket.getsockname()[1])
         if config.metrics_port >= 0:
             ops = await open_listeners(
                 config.metrics_host, config.metrics_port, flags=("--metrics-host", "--metrics-port")
@@ -156,7 +162,7 @@ async def serve_workers(
         lock = await _prepare_store(config.store)
         workers = [_Worker(i) for i in range(count)]
         supervisor = _Supervisor(
-            config, workers, public, directory, list(serve_args), lock, life_read
+            config, workers, groups, directory, list(serve_args), lock, life_read
         )
         await supervisor.run(ops, shutdown_trigger)
     finally:
@@ -167,6 +173,27 @@ async def serve_workers(
         shutil.rmtree(directory, ignore_errors=True)  # the workers' sockets
         os.close(life_read)
         os.close(life_write)
+        if guard is not None:
+            os.close(guard)
+
+
+def _guard_port(host: str, port: int) -> int:
+    """Hold a lock named after ``port`` for as long as this supervisor runs: another
+    process of this user may join an ``SO_REUSEPORT`` group without an error, so a
+    second ``drifttrio serve --workers`` on the same port is refused here instead,
+    as a second plain server is by the kernel. Returns the lock's descriptor."""
+    path = Path(tempfile.gettempdir()) / f"drifttrio-workers-port-{port}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        shown = f"[{host}]" if ":" in host else host
+        raise ListenError(
+            f"cannot listen on {shown}:{port}: address already in use (another drifttrio"
+            " --workers? stop it or pick another --port)"
+        ) from None
+    return fd
 
 
 async def _prepare_store(url: str) -> StoreLock | None:
@@ -194,7 +221,7 @@ class _Supervisor:
         self,
         config: Config,
         workers: list[_Worker],
-        public: list[trio.SocketListener],
+        groups: list[list[trio.SocketListener]],
         directory: Path,
         serve_args: list[str],
         lock: StoreLock | None,
@@ -206,7 +233,8 @@ class _Supervisor:
         #: The store lock's descriptor, inherited by every worker (see StoreLock.fileno).
         self.lock_fd = None if lock is None else lock.fileno()
         self.workers = workers
-        self.public = public
+        #: Each worker's listening sockets (one set each, one port: SO_REUSEPORT).
+        self.groups = groups
         self.directory = directory
         self.serve_args = serve_args
         self.draining = False
@@ -232,7 +260,7 @@ class _Supervisor:
             async with trio.open_nursery() as starting:  # all at once, each until it serves
                 for worker in self.workers:
                     starting.start_soon(partial(nursery.start, self._keep_running, worker))
-            host, port = self.public[0].socket.getsockname()[:2]
+            host, port = self.groups[0][0].socket.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             log.info(
                 "drifttrio listening on http://%s:%d (store: %s) [transport: drifttrio, workers: %d]",  # noqa: E501
@@ -256,8 +284,9 @@ class _Supervisor:
         for them, within the shutdown deadline and a little more."""
         self.draining = True
         log.info("shutting down: draining %d worker(s)", len(self.workers))
-        for listener in self.public:
-            listener.socket.close()  # the port is free once the workers close theirs
+        for group in self.groups:
+            for listener in group:
+                listener.socket.close()  # the port is free once the workers close theirs
         live = [w.process for w in self.workers if w.process and w.process.returncode is None]
         for process in live:
             process.send_signal(signal.SIGTERM)
@@ -309,7 +338,7 @@ class _Supervisor:
         """Start ``worker``'s process and wait until it serves; :class:`WorkerFailed`
         if it ends first."""
         ready_read, ready_write = os.pipe()
-        fds = [listener.socket.fileno() for listener in self.public]
+        fds = [listener.socket.fileno() for listener in self.groups[worker.index]]
         spec = {
             "index": worker.index,
             "count": len(self.workers),
