@@ -478,3 +478,26 @@ async def test_workers_outlive_the_thread_that_started_them(tmp_path: Path) -> N
         assert await server.pids() == pids
         assert "ended with status" not in server.child.log
         assert 'drifttrio_worker_restarts_total{worker="0"} 0' in await server.metrics()
+
+
+async def test_a_second_workers_server_on_the_port_is_refused(tmp_path: Path) -> None:
+    """The workers' sockets share their port (SO_REUSEPORT), which would let another
+    such group join without an error: a second supervisor is refused instead."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with workers_process(tmp_path / "a", 2, "--store", "memory") as server:
+        port = server.url.rsplit(":", 1)[1]
+        process = await trio.run_process(
+            [*drifttrio_command(), "serve", "--port", port, "--workers", "2", "--store", "memory"],
+            capture_stderr=True,
+            check=False,
+            env=child_env(),
+            cwd=tmp_path / "b",
+        )
+        assert (await server.health("/readyz"))[0] == 200
+    lines = process.stderr.decode().splitlines()
+    assert process.returncode == 1, lines
+    assert lines == [
+        f"drifttrio: cannot listen on 127.0.0.1:{port}: address already in use"
+        " (another drifttrio --workers? stop it or pick another --port)"
+    ]
