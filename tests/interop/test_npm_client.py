@@ -51,8 +51,11 @@ async def test_room_api(server: RunningServer, run_node: RunNode) -> None:
         "http_url": f"{server.url}/room/{room}/send",
     }
     assert result["fetched"] == created
-    async with httpx.AsyncClient(trust_env=False) as client:
-        assert (await client.get(f"{server.url}/room/{room}")).status_code == 200
+    if server.hub is not None:
+        assert await server.hub.room_exists(room)
+    else:  # --workers: the rooms are in the worker processes
+        async with httpx.AsyncClient(trust_env=False) as client:
+            assert (await client.get(f"{server.url}/room/{room}")).status_code == 200
 
     # Unknown room: 404, and Api.getRoom (which never checks the status)
     # resolves to the error body, with no URLs in it.
