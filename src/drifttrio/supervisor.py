@@ -1,15 +1,17 @@
 """``drifttrio serve --workers N``: a supervisor and N worker processes.
 
-The supervisor binds the public listener (and the metrics one), takes the
-SQLite store's lock once for all its workers, and starts N workers, each a
-``python -m drifttrio.supervisor`` process running the ordinary server on the
-inherited listening socket as one :class:`~drifttrio.workers.Shard`: it owns
+The supervisor binds one listening socket per worker on the port
+(``SO_REUSEPORT``) and the metrics listener, takes the SQLite store's lock once
+for all its workers, and starts N workers, each a ``python -m
+drifttrio.supervisor`` process running the ordinary server on its inherited
+listening socket as one :class:`~drifttrio.workers.Shard`: it owns
 the rooms :func:`~drifttrio.workers.owner_of` gives it and hands any other
 room's connection to that room's worker. The supervisor itself serves no
 client. It starts a worker again when one dies (its rooms recover from the
 store; its clients reconnect and resume with ``get``), drains every worker on
 SIGTERM, and answers ``/metrics``, ``/healthz`` and ``/readyz`` for all of them
-(each worker's series with a ``worker`` label).
+(each worker's series with a ``worker`` label). A worker drains by itself when
+the supervisor is gone (the end of a pipe only the supervisor writes to).
 
 Not for embedding: ``open_server`` runs one server in the caller's trio program,
 whose in-process API (``server.hub``) and hooks objects live in that one process;
