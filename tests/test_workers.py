@@ -23,7 +23,7 @@ import trio.testing
 from trio_websocket import ConnectionClosed
 
 from _procs import TIMEOUT, ChildProcess, child_env, drifttrio_command, workers_process
-from drifttrio import Config
+from drifttrio import Config, ConfigError, supervisor
 from drifttrio.runtime.hub import new_room_id, open_hub
 from drifttrio.storage import MemoryStorage, SqliteStorage, Storage
 from drifttrio.supervisor import merge_metrics, parse_workers
@@ -501,3 +501,12 @@ async def test_a_second_workers_server_on_the_port_is_refused(tmp_path: Path) ->
         f"drifttrio: cannot listen on 127.0.0.1:{port}: address already in use"
         " (another drifttrio --workers? stop it or pick another --port)"
     ]
+
+
+def test_a_platform_that_cannot_pass_sockets_is_told_in_one_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(supervisor, "HANDOFF_SUPPORTED", False)
+    with pytest.raises(ConfigError, match=r"^--workers 2: this platform cannot pass a connection"):
+        supervisor.check_workers(Config(), "drifttrio", 2)
+    supervisor.check_workers(Config(), "drifttrio", 1)  # one worker needs no passing
