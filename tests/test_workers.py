@@ -279,6 +279,7 @@ async def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         with trio.fail_after(TIMEOUT):
             assert await server.child.process.wait() == 0, server.child.log
         assert "draining 2 worker(s)" in server.child.log
+        assert "Traceback" not in server.child.log
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -364,6 +365,7 @@ async def test_sigkill_of_one_worker_loses_nothing_and_spares_the_other(tmp_path
             assert echo["seq"] > max(seen + [seq for _, seq in log])
         assert (await server.health("/readyz"))[0] == 200
         assert 'drifttrio_worker_restarts_total{worker="0"} 1' in await server.metrics()
+        assert "Traceback" not in server.child.log
 
 
 # -- what cannot run with workers: one line, exit 2 -----------------------------------------
