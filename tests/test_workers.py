@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from drifttrio import Config, ConfigError, supervisor
 from drifttrio.runtime.hub import new_room_id, open_hub
 from drifttrio.storage import MemoryStorage, SqliteStorage, Storage
 from drifttrio.supervisor import merge_metrics, parse_workers
-from drifttrio.workers import HANDOFF_SUPPORTED, Shard, owner_of, room_in_path
+from drifttrio.web.app import DriftApp
+from drifttrio.web.transport import serve_stream
+from drifttrio.workers import HANDOFF_SUPPORTED, Shard, WorkerUnavailable, owner_of, room_in_path
 from test_durability import (
     connect,
     http_client,
@@ -512,3 +515,81 @@ def test_a_platform_that_cannot_pass_sockets_is_told_in_one_sentence(
     with pytest.raises(ConfigError, match=r"^--workers 2: this platform cannot pass a connection"):
         supervisor.check_workers(Config(), "drifttrio", 2)
     supervisor.check_workers(Config(), "drifttrio", 1)  # one worker needs no passing
+
+
+class _Handoff:
+    """A stand-in for the other workers: every room is worker 1's."""
+
+    def __init__(self, *, fails: bool) -> None:
+        self.fails = fails
+        self.handed: list[bytes] = []
+
+    def owner(self, target: bytes) -> int | None:
+        return 1 if target.startswith(b"/room/") else None
+
+    async def hand_off(self, worker: int, sock: trio.socket.SocketType, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.fails:
+            raise WorkerUnavailable("worker 1: [Errno 111] Connection refused")
+        self.handed.append(data)
+
+
+UPGRADE = (
+    b"GET /room/abc/connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+#: The same request, read by h11 (a keep-alive connection's second request is).
+KEEPALIVE = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + UPGRADE
+
+
+@pytest.mark.parametrize("request_bytes", [UPGRADE, KEEPALIVE], ids=["upgrade", "keep-alive"])
+async def test_a_connection_for_another_workers_room_is_handed_over_with_what_was_read(
+    request_bytes: bytes,
+) -> None:
+    ours, theirs = trio.socket.socketpair()
+    handoff = _Handoff(fails=False)
+    async with trio.open_nursery() as nursery, trio.SocketStream(theirs) as client:
+        nursery.start_soon(
+            partial(
+                serve_stream, DriftApp(Config()), Config(), trio.SocketStream(ours), handoff=handoff
+            )
+        )
+        await client.send_all(request_bytes)
+        with trio.fail_after(TIMEOUT):
+            answer = b""
+            while chunk := await client.receive_some():
+                answer += chunk
+    # The owner gets the upgrade as sent (from h11, its parts put together again:
+    # names lower-cased); nothing of it was answered here.
+    assert len(handoff.handed) == 1
+    if request_bytes == UPGRADE:
+        assert handoff.handed == [UPGRADE]
+        assert answer == b""
+    else:
+        assert handoff.handed[0].lower() == UPGRADE.lower()
+        assert answer.startswith(b"HTTP/1.1 200 ")  # /healthz, answered here first
+        assert b"101" not in answer
+
+
+async def test_a_worker_that_cannot_take_a_connection_means_503_and_no_details() -> None:
+    ours, theirs = trio.socket.socketpair()
+    async with trio.open_nursery() as nursery, trio.SocketStream(theirs) as client:
+        nursery.start_soon(
+            partial(
+                serve_stream,
+                DriftApp(Config()),
+                Config(),
+                trio.SocketStream(ours),
+                handoff=_Handoff(fails=True),
+            )
+        )
+        await client.send_all(UPGRADE)
+        with trio.fail_after(TIMEOUT):
+            answer = b""
+            while chunk := await client.receive_some():
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"retry-after: 1" in head.lower()
+    assert body == b"this room's worker is restarting; try again"

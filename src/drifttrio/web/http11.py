@@ -131,7 +131,14 @@ async def _hand_off(
             await handoff.hand_off(worker, sock, data)
             return
         except DriftError as exc:
-            reason = f"this room's worker is unavailable ({exc}); try again"
+            # The why is the operator's (a restart, a drain), not the client's.
+            client_errors.log(
+                logging.WARNING,
+                "handoff",
+                f"could not hand a connection to worker {worker}: {exc}",
+                worker=worker,
+            )
+        reason = "this room's worker is restarting; try again"
     else:
         reason = "this room's worker cannot be reached over this connection"
     conn = h11.Connection(h11.SERVER)
