@@ -43,6 +43,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ._errors import ConfigError, DriftError, unwrap_group
+from ._gc import paced_full_collections
 from .hooks import configured_hooks
 from .runtime.config import Config
 from .server import (
@@ -549,8 +550,6 @@ async def _run_worker(config: Config, spec: dict[str, Any]) -> None:
                     pass
             log.warning("worker %d: its supervisor is gone; draining", shard.index)
             stop.set()
-
-        from ._gc import paced_full_collections
 
         async with trio.open_nursery() as nursery:
             await nursery.start(paced_full_collections)
